@@ -68,12 +68,15 @@ impl fmt::Display for Phase {
 impl FromStr for Phase {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            format!(
-                "unknown phase '{s}' (expected one of: {})",
-                Phase::ALL.map(|p| p.as_str()).join(", ")
-            )
-        })
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown phase '{s}' (expected one of: {})",
+                    Phase::ALL.map(|p| p.as_str()).join(", ")
+                )
+            })
     }
 }
 
@@ -138,7 +141,10 @@ impl Verb {
 impl FromStr for Verb {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verb::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| format!("unknown verb '{s}'"))
+        Verb::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown verb '{s}'"))
     }
 }
 
@@ -154,8 +160,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] =
-        [Outcome::Success, Outcome::Noop, Outcome::Rejected, Outcome::Denied, Outcome::Error];
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Noop,
+        Outcome::Rejected,
+        Outcome::Denied,
+        Outcome::Error,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -176,9 +187,12 @@ impl fmt::Display for Outcome {
 impl FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Outcome::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
-            format!("unknown outcome '{s}' (expected success, noop, rejected, denied or error)")
-        })
+        Outcome::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown outcome '{s}' (expected success, noop, rejected, denied or error)")
+            })
     }
 }
 
@@ -214,7 +228,9 @@ impl FromStr for Role {
             "viewer" => Ok(Role::Viewer),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role '{s}' (expected viewer, operator or admin)")),
+            _ => Err(format!(
+                "unknown role '{s}' (expected viewer, operator or admin)"
+            )),
         }
     }
 }
@@ -489,7 +505,10 @@ impl AuditQuery {
         let outcome = self
             .outcome
             .as_deref()
-            .map(|s| s.parse::<Outcome>().map_err(|e| FieldError::new("outcome", e)))
+            .map(|s| {
+                s.parse::<Outcome>()
+                    .map_err(|e| FieldError::new("outcome", e))
+            })
             .transpose()?;
         let limit = parse_limit(self.limit.as_deref(), AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT)?;
         let start_us = time("start_time", &self.start_time)?;
@@ -514,7 +533,9 @@ impl AuditQuery {
 impl AuditFilter {
     /// Whether `event` passes every filter but the limit.
     pub fn matches(&self, event: &AuditEvent, time_us: i64) -> bool {
-        self.event_type.as_deref().is_none_or(|t| t == event.event_type)
+        self.event_type
+            .as_deref()
+            .is_none_or(|t| t == event.event_type)
             && self.actor.as_deref().is_none_or(|a| a == event.actor)
             && self.resource.as_deref().is_none_or(|r| r == event.resource)
             && self.outcome.is_none_or(|o| o == event.outcome)
@@ -627,7 +648,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

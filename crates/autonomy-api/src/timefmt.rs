@@ -27,9 +27,8 @@ pub fn now_us() -> i64 {
 
 /// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn format_us(us: i64) -> String {
-    let fmt = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
+    let fmt =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
         .ok()
         .and_then(|t| t.format(&fmt).ok())
@@ -39,7 +38,9 @@ pub fn format_us(us: i64) -> String {
 /// Parses any RFC 3339 timestamp (any offset, any precision) to UTC microseconds.
 pub fn parse_rfc3339_us(s: &str) -> Result<i64, TimeError> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
-        TimeError(format!("'{s}' is not an RFC 3339 time (like 2026-11-28T09:30:00Z): {e}"))
+        TimeError(format!(
+            "'{s}' is not an RFC 3339 time (like 2026-11-28T09:30:00Z): {e}"
+        ))
     })?;
     Ok((t.unix_timestamp_nanos() / 1_000) as i64)
 }

@@ -1,1 +1,410 @@
-//! placeholder
+//! Domain rules of the AutonomyOps control plane, as pure functions: which phase an operator
+//! verb or a recovery strategy leads to, what makes a plan id, label or artifact reference
+//! acceptable, and how a stuck plan is explained to an operator.
+//!
+//! No IO happens here (not even reading the clock: callers pass `now`). The store applies
+//! these rules inside its write transaction, so the state machine lives in exactly one place.
+
+use autonomy_api::{timefmt, FieldError, Phase, Strategy, Verb};
+
+/// What a recovery strategy does to a plan in a given phase (SPEC §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The plan moves to this phase.
+    Apply(Phase),
+    /// The plan is already where the strategy leads; nothing changes (`outcome=noop`).
+    Noop,
+    /// The strategy does not apply to this phase (`outcome=rejected`, 409).
+    Reject(String),
+}
+
+/// The recovery state machine: `retry` re-dispatches published/active/paused/failed plans
+/// (→ active), `rollback` takes any non-terminal or completed plan to rolled_back, `abort`
+/// stops any non-terminal plan.
+pub fn recovery(phase: Phase, strategy: Strategy) -> Recovery {
+    use Phase::*;
+    match (strategy, phase) {
+        (Strategy::Retry, Published | Active | Paused | Failed) => Recovery::Apply(Active),
+        (Strategy::Retry, Draft) => Recovery::Reject(
+            "cannot retry a plan in phase draft: it was never dispatched; publish it first".into(),
+        ),
+        (Strategy::Retry, Completed | Aborted | RolledBack) => Recovery::Reject(format!(
+            "cannot retry a plan in phase {phase}: the phase is terminal; create a new plan"
+        )),
+        (Strategy::Rollback, RolledBack) => Recovery::Noop,
+        (Strategy::Rollback, Aborted) => Recovery::Reject(
+            "cannot roll back a plan in phase aborted: it is terminal and nothing was left in flight"
+                .into(),
+        ),
+        (Strategy::Rollback, _) => Recovery::Apply(RolledBack),
+        (Strategy::Abort, Aborted) => Recovery::Noop,
+        (Strategy::Abort, Completed | RolledBack) => Recovery::Reject(format!(
+            "cannot abort a plan in phase {phase}: the phase is terminal"
+        )),
+        (Strategy::Abort, _) => Recovery::Apply(Aborted),
+    }
+}
+
+/// The operator verbs: publish (draft→published), start (published→active, passes the start
+/// gate), pause (active→paused), resume (paused→active). Anything else is an invalid
+/// transition, explained.
+pub fn verb_transition(phase: Phase, verb: Verb) -> Result<Phase, String> {
+    use Phase::*;
+    match (verb, phase) {
+        (Verb::Publish, Draft) => Ok(Published),
+        (Verb::Start, Published) => Ok(Active),
+        (Verb::Pause, Active) => Ok(Paused),
+        (Verb::Resume, Paused) => Ok(Active),
+        (verb, phase) => {
+            let from = match verb {
+                Verb::Publish => "draft",
+                Verb::Start => "published",
+                Verb::Pause => "active",
+                Verb::Resume => "paused",
+            };
+            Err(format!(
+                "cannot {} a plan in phase {phase}: {} applies only to {from} plans",
+                verb.as_str(),
+                verb.as_str()
+            ))
+        }
+    }
+}
+
+/// Whether a transition into `phase` counts as progress (resets the stuck clock).
+pub fn is_progress(phase: Phase) -> bool {
+    matches!(phase, Phase::Published | Phase::Active)
+}
+
+/// Phases the stuck scan looks at.
+pub const STUCK_PHASES: [Phase; 2] = [Phase::Published, Phase::Active];
+
+/// Plan ids: lowercase `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if ok_first && ok_rest && id.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a valid plan id: use 1 to 63 characters of a-z, 0-9, '.', '_', '-', \
+             starting with a letter or digit",
+            truncate(id, 80)
+        ))
+    }
+}
+
+/// Labels: keys of 1–63 characters `[A-Za-z0-9._/-]`, values up to 253 characters without
+/// control characters, at most 64 labels.
+pub fn validate_labels<'a>(
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), FieldError> {
+    if labels.len() > 64 {
+        return Err(FieldError::new("metadata.labels", "at most 64 labels"));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
+        if !key_ok {
+            return Err(FieldError::new(
+                format!("metadata.labels.{}", truncate(k, 80)),
+                "label keys are 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-'",
+            ));
+        }
+        if v.len() > 253 || v.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                format!("metadata.labels.{k}"),
+                "label values are at most 253 characters, without control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the shape of a plan spec that must hold whatever the artifact policy.
+pub fn validate_spec(spec: &autonomy_api::PlanSpec) -> Result<(), FieldError> {
+    let r = &spec.artifact_ref;
+    if r.trim().is_empty() {
+        return Err(FieldError::new(
+            "spec.artifact_ref",
+            "is required and must not be empty",
+        ));
+    }
+    if r.len() > 2048 || r.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError::new(
+            "spec.artifact_ref",
+            "must be at most 2048 characters without whitespace or control characters",
+        ));
+    }
+    if let Some(f) = &spec.target_lock_fingerprint {
+        if f.is_empty() || f.len() > 256 || f.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(FieldError::new(
+                "spec.target_lock_fingerprint",
+                "must be 1 to 256 characters without whitespace or control characters",
+            ));
+        }
+    }
+    if spec.stages.len() > 1000 {
+        return Err(FieldError::new("spec.stages", "at most 1000 stages"));
+    }
+    Ok(())
+}
+
+/// Artifact URI schemes the CP knows how to deliver.
+pub const KNOWN_SCHEMES: [&str; 4] = ["oci", "https", "s3", "file"];
+
+/// What looks wrong about an artifact reference or target-lock fingerprint. These are
+/// stored as `status.warnings` (default policy) or turned into a 422 (`strict`).
+pub fn artifact_warnings(artifact_ref: &str, fingerprint: Option<&str>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    match artifact_ref.split_once("://") {
+        Some((scheme, _)) if KNOWN_SCHEMES.contains(&scheme) => {}
+        Some((scheme, _)) => warnings.push(format!(
+            "artifact_ref scheme '{scheme}' is not a known scheme (known: {})",
+            KNOWN_SCHEMES.join(", ")
+        )),
+        None => warnings.push("artifact_ref has no scheme (expected e.g. oci://…)".to_string()),
+    }
+    if let Some((_, digest)) = artifact_ref.rsplit_once('@') {
+        if let Some(problem) = digest_problem(digest, &["sha256", "sha512", "blake3"]) {
+            warnings.push(format!("artifact_ref digest '{digest}' {problem}"));
+        }
+    }
+    if let Some(f) = fingerprint {
+        if let Some(problem) = digest_problem(f, &["blake3", "sha256"]) {
+            warnings.push(format!("target_lock_fingerprint '{f}' {problem}"));
+        }
+    }
+    warnings
+}
+
+fn digest_problem(digest: &str, algorithms: &[&str]) -> Option<String> {
+    let Some((alg, hex)) = digest.split_once(':') else {
+        return Some("is not of the form <algorithm>:<hex>".to_string());
+    };
+    let want = match alg {
+        "sha256" | "blake3" => 64,
+        "sha512" => 128,
+        _ => return Some(format!("uses unknown algorithm '{alg}'")),
+    };
+    if !algorithms.contains(&alg) {
+        return Some(format!(
+            "uses algorithm '{alg}', expected one of {}",
+            algorithms.join(", ")
+        ));
+    }
+    if hex.len() != want
+        || !hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    {
+        return Some(format!(
+            "is not {want} lowercase hex characters after '{alg}:'"
+        ));
+    }
+    None
+}
+
+/// Parses `threshold_seconds`: a non-negative, finite number of seconds, fractions allowed.
+pub fn parse_threshold(s: &str) -> Result<f64, FieldError> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v <= 10.0 * 365.0 * 86400.0 => Ok(v),
+        _ => Err(FieldError::new(
+            "threshold_seconds",
+            format!("must be a non-negative number of seconds (fractions allowed), got '{s}'"),
+        )),
+    }
+}
+
+/// Explains a stuck plan: what it is waiting for and since when, and what to run.
+pub fn diagnose_stuck(
+    id: &str,
+    phase: Phase,
+    phase_changed_us: i64,
+    last_progress_us: i64,
+    now_us: i64,
+) -> (String, Vec<String>) {
+    let stale = (now_us - last_progress_us).max(0) as f64 / 1e6;
+    let since = timefmt::format_us(phase_changed_us);
+    let progress = timefmt::format_us(last_progress_us);
+    let retry = format!(
+        "autonomy rollback execute --target rollout_plan --resource {id} --strategy retry \
+         --reason \"<why>\""
+    );
+    let rollback = format!(
+        "autonomy rollback execute --target rollout_plan --resource {id} --strategy rollback \
+         --reason \"<why>\""
+    );
+    let abort = format!(
+        "autonomy rollback execute --target rollout_plan --resource {id} --strategy abort \
+         --reason \"<why>\""
+    );
+    match phase {
+        Phase::Published => (
+            format!(
+                "waiting at its start gate since {since}: published but not started, no \
+                 progress for {stale:.1}s; nobody has passed the gate"
+            ),
+            vec![format!("autonomy rollout start {id}"), retry, abort],
+        ),
+        _ => (
+            format!(
+                "active since {since} but no device progress for {stale:.1}s (last progress at \
+                 {progress}); devices may be unresponsive or the dispatch was lost"
+            ),
+            vec![
+                retry,
+                format!("autonomy rollout pause {id}"),
+                rollback,
+                abort,
+            ],
+        ),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Phase::*;
+
+    /// Every (phase, strategy) pair, written out, so a change to the table is a visible diff.
+    #[test]
+    fn recovery_table_is_complete() {
+        let apply = |p| Recovery::Apply(p);
+        let cases = [
+            (Draft, Strategy::Retry, None),
+            (Published, Strategy::Retry, Some(apply(Active))),
+            (Active, Strategy::Retry, Some(apply(Active))),
+            (Paused, Strategy::Retry, Some(apply(Active))),
+            (Failed, Strategy::Retry, Some(apply(Active))),
+            (Completed, Strategy::Retry, None),
+            (Aborted, Strategy::Retry, None),
+            (RolledBack, Strategy::Retry, None),
+            (Draft, Strategy::Rollback, Some(apply(RolledBack))),
+            (Published, Strategy::Rollback, Some(apply(RolledBack))),
+            (Active, Strategy::Rollback, Some(apply(RolledBack))),
+            (Paused, Strategy::Rollback, Some(apply(RolledBack))),
+            (Failed, Strategy::Rollback, Some(apply(RolledBack))),
+            (Completed, Strategy::Rollback, Some(apply(RolledBack))),
+            (Aborted, Strategy::Rollback, None),
+            (RolledBack, Strategy::Rollback, Some(Recovery::Noop)),
+            (Draft, Strategy::Abort, Some(apply(Aborted))),
+            (Published, Strategy::Abort, Some(apply(Aborted))),
+            (Active, Strategy::Abort, Some(apply(Aborted))),
+            (Paused, Strategy::Abort, Some(apply(Aborted))),
+            (Failed, Strategy::Abort, Some(apply(Aborted))),
+            (Completed, Strategy::Abort, None),
+            (Aborted, Strategy::Abort, Some(Recovery::Noop)),
+            (RolledBack, Strategy::Abort, None),
+        ];
+        assert_eq!(cases.len(), Phase::ALL.len() * Strategy::ALL.len());
+        for (phase, strategy, want) in cases {
+            let got = recovery(phase, strategy);
+            match want {
+                Some(w) => assert_eq!(got, w, "{phase} + {strategy}"),
+                None => match got {
+                    Recovery::Reject(why) => {
+                        assert!(why.contains(phase.as_str()), "{phase} + {strategy}: {why}")
+                    }
+                    other => panic!("{phase} + {strategy}: expected reject, got {other:?}"),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_phases_never_leave_except_completed_rollback() {
+        for phase in Phase::ALL.into_iter().filter(|p| p.is_terminal()) {
+            for s in Strategy::ALL {
+                if let Recovery::Apply(to) = recovery(phase, s) {
+                    assert_eq!((phase, s, to), (Completed, Strategy::Rollback, RolledBack));
+                }
+            }
+            for v in Verb::ALL {
+                assert!(verb_transition(phase, v).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn verbs() {
+        assert_eq!(verb_transition(Draft, Verb::Publish), Ok(Published));
+        assert_eq!(verb_transition(Published, Verb::Start), Ok(Active));
+        assert_eq!(verb_transition(Active, Verb::Pause), Ok(Paused));
+        assert_eq!(verb_transition(Paused, Verb::Resume), Ok(Active));
+        let mut ok = 0;
+        for p in Phase::ALL {
+            for v in Verb::ALL {
+                match verb_transition(p, v) {
+                    Ok(_) => ok += 1,
+                    Err(why) => assert!(why.contains(p.as_str()), "{why}"),
+                }
+            }
+        }
+        assert_eq!(ok, 4);
+    }
+
+    #[test]
+    fn ids() {
+        for good in ["a", "val11-gate-1", "0.x_y-z", &"a".repeat(63)] {
+            assert!(validate_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "A", "a b", "a/b", "é", &"a".repeat(64), ".a"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn artifact_warnings_name_the_problem() {
+        let w = artifact_warnings(
+            "corrupt://chaos/artifact@sha256:deadbeefcorrupt",
+            Some("blake3:0000000000000000corruption"),
+        );
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].contains("scheme 'corrupt'"));
+        assert!(w[1].contains("sha256:deadbeefcorrupt"));
+        assert!(w[2].contains("target_lock_fingerprint"));
+        let good = format!("oci://reg/app@sha256:{}", "a".repeat(64));
+        assert!(artifact_warnings(&good, Some(&format!("blake3:{}", "0".repeat(64)))).is_empty());
+        assert_eq!(artifact_warnings("reg/app:1.0", None).len(), 1);
+    }
+
+    #[test]
+    fn thresholds() {
+        assert_eq!(parse_threshold("2").unwrap(), 2.0);
+        assert_eq!(parse_threshold("0.5").unwrap(), 0.5);
+        assert_eq!(parse_threshold("0").unwrap(), 0.0);
+        for bad in ["-1", "abc", "NaN", "inf", "", "1e300"] {
+            let e = parse_threshold(bad).unwrap_err();
+            assert_eq!(e.field, "threshold_seconds");
+        }
+    }
+
+    #[test]
+    fn diagnosis_is_never_empty_and_suggests_runnable_lines() {
+        for phase in STUCK_PHASES {
+            let (d, actions) = diagnose_stuck("p-1", phase, 1_000_000, 1_000_000, 4_000_000);
+            assert!(d.contains("3.0s"), "{d}");
+            assert!(actions
+                .iter()
+                .all(|a| a.starts_with("autonomy ") && a.contains("p-1")));
+            assert!(actions.iter().any(|a| a.contains("--strategy retry")));
+        }
+    }
+}

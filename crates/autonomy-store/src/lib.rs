@@ -1,1 +1,481 @@
-//! placeholder
+//! The control plane's durable store. Only this crate knows SQL.
+//!
+//! [`Store`] is the embedded SQLite backend: one dedicated writer thread owns the only write
+//! connection and group-commits whatever requests are queued (one `BEGIN IMMEDIATE` … `COMMIT`
+//! with `synchronous=FULL`, so one fsync serves many requests), and a small pool of read
+//! connections serves reads without ever blocking the writer (WAL). Every change and its audit
+//! event are written in the same transaction: the event is sealed into the BLAKE3 hash chain
+//! there and kept in `audit_events` (the outbox), then appended to the retained JSON Lines
+//! store ([`autonomy_audit::AuditLog`]) and fsync'd before the caller hears back. Start-up
+//! replays any outbox rows the retained store is missing, so a SIGKILL between the two writes
+//! neither loses nor duplicates an event.
+//!
+//! A caller gets an answer only after its transaction is durable; a failed commit answers
+//! [`StoreError::Unavailable`] and changes nothing.
+
+mod read;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use autonomy_api::{
+    AuditEvent, AuditFilter, CreateRolloutRequest, ExecuteRequest, ExecuteResponse, FieldError,
+    Outcome, Phase, Role, Rollout, StuckReport, TokenCreated, TokenInfo, Verb,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use read::Identity;
+
+/// Why a store operation failed. The server maps each variant to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (duplicate id, invalid transition).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but cannot be accepted (e.g. a reused Idempotency-Key).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// Storage fault (disk full, I/O error, failed fsync): retry later; nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The write queue is full: retry later; nothing changed.
+    #[error("the control plane is overloaded: {0} writes are queued")]
+    Overloaded(usize),
+    /// The store cannot be opened (start-up only).
+    #[error("{0}")]
+    Startup(String),
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Who asks, and how to recognise a retry of the same request.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub actor: String,
+    pub request_id: String,
+    /// `Idempotency-Key` and a fingerprint of the request it was first used with.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// An audit event that records no change: a denied request, for example.
+#[derive(Debug, Clone)]
+pub struct AuditOnly {
+    pub event_type: String,
+    pub target: String,
+    pub resource: String,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub details: serde_json::Value,
+}
+
+/// Where and how to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub audit_dir: PathBuf,
+    pub audit_segment_bytes: u64,
+    /// Writes waiting for the writer beyond this answer `Overloaded`.
+    pub queue_depth: usize,
+    /// Most requests one transaction carries.
+    pub max_batch: usize,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: PathBuf, audit_dir: PathBuf) -> Self {
+        StoreConfig {
+            data_dir,
+            audit_dir,
+            audit_segment_bytes: autonomy_audit::DEFAULT_SEGMENT_BYTES,
+            queue_depth: 4096,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub commits: AtomicU64,
+    pub committed_requests: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub commit_micros: AtomicU64,
+    pub max_batch: AtomicU64,
+    pub audit_events: AtomicU64,
+    pub audit_export_failures: AtomicU64,
+    /// Set while committed audit events wait to be appended to the retained store.
+    pub audit_export_behind: AtomicBool,
+    pub writer_alive: AtomicBool,
+}
+
+/// What start-up found and did, for the log.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    pub db_path: PathBuf,
+    pub plans: u64,
+    pub audit_last_seq: u64,
+    pub audit_replayed: u64,
+    pub audit_repair: Option<String>,
+    /// Set when this start created the first admin token.
+    pub admin_token_path: Option<PathBuf>,
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct Store {
+    jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<read::Readers>,
+    metrics: Arc<Metrics>,
+    queue_depth: usize,
+    _lock: File,
+}
+
+/// A successful write, as it is kept for Idempotency-Key replays.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Reply {
+    Created(Box<Rollout>),
+    Transitioned(Box<Rollout>),
+    Executed(Box<ExecuteResponse>),
+    TokenCreated(TokenCreated),
+    TokenRevoked(TokenInfo),
+    Audited,
+}
+
+/// Plan creation after the server validated it.
+#[derive(Debug, Clone)]
+pub struct NewPlan {
+    pub id: String,
+    pub request: CreateRolloutRequest,
+    pub warnings: Vec<String>,
+}
+
+impl Store {
+    /// Locks the data dir, opens and checks SQLite, applies migrations, opens the retained
+    /// audit store, replays any audit events it is missing, starts the writer, and makes the
+    /// first admin token if there is none.
+    pub fn open(config: &StoreConfig) -> Result<(Store, OpenReport)> {
+        fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Startup(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let db_path = config.data_dir.join("autonomy.db");
+        let conn = writer::open_write_connection(&db_path)?;
+        let mut audit =
+            autonomy_audit::AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
+                .map_err(|e| StoreError::Startup(format!("cannot open the audit store: {e}")))?;
+        let audit_repair = audit.repaired().map(str::to_string);
+        let replayed = writer::reconcile_audit(&conn, &mut audit)?;
+        let plans: u64 = conn
+            .query_row("SELECT count(*) FROM plans", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| StoreError::Startup(format!("cannot read {}: {e}", db_path.display())))?
+            as u64;
+        let has_tokens: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))
+            .map_err(|e| StoreError::Startup(format!("cannot read {}: {e}", db_path.display())))?;
+        let readers = Arc::new(read::Readers::new(db_path.clone()));
+        readers.check()?;
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let handle = writer::spawn(conn, audit, rx, metrics.clone(), config.max_batch)?;
+        let store = Store {
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            readers,
+            metrics,
+            queue_depth: config.queue_depth,
+            _lock: lock,
+        };
+        let audit_last_seq = store.readers.last_audit_seq()?;
+        let mut report = OpenReport {
+            db_path,
+            plans,
+            audit_last_seq,
+            audit_replayed: replayed,
+            audit_repair,
+            admin_token_path: None,
+        };
+        if !has_tokens {
+            report.admin_token_path = Some(store.bootstrap_admin(&config.data_dir)?);
+        }
+        Ok((store, report))
+    }
+
+    /// Stops the writer after it has finished every queued write. Idempotent.
+    pub fn close(&self) {
+        drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Ready means: the writer runs, the audit store is caught up, and the database answers.
+    pub async fn ready(&self) -> Result<()> {
+        if !self.metrics.writer_alive.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "the store writer has stopped".into(),
+            ));
+        }
+        if self.metrics.audit_export_behind.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "committed audit events are waiting to be written to the audit store".into(),
+            ));
+        }
+        self.read(|r| r.ping()).await
+    }
+
+    async fn write(&self, ctx: &Ctx, command: writer::Command) -> Result<Reply> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job = writer::Job {
+            ctx: ctx.clone(),
+            command,
+            reply: reply_tx,
+        };
+        {
+            let guard = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(tx) = guard.as_ref() else {
+                return Err(StoreError::Unavailable(
+                    "the control plane is shutting down".into(),
+                ));
+            };
+            tx.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(self.queue_depth),
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Unavailable("the store writer has stopped".into())
+                }
+            })?;
+        }
+        reply_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer stopped mid-request".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&read::ReadConn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+
+    pub async fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> Result<Reply> {
+        self.write(ctx, writer::Command::Create(Box::new(plan)))
+            .await
+    }
+
+    pub async fn transition(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        verb: Verb,
+        reason: String,
+    ) -> Result<Reply> {
+        self.write(
+            ctx,
+            writer::Command::Transition {
+                id: id.to_string(),
+                verb,
+                reason,
+            },
+        )
+        .await
+    }
+
+    /// Executes (or, for a dry run, only evaluates) a recovery strategy.
+    pub async fn execute(&self, ctx: &Ctx, req: ExecuteRequest) -> Result<Reply> {
+        if req.dry_run {
+            let ctx = ctx.clone();
+            return self.read(move |r| r.dry_run(&ctx, &req)).await;
+        }
+        self.write(ctx, writer::Command::Execute(Box::new(req)))
+            .await
+    }
+
+    pub async fn create_token(&self, ctx: &Ctx, operator: String, role: Role) -> Result<Reply> {
+        self.write(
+            ctx,
+            writer::Command::TokenCreate {
+                operator,
+                role,
+                secret: None,
+            },
+        )
+        .await
+    }
+
+    pub async fn revoke_token(&self, ctx: &Ctx, id: &str) -> Result<Reply> {
+        self.write(ctx, writer::Command::TokenRevoke { id: id.to_string() })
+            .await
+    }
+
+    /// Records an event that changes nothing (a denied request).
+    pub async fn audit_only(&self, ctx: &Ctx, event: AuditOnly) -> Result<Reply> {
+        self.write(ctx, writer::Command::AuditOnly(Box::new(event)))
+            .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Rollout> {
+        let id = id.to_string();
+        self.read(move |r| r.get(&id)).await
+    }
+
+    pub async fn list(
+        &self,
+        phase: Option<Phase>,
+        limit: usize,
+        after: i64,
+    ) -> Result<(Vec<Rollout>, Option<i64>)> {
+        self.read(move |r| r.list(phase, limit, after)).await
+    }
+
+    pub async fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
+        self.read(move |r| r.stuck(threshold_seconds, limit)).await
+    }
+
+    pub async fn audit_events(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>> {
+        self.read(move |r| r.audit_events(&filter)).await
+    }
+
+    pub async fn identify(&self, secret: String) -> Result<Option<Identity>> {
+        self.read(move |r| r.identify(&secret)).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.read(|r| r.tokens()).await
+    }
+
+    /// Plans per phase, for `/metrics`.
+    pub async fn phase_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|r| r.phase_counts()).await
+    }
+
+    /// Makes the first admin token: the secret goes to `<data-dir>/admin.token` (mode 0600,
+    /// written and fsync'd before the hashed token is committed, so a crash in between only
+    /// means the next start makes another).
+    fn bootstrap_admin(&self, data_dir: &Path) -> Result<PathBuf> {
+        let secret = writer::new_secret();
+        let path = data_dir.join("admin.token");
+        write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(|e| {
+            StoreError::Startup(format!(
+                "cannot write the admin token to {}: {e}",
+                path.display()
+            ))
+        })?;
+        let ctx = Ctx {
+            actor: "system".into(),
+            request_id: "startup".into(),
+            idempotency: None,
+        };
+        let command = writer::Command::TokenCreate {
+            operator: "admin".into(),
+            role: Role::Admin,
+            secret: Some(secret),
+        };
+        // Start-up runs before the server exists, so blocking on the writer is fine here.
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job = writer::Job {
+            ctx,
+            command,
+            reply: reply_tx,
+        };
+        let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        tx.ok_or_else(|| StoreError::Startup("writer stopped".into()))?
+            .blocking_send(job)
+            .map_err(|_| StoreError::Startup("writer stopped".into()))?;
+        reply_rx
+            .blocking_recv()
+            .map_err(|_| StoreError::Startup("writer stopped".into()))??;
+        Ok(path)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Takes the exclusive lock on `<data-dir>/LOCK` and records our pid in it. The OS drops the
+/// lock when the process dies, however it dies, so there is never a stale lock to clean up.
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::Startup(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("pid {holder}")
+            };
+            return Err(StoreError::Startup(format!(
+                "data dir {} is in use by another control plane ({who} holds {}); stop it first \
+                 or choose another --data-dir",
+                dir.display(),
+                path.display()
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Startup(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )))
+        }
+    }
+    let pid = std::process::id().to_string();
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .and_then(|()| file.sync_all());
+    written.map_err(|e| StoreError::Startup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(file)
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
+fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,14 +1,184 @@
-//! `autonomy serve`: runs the control plane. (Being written by the store/server work.)
+//! `autonomy serve`: runs the control plane.
+//!
+//! Order of start-up: lock and open the store (SQLite checks, migrations, audit replay), bind
+//! the port, print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
+//! requests, stop the writer after its last commit, exit 0.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::Args;
+use anyhow::{bail, Context};
+use autonomy_server::{AppState, ArtifactPolicy, ServerConfig};
+use autonomy_store::{Store, StoreConfig};
+use clap::{Args, ValueEnum};
 
-/// Run the control plane (CP).
+/// Run the control plane (CP) on its embedded SQLite store.
+///
+/// Examples:
+///   autonomy serve                                   # 127.0.0.1:8080, ./autonomy-data
+///   autonomy serve --listen 127.0.0.1:0              # any free port; prints the one bound
+///   AUTONOMY_RBAC_ENFORCEMENT=0 autonomy serve       # no tokens (lab use only)
+///
+/// On first start the CP writes an admin token to <data-dir>/admin.token (mode 0600).
 #[derive(Debug, Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, env = "AUTONOMY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+
+    /// Directory for the database and the lock; created if missing.
+    #[arg(long, env = "AUTONOMY_DATA_DIR", default_value = "./autonomy-data")]
+    data_dir: PathBuf,
+
+    /// Directory of the retained audit store [default: <data-dir>/audit].
+    #[arg(long, env = "AUTONOMY_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+
+    /// PostgreSQL URL for the scale-out store (not built yet: the CP refuses to start with it).
+    #[arg(long, env = "AUTONOMY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// What to do with unknown artifact schemes and malformed digests: record a warning on
+    /// the plan (warn) or reject the plan with 422 (strict).
+    #[arg(
+        long,
+        env = "AUTONOMY_ARTIFACT_POLICY",
+        value_enum,
+        default_value = "warn"
+    )]
+    artifact_policy: Policy,
+
+    /// RBAC enforcement: 1 (default) requires bearer tokens; 0 allows every request and takes
+    /// the actor from the X-Autonomy-Operator header.
+    #[arg(long, env = "AUTONOMY_RBAC_ENFORCEMENT", default_value = "1", value_parser = parse_flag)]
+    rbac_enforcement: bool,
+
+    /// Size at which the audit store starts a new segment.
+    #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
+    audit_segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Policy {
+    Warn,
+    Strict,
+}
+
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        other => Err(format!("'{other}' is not 0 or 1")),
+    }
+}
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("serve is not built yet")
+        init_logging();
+        if let Some(url) = &self.database_url {
+            let scheme = url.split("://").next().unwrap_or("");
+            bail!(
+                "cannot start: the PostgreSQL store ({scheme}://…) is not built yet; unset \
+                 AUTONOMY_DATABASE_URL to use the embedded SQLite store"
+            );
+        }
+        let audit_dir = self
+            .audit_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit"));
+        let mut config = StoreConfig::new(self.data_dir.clone(), audit_dir.clone());
+        config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
+
+        let (store, report) =
+            Store::open(&config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        let store = Arc::new(store);
+        tracing::info!(
+            db = %report.db_path.display(),
+            audit_dir = %audit_dir.display(),
+            plans = report.plans,
+            audit_last_seq = report.audit_last_seq,
+            audit_replayed = report.audit_replayed,
+            "store open"
+        );
+        if let Some(repair) = &report.audit_repair {
+            tracing::warn!(repair = %repair, "audit store tail repaired at start-up");
+        }
+        if let Some(path) = &report.admin_token_path {
+            tracing::info!(path = %path.display(), "wrote the first admin token");
+        }
+        if !self.rbac_enforcement {
+            tracing::warn!(
+                "RBAC enforcement is OFF (AUTONOMY_RBAC_ENFORCEMENT=0): every request is allowed"
+            );
+        }
+
+        let listener = std::net::TcpListener::bind(&self.listen)
+            .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot start: listener setup")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot start: listener address")?;
+
+        let state = AppState::new(
+            store.clone(),
+            ServerConfig {
+                rbac: self.rbac_enforcement,
+                artifact_policy: match self.artifact_policy {
+                    Policy::Warn => ArtifactPolicy::Warn,
+                    Policy::Strict => ArtifactPolicy::Strict,
+                },
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let served = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            println!("listening on http://{addr}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            tracing::info!(%addr, "control plane ready");
+            autonomy_server::run(listener, state, shutdown_signal()).await
+        });
+        // In-flight requests are done; let the writer finish its queue and stop.
+        store.close();
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+        served.context("the server failed")?;
+        tracing::info!("control plane stopped cleanly");
+        Ok(ExitCode::SUCCESS)
     }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries only the `listening on` line); `RUST_LOG` overrides the
+/// default level `info`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }

@@ -1,0 +1,85 @@
+//! Reading requests: bodies and query strings are parsed here, by hand, so that every bad
+//! input gets the JSON error body naming the field (axum's own rejections are plain text).
+
+use autonomy_api::ErrorCode;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Turns the body extractor's failure into 413 or 400.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            )
+        }
+        other => ApiError::invalid(format!("cannot read request body: {other}")),
+    })
+}
+
+/// Parses a JSON body. `optional` bodies may be empty (then `T::default()` is not implied:
+/// the caller gets `None`).
+pub fn json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    optional: bool,
+) -> Result<Option<T>, ApiError> {
+    if body.is_empty() && optional {
+        return Ok(None);
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ctype.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType,
+            if ctype.is_empty() {
+                "missing Content-Type: send the body as application/json".to_string()
+            } else {
+                format!("Content-Type '{ctype}' is not supported: send application/json")
+            },
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::invalid(
+            "request body is empty: a JSON object is required",
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::invalid(format!(
+            "request body is not valid UTF-8 (bad byte at offset {})",
+            e.valid_up_to()
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::invalid(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::invalid(format!("invalid field {path}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+    Ok(Some(value))
+}
+
+/// Parses a query string into `T` (whose fields are strings validated by the caller).
+pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+}

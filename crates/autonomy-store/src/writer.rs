@@ -1,0 +1,844 @@
+//! The writer thread: the only connection that writes, and the group commit.
+//!
+//! Loop: wait for one job, take every other job already queued (up to `max_batch`), run them
+//! all in one `BEGIN IMMEDIATE` transaction (each inside its own savepoint, so one failing
+//! job rolls back alone), `COMMIT` (one fsync for the batch under `synchronous=FULL`), append
+//! the batch's sealed audit lines to the retained store (one more fsync), then answer every
+//! job. Nobody hears "done" before their change and its audit event are on disk.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use autonomy_api::{
+    timefmt, ExecuteRequest, ExecuteResponse, HistoryEntry, Outcome, Phase, Plan, PlanMetadata,
+    PlanStatus, Role, Rollout, TokenCreated, TokenInfo, Verb,
+};
+use autonomy_audit::{AuditLog, NewEvent};
+use autonomy_core::Recovery;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{AuditOnly, Ctx, Metrics, NewPlan, Reply, Result, StoreError};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+
+pub(crate) struct Job {
+    pub ctx: Ctx,
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Reply>>,
+}
+
+pub(crate) enum Command {
+    Create(Box<NewPlan>),
+    Transition {
+        id: String,
+        verb: Verb,
+        reason: String,
+    },
+    Execute(Box<ExecuteRequest>),
+    /// `secret: None` makes a fresh one.
+    TokenCreate {
+        operator: String,
+        role: Role,
+        secret: Option<String>,
+    },
+    TokenRevoke {
+        id: String,
+    },
+    AuditOnly(Box<AuditOnly>),
+}
+
+/// Opens the write connection and refuses a database that won't give WAL + synchronous=FULL.
+pub(crate) fn open_write_connection(path: &Path) -> Result<Connection> {
+    let startup = |what: &str, e: rusqlite::Error| {
+        StoreError::Startup(format!("{what} {}: {e}", path.display()))
+    };
+    let conn = Connection::open(path).map_err(|e| startup("cannot open database", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| startup("cannot configure", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| startup("cannot read database", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Startup(format!(
+            "database {} refused WAL mode (journal_mode={mode}); the control plane needs WAL",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| startup("cannot configure", e))?;
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .map_err(|e| startup("cannot configure", e))?;
+    if sync != 2 {
+        return Err(StoreError::Startup(format!(
+            "database {} did not accept synchronous=FULL (got {sync})",
+            path.display()
+        )));
+    }
+    migrate(&conn).map_err(|e| startup("cannot migrate database", e))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Brings the retained audit store level with the database: refuses a retained store that
+/// is ahead of, or disagrees with, the database; appends the outbox rows it is missing.
+pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result<u64> {
+    let db_err = |e: rusqlite::Error| StoreError::Startup(format!("cannot read audit outbox: {e}"));
+    let db_last: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    let log_last = audit.last_seq();
+    if log_last as i64 > db_last {
+        return Err(StoreError::Startup(format!(
+            "the audit store {} has events up to seq {log_last} but the database only up to \
+             seq {db_last}: the audit dir belongs to another database, or the database was \
+             restored from an older copy",
+            audit.dir().display()
+        )));
+    }
+    if log_last > 0 {
+        let hash: String = conn
+            .query_row(
+                "SELECT hash FROM audit_events WHERE seq = ?1",
+                [log_last as i64],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if hash != audit.last_hash() {
+            return Err(StoreError::Startup(format!(
+                "the audit store {} disagrees with the database at seq {log_last} (hash {} vs \
+                 {hash}): it belongs to another database",
+                audit.dir().display(),
+                audit.last_hash()
+            )));
+        }
+    }
+    let mut stmt = conn
+        .prepare("SELECT seq, line FROM audit_events WHERE seq > ?1 ORDER BY seq")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([log_last as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    for chunk in rows.chunks(1024) {
+        audit
+            .append(chunk)
+            .map_err(|e| StoreError::Startup(format!("cannot replay audit events: {e}")))?;
+    }
+    Ok(rows.len() as u64)
+}
+
+pub(crate) fn spawn(
+    conn: Connection,
+    audit: AuditLog,
+    rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+) -> Result<JoinHandle<()>> {
+    let (seq, hash) = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .map_err(|e| StoreError::Startup(format!("cannot read audit chain head: {e}")))?
+        .unwrap_or((0, autonomy_audit::GENESIS_HASH.to_string()));
+    let mut writer = Writer {
+        conn,
+        audit,
+        chain: Chain { seq, hash },
+        pending: Vec::new(),
+        metrics,
+    };
+    writer.metrics.writer_alive.store(true, Ordering::SeqCst);
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            writer.run(rx, max_batch.max(1));
+            writer.metrics.writer_alive.store(false, Ordering::SeqCst);
+        })
+        .map_err(|e| StoreError::Startup(format!("cannot start the writer thread: {e}")))
+}
+
+#[derive(Clone)]
+struct Chain {
+    seq: u64,
+    hash: String,
+}
+
+struct Writer {
+    conn: Connection,
+    audit: AuditLog,
+    chain: Chain,
+    /// Sealed lines of this batch (and of earlier batches whose export failed).
+    pending: Vec<(u64, String)>,
+    metrics: Arc<Metrics>,
+}
+
+/// A job's failure, and the audit event that records the rejection (kept even though the
+/// job's own changes are rolled back).
+struct Failure {
+    error: StoreError,
+    audit: Option<NewEvent>,
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Self {
+        Failure { error, audit: None }
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure {
+            error: sql_error(e),
+            audit: None,
+        }
+    }
+}
+
+/// Storage faults are 503s (retry later); anything else is an internal error.
+pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DiskFull | SystemIoFailure | CannotOpen | ReadOnly | DatabaseBusy | DatabaseLocked,
+        ) => StoreError::Unavailable(format!("storage fault: {e}")),
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        // Committed events that could not reach the retained store block new changes until
+        // they do: the retained store never falls more than one batch behind.
+        if let Err(e) = self.export() {
+            let why = format!("the audit store cannot be written, so no change is accepted: {e}");
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let started = Instant::now();
+        let chain_before = self.chain.clone();
+        let results = match self.conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => batch
+                .iter()
+                .map(|job| self.run_job(job))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                let err = sql_error(e);
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Unavailable(err.to_string())));
+                }
+                return;
+            }
+        };
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.chain = chain_before;
+            self.pending.clear();
+            self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+            let why = match sql_error(e) {
+                StoreError::Unavailable(m) => m,
+                other => format!("commit failed: {other}"),
+            };
+            tracing::error!(error = %why, jobs = batch.len(), "commit failed; nothing changed");
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let m = self.metrics.clone();
+        m.commits.fetch_add(1, Ordering::Relaxed);
+        m.committed_requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        m.max_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
+        m.audit_events
+            .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        // The batch is durable, events included (they are in the database). Now the retained
+        // store; if that fails the answers stand (the change did happen) and the events stay
+        // queued for the next batch, which will not start until they are written.
+        if let Err(e) = self.export() {
+            tracing::error!(error = %e, "audit append failed after commit; will retry before the next write");
+        }
+        m.commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+
+    fn export(&mut self) -> std::result::Result<(), autonomy_audit::AuditError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.audit.append(&self.pending) {
+            Ok(()) => {
+                self.pending.clear();
+                self.metrics
+                    .audit_export_behind
+                    .store(false, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .audit_export_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .audit_export_behind
+                    .store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one job in its own savepoint.
+    fn run_job(&mut self, job: &Job) -> Result<Reply> {
+        let chain_before = self.chain.clone();
+        let pending_before = self.pending.len();
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+            return Err(sql_error(e));
+        }
+        match self.apply_idempotent(job) {
+            Ok(reply) => match self.conn.execute_batch("RELEASE job") {
+                Ok(()) => Ok(reply),
+                Err(e) => {
+                    self.undo(chain_before, pending_before);
+                    Err(sql_error(e))
+                }
+            },
+            Err(failure) => {
+                self.undo(chain_before, pending_before);
+                // The rejection itself is audited, outside the rolled-back savepoint.
+                if let Some(event) = failure.audit {
+                    if let Err(e) = self.record(event) {
+                        return Err(e.error);
+                    }
+                }
+                Err(failure.error)
+            }
+        }
+    }
+
+    fn undo(&mut self, chain_before: Chain, pending_before: usize) {
+        let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        self.chain = chain_before;
+        self.pending.truncate(pending_before);
+    }
+
+    fn apply_idempotent(&mut self, job: &Job) -> Result<Reply, Failure> {
+        let Some((key, fingerprint)) = &job.ctx.idempotency else {
+            return self.apply(&job.ctx, &job.command);
+        };
+        let seen: Option<(String, String)> = self
+            .conn
+            .prepare_cached("SELECT fingerprint, reply FROM idempotency WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((first, reply)) = seen {
+            if &first != fingerprint {
+                return Err(StoreError::Unprocessable(format!(
+                    "Idempotency-Key '{key}' was already used for a different request; use a \
+                     new key for a new request"
+                ))
+                .into());
+            }
+            return serde_json::from_str(&reply)
+                .map_err(|e| StoreError::Internal(format!("stored idempotent reply: {e}")).into());
+        }
+        let reply = self.apply(&job.ctx, &job.command)?;
+        let text = serde_json::to_string(&reply)
+            .map_err(|e| StoreError::Internal(format!("encode reply: {e}")))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO idempotency (key, fingerprint, reply, created_us) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key, fingerprint, text, timefmt::now_us()])?;
+        Ok(reply)
+    }
+
+    fn apply(&mut self, ctx: &Ctx, command: &Command) -> Result<Reply, Failure> {
+        let now = timefmt::now_us();
+        match command {
+            Command::Create(plan) => self.create(ctx, plan, now),
+            Command::Transition { id, verb, reason } => {
+                self.transition(ctx, id, *verb, reason, now)
+            }
+            Command::Execute(req) => self.execute(ctx, req, now),
+            Command::TokenCreate {
+                operator,
+                role,
+                secret,
+            } => self.token_create(ctx, operator, *role, secret.clone(), now),
+            Command::TokenRevoke { id } => self.token_revoke(ctx, id, now),
+            Command::AuditOnly(event) => {
+                let e = event.as_ref().clone();
+                self.record(new_event(
+                    ctx,
+                    now,
+                    &e.event_type,
+                    &e.target,
+                    &e.resource,
+                    e.outcome,
+                    &e.reason,
+                    e.details,
+                ))?;
+                Ok(Reply::Audited)
+            }
+        }
+    }
+
+    /// Seals `event` into the chain and stores it in the outbox.
+    fn record(&mut self, event: NewEvent) -> Result<String, Failure> {
+        let seq = self.chain.seq + 1;
+        let time_us = timefmt::parse_rfc3339_us(&event.time).unwrap_or_else(|_| timefmt::now_us());
+        let sealed = autonomy_audit::seal(event, seq, &self.chain.hash);
+        let ev = &sealed.event;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_events (seq, id, time_us, event_type, actor, resource, outcome, hash, line) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                seq as i64,
+                ev.id,
+                time_us,
+                ev.event_type,
+                ev.actor,
+                ev.resource,
+                ev.outcome.as_str(),
+                ev.hash,
+                sealed.line
+            ])?;
+        self.chain = Chain {
+            seq,
+            hash: ev.hash.clone(),
+        };
+        self.pending.push((seq, sealed.line));
+        Ok(sealed.event.id)
+    }
+
+    fn load(&self, id: &str) -> Result<Option<Rollout>, Failure> {
+        let doc: Option<String> = self
+            .conn
+            .prepare_cached("SELECT doc FROM plans WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        doc.map(|d| {
+            serde_json::from_str(&d).map_err(|e| {
+                StoreError::Internal(format!("stored plan {id} is unreadable: {e}")).into()
+            })
+        })
+        .transpose()
+    }
+
+    fn save(&self, r: &Rollout, insert: bool) -> Result<(), Failure> {
+        let doc = serde_json::to_string(r).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let s = &r.status;
+        let changed = timefmt::parse_rfc3339_us(&s.phase_changed_at).unwrap_or(0);
+        let progress = timefmt::parse_rfc3339_us(&s.last_progress_at).unwrap_or(0);
+        let sql = if insert {
+            "INSERT INTO plans (id, phase, phase_changed_us, last_progress_us, doc) VALUES (?1, ?2, ?3, ?4, ?5)"
+        } else {
+            "UPDATE plans SET phase = ?2, phase_changed_us = ?3, last_progress_us = ?4, doc = ?5 WHERE id = ?1"
+        };
+        self.conn.prepare_cached(sql)?.execute(params![
+            r.plan.metadata.id,
+            s.phase.as_str(),
+            changed,
+            progress,
+            doc
+        ])?;
+        Ok(())
+    }
+
+    fn create(&mut self, ctx: &Ctx, new: &NewPlan, now: i64) -> Result<Reply, Failure> {
+        let id = &new.id;
+        if self.load(id)?.is_some() {
+            return Err(Failure {
+                error: StoreError::Conflict(format!("a plan with id '{id}' already exists")),
+                audit: Some(new_event(
+                    ctx,
+                    now,
+                    "plan.created",
+                    "rollout_plan",
+                    id,
+                    Outcome::Rejected,
+                    "duplicate id",
+                    serde_json::json!({}),
+                )),
+            });
+        }
+        let at = timefmt::format_us(now);
+        let phase = if new.request.draft {
+            Phase::Draft
+        } else {
+            Phase::Published
+        };
+        let rollout = Rollout {
+            plan: Plan {
+                metadata: PlanMetadata {
+                    id: id.clone(),
+                    labels: new.request.metadata.labels.clone(),
+                    created_at: at.clone(),
+                    updated_at: at.clone(),
+                    created_by: ctx.actor.clone(),
+                    generation: 1,
+                },
+                spec: new.request.spec.clone(),
+            },
+            status: PlanStatus {
+                phase,
+                phase_changed_at: at.clone(),
+                last_progress_at: at.clone(),
+                warnings: new.warnings.clone(),
+                history: vec![HistoryEntry {
+                    generation: 1,
+                    at,
+                    action: "create".into(),
+                    from: None,
+                    to: phase,
+                    actor: ctx.actor.clone(),
+                    reason: String::new(),
+                }],
+            },
+        };
+        self.save(&rollout, true)?;
+        self.record(new_event(
+            ctx,
+            now,
+            "plan.created",
+            "rollout_plan",
+            id,
+            Outcome::Success,
+            "",
+            serde_json::json!({
+                "phase": phase,
+                "artifact_ref": rollout.plan.spec.artifact_ref,
+                "warnings": rollout.status.warnings,
+            }),
+        ))?;
+        Ok(Reply::Created(Box::new(rollout)))
+    }
+
+    fn transition(
+        &mut self,
+        ctx: &Ctx,
+        id: &str,
+        verb: Verb,
+        reason: &str,
+        now: i64,
+    ) -> Result<Reply, Failure> {
+        let mut rollout = self
+            .load(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")))?;
+        let from = rollout.status.phase;
+        let to = match autonomy_core::verb_transition(from, verb) {
+            Ok(to) => to,
+            Err(why) => {
+                return Err(Failure {
+                    audit: Some(new_event(
+                        ctx,
+                        now,
+                        "rollout.phase_changed",
+                        "rollout_plan",
+                        id,
+                        Outcome::Rejected,
+                        reason,
+                        serde_json::json!({"verb": verb.as_str(), "from_phase": from, "why": why}),
+                    )),
+                    error: StoreError::Conflict(why),
+                })
+            }
+        };
+        move_phase(&mut rollout, verb.as_str(), to, &ctx.actor, reason, now);
+        self.save(&rollout, false)?;
+        self.record(new_event(
+            ctx,
+            now,
+            "rollout.phase_changed",
+            "rollout_plan",
+            id,
+            Outcome::Success,
+            reason,
+            serde_json::json!({
+                "verb": verb.as_str(),
+                "from_phase": from,
+                "to_phase": to,
+                "generation": rollout.plan.metadata.generation,
+            }),
+        ))?;
+        Ok(Reply::Transitioned(Box::new(rollout)))
+    }
+
+    fn execute(&mut self, ctx: &Ctx, req: &ExecuteRequest, now: i64) -> Result<Reply, Failure> {
+        let id = &req.resource;
+        let mut rollout = self
+            .load(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")))?;
+        let from = rollout.status.phase;
+        let decision = autonomy_core::recovery(from, req.strategy);
+        let mut response = evaluate(req, from, &decision, new_id("exe"));
+        if let Recovery::Apply(to) = decision {
+            move_phase(
+                &mut rollout,
+                req.strategy.as_str(),
+                to,
+                &ctx.actor,
+                &req.reason,
+                now,
+            );
+            self.save(&rollout, false)?;
+            response.generation = Some(rollout.plan.metadata.generation);
+        } else {
+            response.generation = Some(rollout.plan.metadata.generation);
+        }
+        let event_id = self.record(new_event(
+            ctx,
+            now,
+            "rollback.executed",
+            "rollout_plan",
+            id,
+            response.outcome,
+            &req.reason,
+            serde_json::json!({
+                "execution_id": response.execution_id,
+                "strategy": req.strategy,
+                "from_phase": response.from_phase,
+                "to_phase": response.to_phase,
+                "generation": response.generation,
+            }),
+        ))?;
+        response.audit_event_id = Some(event_id);
+        Ok(Reply::Executed(Box::new(response)))
+    }
+
+    fn token_create(
+        &mut self,
+        ctx: &Ctx,
+        operator: &str,
+        role: Role,
+        secret: Option<String>,
+        now: i64,
+    ) -> Result<Reply, Failure> {
+        let secret = secret.unwrap_or_else(new_secret);
+        let id = new_id("tok");
+        self.conn
+            .prepare_cached(
+                "INSERT INTO tokens (id, hash, operator, role, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, hash_secret(&secret), operator, role.as_str(), now])?;
+        self.record(new_event(
+            ctx,
+            now,
+            "token.created",
+            "token",
+            &id,
+            Outcome::Success,
+            "",
+            serde_json::json!({"operator": operator, "role": role}),
+        ))?;
+        Ok(Reply::TokenCreated(TokenCreated {
+            id,
+            operator: operator.to_string(),
+            role,
+            token: secret,
+            created_at: timefmt::format_us(now),
+        }))
+    }
+
+    fn token_revoke(&mut self, ctx: &Ctx, id: &str, now: i64) -> Result<Reply, Failure> {
+        let row: Option<(String, String, i64, Option<i64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT operator, role, created_us, revoked_us FROM tokens WHERE id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        let Some((operator, role, created, revoked)) = row else {
+            return Err(StoreError::NotFound(format!("no token with id '{id}'")).into());
+        };
+        let role: Role = role.parse().map_err(StoreError::Internal)?;
+        let revoked = match revoked {
+            Some(at) => at, // already revoked: same answer, no second event
+            None => {
+                self.conn
+                    .prepare_cached("UPDATE tokens SET revoked_us = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?;
+                self.record(new_event(
+                    ctx,
+                    now,
+                    "token.revoked",
+                    "token",
+                    id,
+                    Outcome::Success,
+                    "",
+                    serde_json::json!({"operator": operator, "role": role}),
+                ))?;
+                now
+            }
+        };
+        Ok(Reply::TokenRevoked(TokenInfo {
+            id: id.to_string(),
+            operator,
+            role,
+            created_at: timefmt::format_us(created),
+            revoked_at: Some(timefmt::format_us(revoked)),
+        }))
+    }
+}
+
+/// Applies a phase change: bumps generation, stamps times, appends history.
+fn move_phase(r: &mut Rollout, action: &str, to: Phase, actor: &str, reason: &str, now: i64) {
+    let at = timefmt::format_us(now);
+    let from = r.status.phase;
+    r.plan.metadata.generation += 1;
+    r.plan.metadata.updated_at = at.clone();
+    r.status.phase = to;
+    r.status.phase_changed_at = at.clone();
+    if autonomy_core::is_progress(to) {
+        r.status.last_progress_at = at.clone();
+    }
+    r.status.history.push(HistoryEntry {
+        generation: r.plan.metadata.generation,
+        at,
+        action: action.to_string(),
+        from: Some(from),
+        to,
+        actor: actor.to_string(),
+        reason: reason.to_string(),
+    });
+}
+
+/// The answer to a recovery request, before anything is written (shared with dry runs).
+pub(crate) fn evaluate(
+    req: &ExecuteRequest,
+    from: Phase,
+    decision: &Recovery,
+    execution_id: String,
+) -> ExecuteResponse {
+    let (outcome, to, message) = match decision {
+        Recovery::Apply(to) => (
+            Outcome::Success,
+            *to,
+            format!(
+                "{} {}: {from} → {to}",
+                if req.dry_run {
+                    "would apply"
+                } else {
+                    "applied"
+                },
+                req.strategy
+            ),
+        ),
+        Recovery::Noop => (
+            Outcome::Noop,
+            from,
+            format!("plan is already {from}; nothing to do"),
+        ),
+        Recovery::Reject(why) => (Outcome::Rejected, from, why.clone()),
+    };
+    ExecuteResponse {
+        outcome,
+        execution_id,
+        target: req.target.clone(),
+        resource: req.resource.clone(),
+        strategy: req.strategy,
+        from_phase: from,
+        to_phase: to,
+        dry_run: req.dry_run,
+        audit_event_id: None,
+        message,
+        generation: None,
+        error: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_event(
+    ctx: &Ctx,
+    now: i64,
+    event_type: &str,
+    target: &str,
+    resource: &str,
+    outcome: Outcome,
+    reason: &str,
+    details: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        id: new_id("evt"),
+        time: timefmt::format_us(now),
+        event_type: event_type.to_string(),
+        actor: ctx.actor.clone(),
+        target: target.to_string(),
+        resource: resource.to_string(),
+        outcome,
+        reason: reason.to_string(),
+        request_id: ctx.request_id.clone(),
+        details,
+    }
+}
+
+/// `prefix_` + 20 random hex digits.
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", random_hex(10))
+}
+
+/// A bearer token secret: 128 random bits.
+pub(crate) fn new_secret() -> String {
+    format!("aut_{}", random_hex(16))
+}
+
+/// Secrets are 128-bit random strings, so a fast hash is enough: there is nothing to guess.
+pub(crate) fn hash_secret(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::fill(&mut buf).is_err() {
+        // The OS RNG failing is not recoverable in any useful way; fall back to time + counter
+        // entropy so ids stay unique, and say so.
+        tracing::warn!("OS random source failed; using time-based ids");
+        let t = timefmt::now_us().to_le_bytes();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = t[i % 8] ^ (i as u8);
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,53 @@
+//! One module per verb. Each verb is an `Args` struct with `run(self, ctx)`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::client::Client;
+use crate::output::Output;
+
+pub mod audit;
+pub mod health;
+pub mod rollback;
+pub mod rollout;
+pub mod serve;
+pub mod token;
+
+/// What every client command gets: the HTTP client and the output renderer.
+pub struct Ctx {
+    pub client: Client,
+    pub out: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (CP).
+    Serve(serve::ServeArgs),
+    Health(health::HealthArgs),
+    /// Rollout plans: create, get, list, the stuck scan, and operator transitions.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Recover a rollout plan: retry, roll back or abort it.
+    #[command(subcommand)]
+    Rollback(rollback::RollbackCommand),
+    /// The retained, hash-chained audit store: query it and verify it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// RBAC tokens (admin only): create, list, revoke.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+impl Command {
+    pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Serve(args) => args.run(),
+            Command::Health(args) => args.run(ctx),
+            Command::Rollout(cmd) => cmd.run(ctx),
+            Command::Rollback(cmd) => cmd.run(ctx),
+            Command::Audit(cmd) => cmd.run(ctx),
+            Command::Token(cmd) => cmd.run(ctx),
+        }
+    }
+}

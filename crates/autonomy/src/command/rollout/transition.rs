@@ -1,0 +1,54 @@
+//! `autonomy rollout publish|start|pause|resume ID`: POST /v1/rollouts/{id}/{verb}.
+
+use std::process::ExitCode;
+
+use autonomy_api::{TransitionRequest, Verb};
+use clap::Args;
+
+use super::rollout_line;
+use crate::client::segment;
+use crate::command::Ctx;
+
+pub const PUBLISH_EXAMPLES: &str = "\
+Prints the plan after the change. Exit 5 if the plan is not in draft, 4 if there is no such plan.
+
+Examples:
+  autonomy rollout publish web-1
+  autonomy rollout publish web-1 --reason 'reviewed by bob'";
+pub const START_EXAMPLES: &str = "\
+Prints the plan after the change. Exit 5 if the plan is not published, 4 if there is no such plan.
+
+Examples:
+  autonomy rollout start web-1 --reason 'change window open'";
+pub const PAUSE_EXAMPLES: &str = "\
+Prints the plan after the change. Exit 5 if the plan is not active, 4 if there is no such plan.
+
+Examples:
+  autonomy rollout pause web-1 --reason 'error rate up in stage 2'";
+pub const RESUME_EXAMPLES: &str = "\
+Prints the plan after the change. Exit 5 if the plan is not paused, 4 if there is no such plan.
+
+Examples:
+  autonomy rollout resume web-1 --reason 'fix deployed'";
+
+#[derive(Debug, Args)]
+pub struct TransitionArgs {
+    /// The plan's id.
+    pub id: String,
+
+    /// Why, for the plan's history and the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+impl TransitionArgs {
+    pub fn run(self, verb: Verb, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let path = format!("/v1/rollouts/{}/{}", segment(&self.id), verb.as_str());
+        let body = TransitionRequest {
+            reason: self.reason.unwrap_or_default(),
+        };
+        let answer = ctx.client.post_json(&path, &body, None)?.success()?;
+        ctx.out.answer(&answer, rollout_line)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,142 @@
+//! The documented exit codes and the one place errors become an exit code and a message.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use crate::client::ClientError;
+
+/// Exit codes of every `autonomy` command (also printed by `autonomy --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// 1: any other error (including a bad request the CP rejected with 400/413/415/422).
+    Other = 1,
+    /// 2: usage error caught before anything was sent (bad flag, bad value, bad file).
+    Usage = 2,
+    /// 3: the CP could not be reached or did not answer within `--timeout`.
+    Unreachable = 3,
+    /// 4: not found.
+    NotFound = 4,
+    /// 5: conflict or invalid transition (including a rejected rollback).
+    Conflict = 5,
+    /// 6: unauthenticated or forbidden.
+    Denied = 6,
+    /// 7: the CP answered 5xx.
+    Server = 7,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// The exit-code table for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  other error (including a request the control plane rejected as invalid: 400/413/415/422)
+  2  usage error (bad flag or value, caught before anything was sent)
+  3  the control plane could not be reached, or gave no answer within --timeout
+  4  not found
+  5  conflict or invalid transition (including a rejected rollback)
+  6  unauthenticated or forbidden (missing, bad or revoked token, or too weak a role)
+  7  the control plane answered 5xx (503: retry after the time it names)
+
+Errors go to stderr as one line: `error: <what happened>: <why>`.";
+
+/// An error that knows its exit code. Commands return it (wrapped in `anyhow::Error`) for
+/// failures that are not HTTP answers, e.g. usage errors found after parsing.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A usage error (exit 2).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        exit: Exit::Usage,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Any error with an explicit exit code.
+pub fn failure(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        exit,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Maps an error to its exit code and the message for the `error:` line (`None`: print
+/// nothing, e.g. stdout was closed by `| head`).
+pub fn classify(e: &anyhow::Error) -> (ExitCode, Option<String>) {
+    let mut exit = Exit::Other;
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::BrokenPipe {
+                return (ExitCode::SUCCESS, None);
+            }
+        }
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            exit = f.exit;
+            break;
+        }
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            exit = c.exit();
+            break;
+        }
+    }
+    (exit.into(), Some(one_line(&format!("{e:#}"))))
+}
+
+/// Errors print as exactly one line.
+pub fn one_line(s: &str) -> String {
+    s.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints a clap error as one `error: …` line (exit 2); help and version print as clap does.
+pub fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let mut parts = Vec::new();
+            for line in rendered.lines().map(str::trim) {
+                if line.starts_with("Usage:") || line.starts_with("For more information") {
+                    break;
+                }
+                if !line.is_empty() {
+                    parts.push(line);
+                }
+            }
+            let mut message = parts.join(" ");
+            if !message.starts_with("error:") {
+                message = format!("error: {message}");
+            }
+            let _ = writeln!(io::stderr(), "{message} (see --help)");
+            Exit::Usage.into()
+        }
+    }
+}
