@@ -48,10 +48,15 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new(tag: &str) -> Arc<TestDir> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir()
-            .join(format!("autonomy-test-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "autonomy-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path).expect("create test dir");
         Arc::new(TestDir { path })
     }
@@ -99,9 +104,13 @@ pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output 
 
 /// Runs a command to completion with piped output, killing it (and failing) after `limit`.
 pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn the autonomy binary");
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -120,7 +129,11 @@ pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> O
             panic!("{cmd:?} did not finish within {limit:?}");
         }
     };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn drain<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
@@ -170,7 +183,10 @@ impl OutputExt for Output {
     }
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not one JSON document ({e}): {}", self.stdout_str())
+            panic!(
+                "stdout is not one JSON document ({e}): {}",
+                self.stdout_str()
+            )
         })
     }
     fn assert_code(&self, code: i32) -> &Self {
@@ -186,8 +202,15 @@ impl OutputExt for Output {
     fn error_line(&self) -> String {
         let stderr = self.stderr_str();
         let lines: Vec<&str> = stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "stderr should be exactly one line, got: {stderr:?}");
-        assert!(lines[0].starts_with("error: "), "stderr should start with 'error: ': {stderr:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "stderr should be exactly one line, got: {stderr:?}"
+        );
+        assert!(
+            lines[0].starts_with("error: "),
+            "stderr should start with 'error: ': {stderr:?}"
+        );
         lines[0].to_string()
     }
 }
@@ -296,7 +319,10 @@ pub struct Seen {
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -326,7 +352,12 @@ impl FakeCp {
                 }
             }
         });
-        FakeCp { url: format!("http://{addr}"), seen, stop, addr }
+        FakeCp {
+            url: format!("http://{addr}"),
+            seen,
+            stop,
+            addr,
+        }
     }
 
     /// The requests seen so far.
@@ -344,7 +375,9 @@ impl Drop for FakeCp {
 }
 
 fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -384,7 +417,12 @@ fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
     ));
     let _ = out.write_all(response.as_bytes());
     let _ = out.flush();
-    Some(Seen { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Seen {
+        method,
+        target,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,14 +476,23 @@ impl Cp {
         extra_env: &[(&str, &str)],
     ) -> Result<Cp, StartError> {
         let root = TestDir::new("cp-logs");
-        Cp::launch(root, data_dir.to_path_buf(), owned(extra_args), owned_env(extra_env))
+        Cp::launch(
+            root,
+            data_dir.to_path_buf(),
+            owned(extra_args),
+            owned_env(extra_env),
+        )
     }
 
     /// Stops this CP with SIGTERM (it must exit 0) and starts a new one on the same data dir
     /// with the same flags. The port changes; `url` follows.
     pub fn restart(&mut self) {
         let status = self.sigterm();
-        assert!(status.success(), "the CP exited with {status} on SIGTERM:\n{}", self.stderr());
+        assert!(
+            status.success(),
+            "the CP exited with {status} on SIGTERM:\n{}",
+            self.stderr()
+        );
         self.start_again();
     }
 
@@ -473,7 +520,10 @@ impl Cp {
         let log = std::fs::File::create(&stderr_log).expect("create the CP's stderr log");
         let mut cmd = autonomy();
         cmd.arg("serve");
-        if !args.iter().any(|a| a == "--listen" || a.starts_with("--listen=")) {
+        if !args
+            .iter()
+            .any(|a| a == "--listen" || a.starts_with("--listen="))
+        {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.arg("--data-dir").arg(&data_dir);
@@ -483,7 +533,9 @@ impl Cp {
         for (k, v) in &env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
         let mut child = cmd.spawn().expect("spawn autonomy serve");
 
         let (tx, rx) = mpsc::channel();
@@ -518,15 +570,18 @@ impl Cp {
             Ok(line) => line,
             Err(_) => {
                 // Either it exited without a line, or it is silent: both are failures.
-                let _ = cp.child.as_mut().map(|c| wait_bounded(c, Duration::from_secs(2)));
-                return cp.fail( None, "no `listening on` line on stdout".into());
+                let _ = cp
+                    .child
+                    .as_mut()
+                    .map(|c| wait_bounded(c, Duration::from_secs(2)));
+                return cp.fail(None, "no `listening on` line on stdout".into());
             }
         };
         let Some(url) = first.strip_prefix("listening on ") else {
-            return cp.fail( Some(first.clone()), "unexpected first stdout line".into());
+            return cp.fail(Some(first.clone()), "unexpected first stdout line".into());
         };
         if !url.starts_with("http://127.0.0.1:") {
-            return cp.fail( Some(first.clone()), "the CP bound something else".into());
+            return cp.fail(Some(first.clone()), "the CP bound something else".into());
         }
         cp.url = url.trim().to_string();
         loop {
@@ -534,21 +589,29 @@ impl Cp {
                 return Ok(cp);
             }
             if let Some(Ok(Some(_))) = cp.child.as_mut().map(|c| c.try_wait()) {
-                return cp.fail( Some(first), "the CP exited before it was healthy".into());
+                return cp.fail(Some(first), "the CP exited before it was healthy".into());
             }
             if Instant::now() >= deadline {
-                return cp.fail( Some(first), "GET /v1/health never answered 200".into());
+                return cp.fail(Some(first), "GET /v1/health never answered 200".into());
             }
             thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn fail(mut self, first: Option<String>, why: String) -> Result<Cp, StartError> {
-        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         if status.is_none() {
             self.sigkill();
         }
-        Err(StartError { status, stdout_first_line: first, stderr: self.stderr(), why })
+        Err(StartError {
+            status,
+            stdout_first_line: first,
+            stderr: self.stderr(),
+            why,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -562,13 +625,18 @@ impl Cp {
     /// `kill -TERM <pid>`, then waits (bounded) for the exit. Panics if it does not exit.
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the CP is not running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         match wait_bounded(&mut child, STOP_LIMIT) {
             Some(status) => status,
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the CP did not exit within {STOP_LIMIT:?} of SIGTERM:\n{}", self.stderr());
+                panic!(
+                    "the CP did not exit within {STOP_LIMIT:?} of SIGTERM:\n{}",
+                    self.stderr()
+                );
             }
         }
     }
@@ -625,7 +693,10 @@ impl Cp {
 
     /// Runs `autonomy ARGS` against this CP with extra env and optional stdin.
     pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
-        let mut all = vec![("AUTONOMY_SERVER", self.url.as_str()), ("AUTONOMY_TIMEOUT", "20")];
+        let mut all = vec![
+            ("AUTONOMY_SERVER", self.url.as_str()),
+            ("AUTONOMY_TIMEOUT", "20"),
+        ];
         all.extend_from_slice(env);
         run(args, &all, stdin)
     }
@@ -637,14 +708,21 @@ impl Cp {
 
     /// `POST path` with headers and a body: `(status, body)`.
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-        http("POST", &format!("{}{path}", self.url), headers, Some(body.as_bytes()))
+        http(
+            "POST",
+            &format!("{}{path}", self.url),
+            headers,
+            Some(body.as_bytes()),
+        )
     }
 }
 
 impl Drop for Cp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             if wait_bounded(&mut child, STOP_LIMIT).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -658,5 +736,7 @@ fn owned(args: &[&str]) -> Vec<String> {
 }
 
 fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
-    env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    env.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
