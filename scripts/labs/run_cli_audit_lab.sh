@@ -387,6 +387,15 @@ lab_cp_stop() {
 # HTTP and CLI
 # ------------------------------------------------------------------------------------------
 
+# curl_error_json OUT: curl's error message as a JSON object in OUT.
+curl_error_json() {
+  local t
+  t=$(one_line "$WORK_DIR/curl.err")
+  t=${t//\\/}
+  t=${t//\"/}
+  printf '{"lab_error":"no HTTP answer: %s"}\n' "$t" >"$1"
+}
+
 # http_req METHOD URL OUT [BODY]: prints the HTTP code (000: no answer). The body goes to
 # OUT. Nothing is sent unless the lab's own CP is running, so a foreign process on the port
 # can never answer for it.
@@ -405,7 +414,7 @@ http_req() {
   code=$(curl "${args[@]}" "$url" 2>"$WORK_DIR/curl.err") || true
   if [[ -z $code || $code == 000 ]]; then
     code=000
-    printf '{"lab_error":"no HTTP answer: %s"}\n' "$(one_line "$WORK_DIR/curl.err" | tr -d '"\\')" >"$out"
+    curl_error_json "$out"
   fi
   echo "$code"
 }
@@ -427,7 +436,7 @@ http_get() {
   code=$(curl "${args[@]}" "$url" 2>"$WORK_DIR/curl.err") || true
   if [[ -z $code || $code == 000 ]]; then
     code=000
-    printf '{"lab_error":"no HTTP answer: %s"}\n' "$(one_line "$WORK_DIR/curl.err" | tr -d '"\\')" >"$out"
+    curl_error_json "$out"
   fi
   echo "$code"
 }
@@ -924,7 +933,7 @@ run_cli_audit_lab() {
   cli "$d/audit/verify-original.txt" - audit verify
   local o_rc=$CLI_RC
   pass=$(bool chk "$edit_seq" != none "$edit_seq" != "" "$e_rc" != 0 "$e_names" = true \
-    "$del_seq" != none -n "$del_seq" "$dl_rc" != 0 "$o_rc" = 0)
+    "$del_seq" != none "$del_seq" != "" "$dl_rc" != 0 "$o_rc" = 0)
   check_done AUDIT-09 "audit verify detects an edited and a deleted event" - \
     "audit/tamper-edit-verify.txt audit/tamper-delete-verify.txt audit/verify-original.txt" \
     "edited_seq=$edit_seq" "edit_verify_exit=$e_rc" "edit_names_bad_seq=$e_names" \
@@ -974,7 +983,7 @@ val08_worker() {
     for k in unique shared; do
       if [[ $k == unique ]]; then
         id=$(printf 'val08-w%02d-%03d' "$w" "$i")
-      elif ((i % 5 == 0)); then
+      elif ((i % 5 == 0 && i / 5 <= VAL08_SHARED)); then
         id=val08-shared-$((i / 5))
       else
         continue
@@ -1492,7 +1501,7 @@ run_val10_lab() {
     --event-type rollback.executed --actor "$op" --start-time "$start" --limit 10000
   local a_rc=$CLI_RC
   declare -A a_count=() a_outcome=()
-  local line rid n outs
+  local rid n outs
   while read -r rid n outs; do
     a_count[$rid]=$n
     a_outcome[$rid]=$outs

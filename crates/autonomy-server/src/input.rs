@@ -67,10 +67,14 @@ pub fn json<T: DeserializeOwned>(
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." {
-            ApiError::invalid(format!("invalid JSON body: {inner}"))
-        } else {
-            ApiError::invalid(format!("invalid field {path}: {inner}"))
+        match inner.classify() {
+            serde_json::error::Category::Data if path != "." && path != "?" => {
+                ApiError::invalid(format!("invalid field {path}: {inner}"))
+            }
+            serde_json::error::Category::Data => {
+                ApiError::invalid(format!("invalid JSON body: {inner}"))
+            }
+            _ => ApiError::invalid(format!("malformed JSON body: {inner}")),
         }
     })?;
     de.end()

@@ -101,7 +101,8 @@ pub struct GlobalArgs {
         env = "AUTONOMY_TIMEOUT",
         default_value = "30",
         value_name = "SECONDS",
-        value_parser = parse_timeout
+        value_parser = parse_timeout,
+        allow_negative_numbers = true
     )]
     pub timeout: Duration,
 }
@@ -151,10 +152,10 @@ impl FromStr for Token {
 
 /// `--server`: `http://host[:port]` (a bare `host:port` gets `http://`), no trailing slash.
 fn parse_server(s: &str) -> Result<String, String> {
-    let s = s.trim().trim_end_matches('/');
-    let url = match s.split_once("://") {
-        None => format!("http://{s}"),
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => s.to_string(),
+    let s = s.trim();
+    let rest = match s.split_once("://") {
+        None => s,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
         Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
             return Err(
                 "https is not supported by this build (plain HTTP only); use http://".into(),
@@ -162,14 +163,14 @@ fn parse_server(s: &str) -> Result<String, String> {
         }
         Some((scheme, _)) => return Err(format!("unsupported scheme '{scheme}' (use http://)")),
     };
-    let rest = &url["http://".len()..];
+    let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.starts_with(['/', ':']) {
         return Err(format!("'{s}' names no host"));
     }
-    if rest.contains(['?', '#', ' ']) {
-        return Err(format!("'{s}' is not a plain http://host:port address"));
+    if rest.contains(['?', '#', ' ', '@']) {
+        return Err(format!("'{s}' is not a plain http://host[:port] address"));
     }
-    Ok(url)
+    Ok(format!("http://{rest}"))
 }
 
 /// `--timeout`: a positive number of seconds, fractions allowed.

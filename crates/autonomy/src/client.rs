@@ -108,8 +108,12 @@ impl fmt::Display for ClientError {
                     f,
                     "the control plane answered {status} {code} to {method} {path}: {message}"
                 )?;
-                if let Some(after) = retry_after {
-                    write!(f, " (retry after {after}s)")?;
+                match retry_after {
+                    Some(after) if after.parse::<u64>().is_ok() => {
+                        write!(f, " (retry after {after}s)")?
+                    }
+                    Some(after) => write!(f, " (retry after {after})")?,
+                    None => {}
                 }
                 Ok(())
             }

@@ -167,6 +167,7 @@ fn usage_errors_exit_2_before_anything_is_sent() {
         ),
         (&["rollout", "list", "--phase", "running"], "--phase"),
         (&["rollout", "list", "--limit", "0"], "--limit"),
+        (&["rollout", "list", "--limit", "-3"], "--limit"),
         (
             &["rollout", "stuck", "--threshold-seconds", "-1"],
             "--threshold-seconds",
@@ -198,6 +199,7 @@ fn usage_errors_exit_2_before_anything_is_sent() {
         ),
         (&["health", "--output", "yaml"], "--output"),
         (&["health", "--timeout", "0"], "--timeout"),
+        (&["health", "--timeout", "-5"], "--timeout"),
         (&["health", "--timeout", "soon"], "--timeout"),
         (
             &["health", "--server", "https://cp.example:8443"],

@@ -606,6 +606,8 @@ impl Cp {
         if status.is_none() {
             self.sigkill();
         }
+        // Reaped either way: never signal its pid again (it may be reused).
+        self.child = None;
         Err(StartError {
             status,
             stdout_first_line: first,
@@ -625,9 +627,10 @@ impl Cp {
     /// `kill -TERM <pid>`, then waits (bounded) for the exit. Panics if it does not exit.
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the CP is not running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        if let Ok(Some(status)) = child.try_wait() {
+            return status; // already gone (and now reaped): do not signal a stale pid
+        }
+        send_sigterm(&child);
         match wait_bounded(&mut child, STOP_LIMIT) {
             Some(status) => status,
             None => {
@@ -720,15 +723,25 @@ impl Cp {
 impl Drop for Cp {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            send_sigterm(&child);
             if wait_bounded(&mut child, STOP_LIMIT).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
     }
+}
+
+/// `kill -TERM <pid>` for a child not yet reaped (so the pid is still its own).
+fn send_sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn owned(args: &[&str]) -> Vec<String> {

@@ -23,11 +23,16 @@ use crate::output::{logfmt, Table};
 pub struct StuckArgs {
     /// Stuck means no progress for more than this many seconds (fractions allowed; the CP's
     /// default when omitted).
-    #[arg(long, value_name = "N", value_parser = parse_threshold)]
+    #[arg(long, value_name = "N", value_parser = parse_threshold, allow_negative_numbers = true)]
     pub threshold_seconds: Option<f64>,
 
     /// At most N stuck plans.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        allow_negative_numbers = true
+    )]
     pub limit: Option<u32>,
 }
 
