@@ -1348,9 +1348,11 @@ run_val09_lab() {
   # The retried plan is active and not stuck: retry reset its clock.
   local r_rep
   r_rep=$(pyj "$d/val09-scan-t2.json" '"val09-retried-1" in [i["id"] for i in d["items"]]' unknown)
-  pass=$(bool chk "$r_rep" = false "$(plan_phase val09-retried-1)" = active)
+  local r_phase
+  r_phase=$(plan_phase val09-retried-1)
+  pass=$(bool chk "$r_rep" = false "$r_phase" = active)
   check_done VAL09-07 "retry resets the stuck clock (retried plan not reported at 2s)" - \
-    "val09-scan-t2.json val09-setup.txt" "retried_reported=$r_rep" "pass=$pass"
+    "val09-scan-t2.json val09-setup.txt" "retried_reported=$r_rep" "retried_phase=$r_phase" "pass=$pass"
 
   # Bad thresholds are a 400 naming the field.
   local bad_ok=0 bad_res=() v bc bm
@@ -1776,8 +1778,16 @@ run_chaos_val11_lab() {
   if [[ $was_running == true ]] && lab_cp_stop; then dead=true; fi
   local kill_rc=$STOP_RC kill_forced=$STOP_FORCED kill_ms=$STOP_MS
   if port_in_use "$LAB_PORT"; then port_closed=false; else port_closed=true; fi
-  cli "$ev/val11-kill-client-error.txt" - rollback execute --target rollout_plan \
-    --resource val11-dur-1 --strategy retry --reason chaos-test
+  if [[ $was_running == true ]]; then
+    cli "$ev/val11-kill-client-error.txt" - rollback execute --target rollout_plan \
+      --resource val11-dur-1 --strategy retry --reason chaos-test
+  else
+    # No CP of ours was killed: whatever answers on the port is not a VAL11-02 observation.
+    printf 'lab_error: command not run: no lab CP was running to kill (%s)\n' "${CP_START_ERROR:-unknown}" \
+      >"$ev/val11-kill-client-error.txt"
+    CLI_RC=125
+    CLI_MS=0
+  fi
   local ke_rc=$CLI_RC has_conn names_addr
   has_conn=$(bool grep -qiE 'connection refused|dial|connect' "$ev/val11-kill-client-error.txt")
   names_addr=$(bool grep -qF "127.0.0.1:$LAB_PORT" "$ev/val11-kill-client-error.txt")

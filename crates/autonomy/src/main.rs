@@ -29,7 +29,7 @@ fn main() -> ExitCode {
                 let mut stderr = std::io::stderr().lock();
                 let _ = writeln!(stderr, "error: {message}");
             }
-            code.into()
+            code
         }
     }
 }

@@ -1,0 +1,210 @@
+//! The retained audit store across crashes (SPEC §5.2, §5.4): outbox replay, torn-tail repair,
+//! tamper detection through `autonomy audit verify`, refusal of a foreign audit dir, and the
+//! offline and API queries answering the same.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::Cp;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn segment(dir: &Path) -> PathBuf {
+    let mut segs: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    segs.sort();
+    segs.pop().expect("a segment")
+}
+
+fn create_some(cp: &Cp, prefix: &str, n: usize) {
+    for i in 0..n {
+        let body = format!(
+            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
+        );
+        let (s, b) = cp.post(
+            "/v1/rollouts",
+            &[JSON, ("x-autonomy-operator", "auditor")],
+            &body,
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+}
+
+fn verify(cp: &Cp) -> std::process::Output {
+    let dir = cp.audit_dir();
+    cp.cli_with(
+        &["audit", "verify", "--audit-dir", dir.to_str().unwrap()],
+        &[],
+        None,
+    )
+}
+
+#[test]
+fn events_lost_between_commit_and_append_are_replayed_exactly() {
+    let mut cp = Cp::start(&[], &[]);
+    create_some(&cp, "outbox", 6);
+    cp.sigkill();
+    // Simulate a crash after COMMIT but before the JSONL append: drop the last 3 lines.
+    let seg = segment(&cp.audit_dir());
+    let full = fs::read_to_string(&seg).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    let keep = lines[..lines.len() - 3].join("\n") + "\n";
+    fs::write(&seg, keep).unwrap();
+    cp.start_again();
+    assert!(cp.stderr().contains("audit_replayed=3"), "{}", cp.stderr());
+    assert_eq!(
+        fs::read_to_string(&seg).unwrap(),
+        full,
+        "replay must restore the exact lines"
+    );
+    assert!(verify(&cp).status.success());
+}
+
+#[test]
+fn a_torn_last_line_is_repaired_at_startup_not_reported_as_tampering() {
+    let mut cp = Cp::start(&[], &[]);
+    create_some(&cp, "torn", 3);
+    cp.sigkill();
+    let seg = segment(&cp.audit_dir());
+    let mut f = fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(br#"{"seq":99,"id":"evt_half","ti"#).unwrap();
+    drop(f);
+    cp.start_again();
+    assert!(cp.stderr().contains("repaired"), "{}", cp.stderr());
+    create_some(&cp, "after", 1);
+    let out = verify(&cp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn verify_names_the_first_tampered_record_and_a_tampered_tail_stops_the_cp() {
+    let mut cp = Cp::start(&[], &[]);
+    create_some(&cp, "tamper", 4);
+    assert!(verify(&cp).status.success());
+    cp.sigterm();
+    let seg = segment(&cp.audit_dir());
+    let text = fs::read_to_string(&seg).unwrap();
+    // Rewrite who did it in the 3rd event: the classic cover-up.
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[2] = lines[2].replacen("\"actor\":\"auditor\"", "\"actor\":\"someone\"", 1);
+    fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    let out = verify(&cp);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("seq 3"), "{err}");
+
+    // A deleted line is caught too.
+    lines.remove(2);
+    fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    let out = verify(&cp);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An edited last line is tampering, not a torn write: the CP refuses to start on it.
+    let last = lines.len() - 1;
+    lines[last] = lines[last].replacen("\"actor\":\"auditor\"", "\"actor\":\"someone\"", 1);
+    fs::write(&seg, lines.join("\n") + "\n").unwrap();
+    let Err(e) = Cp::try_start_in(cp.data_dir(), &[], &[]) else {
+        panic!("the CP started on a tampered audit store");
+    };
+    assert!(
+        e.stderr.contains("cannot open the audit store") && e.stderr.contains(name),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn a_foreign_audit_dir_is_refused() {
+    let keep = common::TestDir::new("shared-audit");
+    let shared = keep.path().join("audit");
+    let a = Cp::start(&["--audit-dir", shared.to_str().unwrap()], &[]);
+    create_some(&a, "a", 3);
+    drop(a);
+    // A fresh database with an audit dir that already holds another database's chain.
+    let dir = common::TestDir::new("foreign");
+    let Err(e) = Cp::try_start_in(
+        &dir.path().join("data"),
+        &["--audit-dir", shared.to_str().unwrap()],
+        &[],
+    ) else {
+        panic!("a CP started with another database's audit dir");
+    };
+    assert!(
+        e.stderr.contains("belongs to another database"),
+        "{}",
+        e.stderr
+    );
+}
+
+#[test]
+fn offline_and_api_queries_agree() {
+    let cp = Cp::start(&[], &[]);
+    create_some(&cp, "q", 5);
+    let exec = r#"{"target":"rollout_plan","resource":"q-1","strategy":"retry","reason":"r"}"#;
+    assert_eq!(
+        cp.post(
+            "/v1/rollback/execute",
+            &[JSON, ("x-autonomy-operator", "auditor")],
+            exec
+        )
+        .0,
+        200
+    );
+    let dir = cp.audit_dir();
+    let filters: [&[&str]; 4] = [
+        &["--actor", "auditor"],
+        &["--event-type", "rollback.executed", "--outcome", "success"],
+        &["--resource", "q-3"],
+        &[
+            "--event-type",
+            "plan.created",
+            "--start-time",
+            "2020-01-01T00:00:00Z",
+            "--limit",
+            "2",
+        ],
+    ];
+    for f in filters {
+        let mut args = vec!["-o", "json", "audit", "query"];
+        args.extend_from_slice(f);
+        let api = cp.cli_with(&args, &[], None);
+        assert!(
+            api.status.success(),
+            "{}",
+            String::from_utf8_lossy(&api.stderr)
+        );
+        let offline = cp.cli_with(
+            &args,
+            &[("AUTONOMY_AUDIT_DIR", dir.to_str().unwrap())],
+            None,
+        );
+        assert!(
+            offline.status.success(),
+            "{}",
+            String::from_utf8_lossy(&offline.stderr)
+        );
+        let a: serde_json::Value = serde_json::from_slice(&api.stdout).unwrap();
+        let o: serde_json::Value = serde_json::from_slice(&offline.stdout).unwrap();
+        assert!(
+            !a["items"].as_array().unwrap().is_empty(),
+            "{f:?} matched nothing"
+        );
+        assert_eq!(a, o, "offline and API answers differ for {f:?}");
+    }
+}
