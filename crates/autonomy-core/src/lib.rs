@@ -213,7 +213,7 @@ fn digest_problem(digest: &str, algorithms: &[&str]) -> Option<String> {
 /// Parses `threshold_seconds`: a non-negative, finite number of seconds, fractions allowed.
 pub fn parse_threshold(s: &str) -> Result<f64, FieldError> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 && v <= 10.0 * 365.0 * 86400.0 => Ok(v),
+        Ok(v) if (0.0..=10.0 * 365.0 * 86400.0).contains(&v) => Ok(v),
         _ => Err(FieldError::new(
             "threshold_seconds",
             format!("must be a non-negative number of seconds (fractions allowed), got '{s}'"),

@@ -198,7 +198,7 @@ struct Writer {
 /// job's own changes are rolled back).
 struct Failure {
     error: StoreError,
-    audit: Option<NewEvent>,
+    audit: Option<Box<NewEvent>>,
 }
 
 impl From<StoreError> for Failure {
@@ -346,7 +346,7 @@ impl Writer {
                 self.undo(chain_before, pending_before);
                 // The rejection itself is audited, outside the rolled-back savepoint.
                 if let Some(event) = failure.audit {
-                    if let Err(e) = self.record(event) {
+                    if let Err(e) = self.record(*event) {
                         return Err(e.error);
                     }
                 }
@@ -492,7 +492,7 @@ impl Writer {
         if self.load(id)?.is_some() {
             return Err(Failure {
                 error: StoreError::Conflict(format!("a plan with id '{id}' already exists")),
-                audit: Some(new_event(
+                audit: Some(Box::new(new_event(
                     ctx,
                     now,
                     "plan.created",
@@ -501,7 +501,7 @@ impl Writer {
                     Outcome::Rejected,
                     "duplicate id",
                     serde_json::json!({}),
-                )),
+                ))),
             });
         }
         let at = timefmt::format_us(now);
@@ -572,7 +572,7 @@ impl Writer {
             Ok(to) => to,
             Err(why) => {
                 return Err(Failure {
-                    audit: Some(new_event(
+                    audit: Some(Box::new(new_event(
                         ctx,
                         now,
                         "rollout.phase_changed",
@@ -581,7 +581,7 @@ impl Writer {
                         Outcome::Rejected,
                         reason,
                         serde_json::json!({"verb": verb.as_str(), "from_phase": from, "why": why}),
-                    )),
+                    ))),
                     error: StoreError::Conflict(why),
                 })
             }

@@ -132,6 +132,12 @@ pub fn clap_error(e: clap::Error) -> ExitCode {
                 }
             }
             let mut message = parts.join(" ");
+            if e.kind() == ErrorKind::UnknownArgument && message.contains("'--operator'") {
+                message.push_str(
+                    "; --operator goes before the command (`autonomy --operator NAME rollout …`) \
+                     or set AUTONOMY_OPERATOR",
+                );
+            }
             if !message.starts_with("error:") {
                 message = format!("error: {message}");
             }

@@ -43,6 +43,17 @@ fn expect_error(status: u16, body: &str, want_status: u16, code: &str, mentions:
     );
 }
 
+/// method, path, headers, body, expected status, error code, a word the message must contain.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 #[test]
 fn bad_input_is_a_json_4xx_naming_the_field_and_changes_nothing() {
     let cp = Cp::start(&[], &[]);
@@ -55,7 +66,7 @@ fn bad_input_is_a_json_4xx_naming_the_field_and_changes_nothing() {
         r#"{{"metadata":{{"id":"big"}},"spec":{{"artifact_ref":"oci://a","targets":{{"x":"{}"}}}}}}"#,
         "a".repeat(1024 * 1024 + 10)
     );
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/rollouts", vec![JSON], b"{not json".to_vec(), 400, "invalid_request", "JSON"),
         ("POST", "/v1/rollouts", vec![JSON], b"".to_vec(), 400, "invalid_request", "empty"),
         ("POST", "/v1/rollouts", vec![JSON], br#"{"spec":{"artifact_ref":"oci://a"},"colour":1}"#.to_vec(), 400, "invalid_request", "colour"),

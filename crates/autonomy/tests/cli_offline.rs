@@ -221,6 +221,15 @@ fn usage_errors_exit_2_before_anything_is_sent() {
         );
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+    // `--operator` is a root flag; misplaced, the error says where it goes.
+    let out = run(
+        &["rollout", "list", "--operator", "x", "--server", &url],
+        &[],
+        None,
+    );
+    out.assert_code(2);
+    assert!(out.error_line().contains("before the command"));
+
     // A bad value from the environment is a usage error too.
     let out = run(
         &["health"],
