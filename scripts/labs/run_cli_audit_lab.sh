@@ -543,7 +543,8 @@ def kvs(s):
     for kv in s.split("\x1f"):
         if kv:
             k, _, v = kv.partition("=")
-            out[k] = conv(v)
+            if k != "pass":
+                out[k] = conv(v)
     return out
 checks = []
 with open(tsv, encoding="utf-8") as f:
@@ -574,7 +575,7 @@ for c in checks:
     mark = "PASS" if c["pass"] else "FAIL"
     lines.append(f"[{mark}] {c['id']} {c['name']}")
     meas = " ".join(f"{k}={json.dumps(v) if isinstance(v, bool) else v}"
-                    for k, v in c["measured"].items() if k != "pass")
+                    for k, v in c["measured"].items())
     lines.append(f"       measured: {meas}")
     lines.append(f"       evidence: {' '.join(c['evidence'])}")
 if notes_list:

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub audit_export_failures: AtomicU64,
     /// Set while committed audit events wait to be appended to the retained store.
     pub audit_export_behind: AtomicBool,
+    /// Set when a commit failed (disk full, I/O error); cleared by the next successful one.
+    pub storage_fault: AtomicBool,
     pub writer_alive: AtomicBool,
 }
 
@@ -238,6 +240,15 @@ impl Store {
             return Err(StoreError::Unavailable(
                 "committed audit events are waiting to be written to the audit store".into(),
             ));
+        }
+        if self.metrics.storage_fault.load(Ordering::SeqCst) {
+            // The last commit failed: only a write can tell whether the fault has cleared.
+            let ctx = Ctx {
+                actor: "system".into(),
+                request_id: "ready".into(),
+                idempotency: None,
+            };
+            self.write(&ctx, writer::Command::Probe).await?;
         }
         self.read(|r| r.ping()).await
     }

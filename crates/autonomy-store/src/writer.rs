@@ -23,7 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{AuditOnly, Ctx, Metrics, NewPlan, Reply, Result, StoreError};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../migrations/sqlite/0002_heartbeat.sql")),
+];
 
 pub(crate) struct Job {
     pub ctx: Ctx,
@@ -49,6 +52,8 @@ pub(crate) enum Command {
         id: String,
     },
     AuditOnly(Box<AuditOnly>),
+    /// A tiny write that proves the store is writable (readiness after a storage fault).
+    Probe,
 }
 
 /// Opens the write connection and refuses a database that won't give WAL + synchronous=FULL.
@@ -273,6 +278,7 @@ impl Writer {
             self.chain = chain_before;
             self.pending.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.storage_fault.store(true, Ordering::SeqCst);
             let why = match sql_error(e) {
                 StoreError::Unavailable(m) => m,
                 other => format!("commit failed: {other}"),
@@ -285,6 +291,11 @@ impl Writer {
         }
         let m = self.metrics.clone();
         m.commits.fetch_add(1, Ordering::Relaxed);
+        // A job that hit a storage fault inside a batch that still committed keeps the flag.
+        let faulted = results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Unavailable(_))));
+        m.storage_fault.store(faulted, Ordering::SeqCst);
         m.committed_requests
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         m.max_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
@@ -406,6 +417,15 @@ impl Writer {
                 secret,
             } => self.token_create(ctx, operator, *role, secret.clone(), now),
             Command::TokenRevoke { id } => self.token_revoke(ctx, id, now),
+            Command::Probe => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO heartbeat (id, at_us) VALUES (1, ?1) \
+                         ON CONFLICT (id) DO UPDATE SET at_us = excluded.at_us",
+                    )?
+                    .execute([now])?;
+                Ok(Reply::Audited)
+            }
             Command::AuditOnly(event) => {
                 let e = event.as_ref().clone();
                 self.record(new_event(
