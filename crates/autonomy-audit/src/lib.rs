@@ -464,7 +464,7 @@ impl AuditLog {
     /// A line longer than `segment_max_bytes` still goes into a segment of its own.
     pub fn open(dir: &Path, segment_max_bytes: u64) -> Result<AuditLog, AuditError> {
         create_dir(dir)?;
-        let lock = lock_dir(dir)?;
+        let lock = lock_dir(dir, LOCK_FILE)?;
         let segments = list_segments(dir)?;
         for (i, segment) in segments.iter().enumerate() {
             let expected = i as u64 + 1;
@@ -765,9 +765,11 @@ fn create_dir(dir: &Path) -> Result<(), AuditError> {
     }
 }
 
-/// Takes the exclusive writer lock of `dir` and records our pid in it.
-fn lock_dir(dir: &Path) -> Result<File, AuditError> {
-    let path = dir.join(LOCK_FILE);
+/// Takes an exclusive lock on `dir/<file_name>` and records our pid in it; the lock lasts as
+/// long as the returned file is open. The OS drops it when the process dies, however it dies,
+/// so there is never a stale lock. The control plane uses it for its data dir too.
+pub fn lock_dir(dir: &Path, file_name: &str) -> Result<File, AuditError> {
+    let path = dir.join(file_name);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)

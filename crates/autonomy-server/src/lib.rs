@@ -603,42 +603,45 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     use std::fmt::Write;
     let m = state.store.metrics();
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
+    let counters = [
+        (
+            "autonomy_store_commits_total",
+            "Write transactions committed (each one fsync).",
+            &m.commits,
+        ),
+        (
+            "autonomy_store_committed_requests_total",
+            "Write requests carried by committed transactions.",
+            &m.committed_requests,
+        ),
+        (
+            "autonomy_store_failed_commits_total",
+            "Write transactions that failed to commit (answered 503).",
+            &m.failed_commits,
+        ),
+        (
+            "autonomy_store_commit_microseconds_total",
+            "Time spent committing, including the audit fsync.",
+            &m.commit_micros,
+        ),
+        (
+            "autonomy_audit_events_total",
+            "Audit events committed.",
+            &m.audit_events,
+        ),
+        (
+            "autonomy_audit_export_failures_total",
+            "Failed appends to the retained audit store.",
+            &m.audit_export_failures,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let v = value.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
         );
-    };
-    counter(
-        "autonomy_store_commits_total",
-        "Write transactions committed (each one fsync).",
-        m.commits.load(Ordering::Relaxed),
-    );
-    counter(
-        "autonomy_store_committed_requests_total",
-        "Write requests carried by committed transactions.",
-        m.committed_requests.load(Ordering::Relaxed),
-    );
-    counter(
-        "autonomy_store_failed_commits_total",
-        "Write transactions that failed to commit (answered 503).",
-        m.failed_commits.load(Ordering::Relaxed),
-    );
-    counter(
-        "autonomy_store_commit_microseconds_total",
-        "Time spent committing, including audit fsync.",
-        m.commit_micros.load(Ordering::Relaxed),
-    );
-    counter(
-        "autonomy_audit_events_total",
-        "Audit events committed.",
-        m.audit_events.load(Ordering::Relaxed),
-    );
-    counter(
-        "autonomy_audit_export_failures_total",
-        "Failed appends to the retained audit store.",
-        m.audit_export_failures.load(Ordering::Relaxed),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP autonomy_store_max_batch Largest group commit so far.\n# TYPE autonomy_store_max_batch gauge\nautonomy_store_max_batch {}",

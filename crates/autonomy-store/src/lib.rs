@@ -17,7 +17,7 @@ mod read;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -426,50 +426,21 @@ impl Drop for Store {
     }
 }
 
-/// Takes the exclusive lock on `<data-dir>/LOCK` and records our pid in it. The OS drops the
-/// lock when the process dies, however it dies, so there is never a stale lock to clean up.
+/// Takes the exclusive lock on `<data-dir>/LOCK` (holding our pid), so that a second control
+/// plane on the same data dir refuses to start and names the holder.
 fn lock_data_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| StoreError::Startup(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                "another process".to_string()
-            } else {
-                format!("pid {holder}")
-            };
-            return Err(StoreError::Startup(format!(
-                "data dir {} is in use by another control plane ({who} holds {}); stop it first \
-                 or choose another --data-dir",
+    autonomy_audit::lock_dir(dir, "LOCK").map_err(|e| match e {
+        autonomy_audit::AuditError::Locked { pid, .. } => {
+            let who = pid.map_or("another process".to_string(), |p| format!("pid {p}"));
+            StoreError::Startup(format!(
+                "data dir {} is in use by another control plane ({who} holds {}); stop it \
+                 first or choose another --data-dir",
                 dir.display(),
-                path.display()
-            )));
+                dir.join("LOCK").display()
+            ))
         }
-        Err(fs::TryLockError::Error(e)) => {
-            return Err(StoreError::Startup(format!(
-                "cannot lock {}: {e}",
-                path.display()
-            )))
-        }
-    }
-    let pid = std::process::id().to_string();
-    let written = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| file.write_all(pid.as_bytes()))
-        .and_then(|()| file.sync_all());
-    written.map_err(|e| StoreError::Startup(format!("cannot write {}: {e}", path.display())))?;
-    Ok(file)
+        other => StoreError::Startup(format!("cannot lock data dir {}: {other}", dir.display())),
+    })
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
