@@ -143,6 +143,9 @@ pub struct Store {
     _lock: File,
 }
 
+/// The data dir's exclusive lock, from [`Store::lock`].
+pub struct DataDirLock(File);
+
 /// A successful write, as it is kept for Idempotency-Key replays.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
@@ -164,17 +167,24 @@ pub struct NewPlan {
 }
 
 impl Store {
-    /// Locks the data dir, opens and checks SQLite, applies migrations, opens the retained
-    /// audit store, replays any audit events it is missing, starts the writer, and makes the
-    /// first admin token if there is none.
-    pub fn open(config: &StoreConfig) -> Result<(Store, OpenReport)> {
-        fs::create_dir_all(&config.data_dir).map_err(|e| {
+    /// Creates the data dir if needed and takes its exclusive lock (`<data-dir>/LOCK`, holding
+    /// our pid), so a second control plane on the same dir refuses to start and names the
+    /// holder. The lock lasts while the returned [`DataDirLock`] (then the store) lives.
+    pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
+        fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Startup(format!(
                 "cannot create data dir {}: {e}",
-                config.data_dir.display()
+                data_dir.display()
             ))
         })?;
-        let lock = lock_data_dir(&config.data_dir)?;
+        lock_data_dir(data_dir).map(DataDirLock)
+    }
+
+    /// Opens and checks SQLite under `lock`, applies migrations, opens the retained audit
+    /// store, replays any audit events it is missing, starts the writer, and makes the first
+    /// admin token if there is none.
+    pub fn open(config: &StoreConfig, lock: DataDirLock) -> Result<(Store, OpenReport)> {
+        let DataDirLock(lock) = lock;
         let db_path = config.data_dir.join("autonomy.db");
         let conn = writer::open_write_connection(&db_path)?;
         let mut audit =

@@ -1,7 +1,7 @@
 //! `autonomy serve`: runs the control plane.
 //!
-//! Order of start-up: lock and open the store (SQLite checks, migrations, audit replay), bind
-//! the port, print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
+//! Order of start-up: lock the data dir, bind the port, open the store (SQLite checks,
+//! migrations, audit replay), print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
 //! requests, stop the writer after its last commit, exit 0.
 
 use std::path::PathBuf;
@@ -90,8 +90,13 @@ impl ServeArgs {
         let mut config = StoreConfig::new(self.data_dir.clone(), audit_dir.clone());
         config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
 
+        // Lock the data dir, then take the port, then open the database: a refusal for
+        // either reason leaves a fresh data dir untouched (no database, no admin token).
+        let lock = Store::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        let listener = std::net::TcpListener::bind(&self.listen)
+            .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         let (store, report) =
-            Store::open(&config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+            Store::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let store = Arc::new(store);
         tracing::info!(
             db = %report.db_path.display(),
@@ -113,8 +118,6 @@ impl ServeArgs {
             );
         }
 
-        let listener = std::net::TcpListener::bind(&self.listen)
-            .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         listener
             .set_nonblocking(true)
             .context("cannot start: listener setup")?;
