@@ -208,3 +208,36 @@ fn offline_and_api_queries_agree() {
         assert_eq!(a, o, "offline and API answers differ for {f:?}");
     }
 }
+
+#[test]
+fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
+    let mut cp = Cp::start(&[], &[("AUTONOMY_AUDIT_SEGMENT_BYTES", "4096")]);
+    create_some(&cp, "rot", 30);
+    cp.sigkill();
+    cp.start_again();
+    create_some(&cp, "rot2", 10);
+    let segments = fs::read_dir(cp.audit_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count();
+    assert!(
+        segments >= 3,
+        "expected rotation, found {segments} segment(s)"
+    );
+    let out = verify(&cp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("segments={segments}")), "{stdout}");
+    // 1 admin token + 40 plans.
+    assert!(stdout.contains("events=41"), "{stdout}");
+}
