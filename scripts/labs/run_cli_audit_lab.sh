@@ -11,6 +11,8 @@
 #   val09  run_val09_lab        stuck detection                            port 18994
 #   val10  run_val10_lab        rollback reliability on clean plans        port 18995
 #   val11  run_chaos_val11_lab  VAL11 chaos test pack (the seed, exactly)  port 18996
+#   val12  run_val12_lab        chaos beyond the plan: SIGKILL under load, hung CP, full disk,
+#                               corrupt store at start-up                  port 18997 (+18998)
 #
 # Run `run_cli_audit_lab.sh --help` for usage.
 
@@ -21,7 +23,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 readonly SCRIPT_NAME SCRIPT_DIR REPO_ROOT
 
-readonly ALL_LABS=(audit val08 val09 val10 val11)
+readonly ALL_LABS=(audit val08 val09 val10 val11 val12)
 
 # Bounds: every wait in this script is bounded by one of these.
 readonly HTTP_MAX_TIME=15       # seconds per curl request
@@ -34,7 +36,7 @@ readonly BUILD_TIMEOUT=3600     # seconds for `cargo build -p autonomy`
 
 usage() {
   cat <<EOF
-Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11]...
+Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11|val12]...
        $SCRIPT_NAME -h | --help
 
 Runs the AutonomyOps acceptance labs against a real \`autonomy\` binary (default: all, in
@@ -56,6 +58,11 @@ Labs:
                                                                         port 18995
   val11  run_chaos_val11_lab  the VAL11 chaos test pack (SIGTERM kill/restart, durability,
                               stuck proxy, artifact corruption, cascade, audit)  port 18996
+  val12  run_val12_lab        chaos beyond the plan: 16 writers x 20 SIGKILL/restart cycles
+                              (no acknowledged write lost, audit 1:1), a SIGSTOPped CP (CLI
+                              --timeout, Idempotency-Key retry), a full 4 MiB tmpfs (503,
+                              reads work, recovery; needs root to mount), corrupt stores at
+                              start-up (refuse, naming the file)       port 18997 (+18998)
 
 Environment:
   AUTONOMY_BIN  the autonomy binary; default: \`cargo build -p autonomy\` in the repo, then
@@ -63,8 +70,10 @@ Environment:
   EVIDENCE_DIR  where the evidence goes (default: <repo>/lab-evidence/<UTC timestamp>/);
                 it is kept after the run
   TMPDIR        parent of the scratch \$WORK_DIR, which is removed on exit
+  VAL12_SEED    seed (a number) for val12's SIGKILL moments, to replay a run's pauses
 
-Every CP the script starts is stopped on exit (SIGTERM, then SIGKILL after 10 s).
+Every CP the script starts is stopped on exit (SIGTERM, then SIGKILL after 10 s), and every
+filesystem it mounted (val12) is unmounted.
 Exit status: 0 only if every selected lab passes every check; 1 otherwise; 2 on a usage
 error.
 EOF
@@ -78,7 +87,8 @@ WORK_DIR=""
 EVIDENCE_DIR=${EVIDENCE_DIR:-}
 AUTONOMY_BIN=${AUTONOMY_BIN:-}
 CP_PIDS=()      # every CP this script started and has not yet reaped
-BG_PIDS=()      # load workers (val08) still running
+BG_PIDS=()      # load workers (val08, val12) still running
+MOUNTS=()       # filesystems this script mounted (val12), unmounted on exit
 CUR_CP_PID=""   # the CP of the running lab ("" = none running)
 CP_START_ERROR=""
 CP_READY_MS=""
@@ -103,13 +113,16 @@ declare -A LAB_RESULT=()  # lab -> PASS|FAIL
 declare -A LAB_LINE=()    # lab -> one-line summary
 
 cleanup() {
-  local rc=$? pid
+  local rc=$? pid mnt
   trap - EXIT INT TERM
   for pid in "${BG_PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${CP_PIDS[@]}"; do
     stop_cp "$pid" || true
+  done
+  for mnt in "${MOUNTS[@]}"; do
+    umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   done
   if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
     rm -rf -- "$WORK_DIR"
@@ -226,10 +239,14 @@ pid_alive() {
   if ! kill -0 "$pid" 2>/dev/null; then
     return 1
   fi
-  if [[ -r /proc/$pid/stat ]]; then
+  if [[ -d /proc/self ]]; then
     stat=$(cat "/proc/$pid/stat" 2>/dev/null) || stat=""
+    # No entry right after kill -0 succeeded: the process was reaped in between.
+    if [[ -z $stat ]]; then
+      return 1
+    fi
     stat=${stat##*) }
-    if [[ ${stat:0:1} == Z ]]; then
+    if [[ ${stat:0:1} == Z || ${stat:0:1} == X ]]; then
       return 1
     fi
   fi
@@ -316,6 +333,8 @@ stop_cp() {
   t0=$(now_ms)
   if pid_alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
+    # A SIGSTOPped CP (val12) only acts on the SIGTERM once it is continued.
+    kill -CONT "$pid" 2>/dev/null || true
     for ((i = 0; i < CP_STOP_POLLS; i++)); do
       if ! pid_alive "$pid"; then
         break
@@ -1947,6 +1966,1110 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------
+# val12 — chaos beyond the plan: SIGKILL under write load, a hung CP, a full disk, a corrupt
+# store at start-up
+# ------------------------------------------------------------------------------------------
+
+readonly VAL12_PORT=18997 VAL12_PORT2=18998
+readonly VAL12_WRITERS=16          # concurrent writers during the kill cycles
+readonly VAL12_KILL_CYCLES=20      # SIGKILL + restart cycles under load
+readonly VAL12_KILL_MIN_MS=300     # each kill comes a random 0.3 ...
+readonly VAL12_KILL_SPAN_MS=1200   # ... to 1.5 s after the CP got ready
+readonly VAL12_TAIL_MS=1000        # load after the last restart, before the writers stop
+readonly VAL12_WRITER_MAX_S=300    # hard deadline of the writer process (it is stopped earlier)
+readonly VAL12_HUNG_TIMEOUT=2      # the CLI's --timeout against the SIGSTOPped CP ...
+readonly VAL12_HUNG_NET=10         # ... and the safety net (`timeout`) around that CLI call
+readonly VAL12_FS_SIZE=4m          # the tmpfs the full-disk CP runs on
+readonly VAL12_DISK_MAX=100        # padded creates at most, while the disk fills
+readonly VAL12_PAD_BYTES=4096      # spec.targets padding per padded create
+readonly VAL12_START_FAIL_MS=5000  # a CP on a corrupt store must refuse within this
+VAL12_SEED_USED=0                  # the seed of this run's kill moments (run_val12_lab sets it)
+
+# The load of the SIGKILL scenario: VAL12_WRITERS threads, each creating plans and executing
+# retries on its own acknowledged plans without pause, over keep-alive connections. Before
+# each request the thread logs `attempt`, then `ack` (2xx success; with the generation the CP
+# answered), `answer` (any other HTTP answer) or `noanswer` (transport error: the CP is down or
+# was killed mid-request; it may or may not have applied it). While the CP is down it retries
+# with a small bounded backoff, like an operator's automation. Stops when the stop file
+# appears (or at the deadline). Ledger lines: EPOCH EVENT KIND ID [CODE] [GENERATION|ERROR].
+PY_VAL12_WRITERS=$(
+  cat <<'PY'
+import http.client, json, os, random, sys, threading, time
+port, ledger_dir, stop_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+writers, max_s, op = int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+art, fp, seed = sys.argv[7], sys.argv[8], int(sys.argv[9])
+deadline = time.monotonic() + max_s
+HDRS = {"Content-Type": "application/json", "X-Autonomy-Operator": op}
+totals = {}
+lock = threading.Lock()
+
+def run(w):
+    rnd = random.Random(seed * 1000 + w)
+    fd = os.open(os.path.join(ledger_dir, "ledger-w%02d.txt" % w),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    def log(*fields):
+        os.write(fd, ("%.6f %s\n" % (time.time(), " ".join(str(f) for f in fields))).encode())
+    conn, acked, n, fails = None, [], 0, 0
+    count = {"attempt": 0, "ack": 0, "answer": 0, "noanswer": 0}
+    try:
+        while time.monotonic() < deadline and not os.path.exists(stop_file):
+            if acked and rnd.random() < 0.5:
+                kind, pid, url = "retry", rnd.choice(acked), "/v1/rollback/execute"
+                body = {"target": "rollout_plan", "resource": pid, "strategy": "retry",
+                        "reason": "val12-kill-load"}
+            else:
+                n += 1
+                kind, pid, url = "create", "val12-kill-w%02d-%05d" % (w, n), "/v1/rollouts"
+                body = {"metadata": {"id": pid, "labels": {"lab": "val12", "writer": "w%02d" % w}},
+                        "spec": {"artifact_ref": art, "target_lock_fingerprint": fp}, "draft": False}
+            log("attempt", kind, pid)
+            count["attempt"] += 1
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("POST", url, body=json.dumps(body), headers=HDRS)
+                resp = conn.getresponse()
+                raw, code = resp.read(), resp.status
+                if resp.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                log("noanswer", kind, pid, type(e).__name__)
+                count["noanswer"] += 1
+                fails += 1
+                time.sleep(min(0.2, 0.005 * 2 ** min(fails, 6)))
+                continue
+            fails = 0
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                d = {}
+            if not isinstance(d, dict):
+                d = {}
+            if kind == "create" and code == 201:
+                log("ack", kind, pid, code, d.get("plan", {}).get("metadata", {}).get("generation"))
+                count["ack"] += 1
+                acked.append(pid)
+            elif kind == "retry" and code == 200 and d.get("outcome") == "success":
+                log("ack", kind, pid, code, d.get("generation"))
+                count["ack"] += 1
+            else:
+                err = (d.get("error") or {}).get("code") or d.get("outcome") or "-"
+                log("answer", kind, pid, code, err)
+                count["answer"] += 1
+                if code == 503:
+                    time.sleep(0.05)
+    finally:
+        if conn is not None:
+            conn.close()
+        os.close(fd)
+        with lock:
+            totals["w%02d" % w] = count
+
+threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(1, writers + 1)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(max(0.0, deadline - time.monotonic()) + 10)
+alive = sum(1 for t in threads if t.is_alive())
+print(json.dumps({"writers": writers, "threads_still_running": alive, "per_writer": totals},
+                 sort_keys=True))
+sys.exit(1 if alive else 0)
+PY
+)
+readonly PY_VAL12_WRITERS
+
+# PY_VAL12_PLANS OUT_JSON PAGE...: every plan of the listed pages as {id: {generation, phase,
+# history}} in OUT_JSON; prints listed=, unique=, duplicates=.
+PY_VAL12_PLANS=$(
+  cat <<'PY'
+import collections, json, sys
+out, pages = sys.argv[1], sys.argv[2:]
+plans, seen = {}, collections.Counter()
+for p in pages:
+    for i in json.load(open(p, encoding="utf-8"))["items"]:
+        pid = i["plan"]["metadata"]["id"]
+        seen[pid] += 1
+        plans[pid] = {"generation": i["plan"]["metadata"]["generation"],
+                      "phase": i["status"]["phase"], "history": len(i["status"].get("history", []))}
+dups = sorted(k for k, n in seen.items() if n > 1)
+json.dump({"plans": plans, "duplicates": dups}, open(out, "w", encoding="utf-8"), indent=1, sort_keys=True)
+print(f"listed={sum(seen.values())}")
+print(f"unique={len(plans)}")
+print("duplicates=" + (",".join(dups[:20]) or "none"))
+PY
+)
+readonly PY_VAL12_PLANS
+
+# PY_VAL12_KILL_VERIFY LEDGER_DIR PLANS_JSON WINDOWS DETAIL_JSON: the writers' ledgers against
+# the plans the CP lists after the last restart.
+PY_VAL12_KILL_VERIFY=$(
+  cat <<'PY'
+import collections, glob, json, os, sys
+ledger_dir, plans_path, windows_path, detail_path = sys.argv[1:5]
+att_create, att_retry = set(), collections.Counter()
+ack_create, ack_retries, ack_times = set(), [], []
+answers, noanswer, malformed = collections.Counter(), collections.Counter(), 0
+bad_answers = []
+ledgers = sorted(glob.glob(os.path.join(ledger_dir, "ledger-w*.txt")))
+for path in ledgers:
+    for line in open(path, encoding="utf-8"):
+        f = line.split()
+        if len(f) < 4:
+            malformed += 1
+            continue
+        ts, ev, kind, pid = float(f[0]), f[1], f[2], f[3]
+        if ev == "attempt":
+            if kind == "create":
+                att_create.add(pid)
+            else:
+                att_retry[pid] += 1
+        elif ev == "ack":
+            ack_times.append(ts)
+            answers[f"{kind}:{f[4]}"] += 1
+            if kind == "create":
+                ack_create.add(pid)
+            else:
+                gen = int(f[5]) if len(f) > 5 and f[5].isdigit() else None
+                ack_retries.append((pid, gen))
+        elif ev == "answer":
+            code = f[4] if len(f) > 4 else "?"
+            answers[f"{kind}:{code}:{f[5] if len(f) > 5 else '-'}"] += 1
+            # 503 (overload / storage fault, with Retry-After) is the only non-2xx answer a
+            # writer may get: creates use fresh ids, retries target acknowledged plans.
+            if code != "503":
+                bad_answers.append(line.strip())
+        elif ev == "noanswer":
+            noanswer[f[4] if len(f) > 4 else "?"] += 1
+        else:
+            malformed += 1
+data = json.load(open(plans_path, encoding="utf-8"))
+plans, dups = data["plans"], data["duplicates"]
+lost_creates = sorted(i for i in ack_create if i not in plans)
+lost_retries = sorted(f"{p}@{g}" for p, g in ack_retries
+                      if g is None or p not in plans or plans[p]["generation"] < g
+                      or plans[p]["phase"] != "active")
+unattempted = sorted(i for i in plans if i not in att_create)
+over_applied = sorted(i for i, p in plans.items() if p["generation"] - 1 > att_retry[i])
+history_bad = sorted(i for i, p in plans.items() if p["history"] != p["generation"])
+phase_bad = sorted(i for i, p in plans.items()
+                   if p["phase"] != ("published" if p["generation"] == 1 else "active"))
+unacked_present = sorted(i for i in att_create - ack_create if i in plans)
+windows = []
+for line in open(windows_path, encoding="utf-8"):
+    f = line.split()
+    if len(f) == 3:
+        lo, hi = float(f[1]), float(f[2])
+        windows.append((f[0], sum(1 for t in ack_times if lo <= t <= hi)))
+checked = len(ack_create) + len(ack_retries)
+lost = len(lost_creates) + len(lost_retries)
+json.dump({"lost_creates": lost_creates, "lost_retries": lost_retries,
+           "unattempted_plans": unattempted, "over_applied": over_applied,
+           "history_mismatch": history_bad, "phase_unexpected": phase_bad,
+           "unexpected_answers": bad_answers[:200], "acks_per_window": dict(windows),
+           "unacknowledged_creates_present": unacked_present},
+          open(detail_path, "w", encoding="utf-8"), indent=1)
+def few(xs):
+    return ",".join(xs[:10]) + (f",…(+{len(xs) - 10})" if len(xs) > 10 else "") if xs else "none"
+print(f"ledgers={len(ledgers)}")
+print(f"attempted_creates={len(att_create)}")
+print(f"attempted_retries={sum(att_retry.values())}")
+print(f"acknowledged_creates={len(ack_create)}")
+print(f"acknowledged_retries={len(ack_retries)}")
+print(f"acknowledged_writes_checked={checked}")
+print(f"lost={lost}")
+print(f"lost_creates={few(lost_creates)}")
+print(f"lost_retries={few(lost_retries)}")
+print(f"plans_listed={len(plans)}")
+print(f"duplicates_listed={few(dups)}")
+print(f"plans_never_attempted={few(unattempted)}")
+print(f"plans_over_applied={few(over_applied)}")
+print(f"history_len_ne_generation={few(history_bad)}")
+print(f"phase_unexpected={few(phase_bad)}")
+print(f"unacknowledged_creates_present={len(unacked_present)}")
+print(f"no_answer={sum(noanswer.values())}")
+print("no_answer_kinds=" + (",".join(f"{k}:{n}" for k, n in sorted(noanswer.items())) or "none"))
+print("answers=" + (",".join(f"{k}:{n}" for k, n in sorted(answers.items())) or "none"))
+print(f"unexpected_answers={len(bad_answers)}")
+print(f"malformed_ledger_lines={malformed}")
+print("acks_per_window=" + ",".join(str(n) for _, n in windows))
+print(f"windows={len(windows)}")
+print(f"min_acks_per_window={min((n for _, n in windows), default=0)}")
+ok_durable = (checked > 0 and lost == 0 and not dups and not unattempted and not over_applied
+              and not history_bad and not phase_bad and malformed == 0)
+print("pass_durable=" + str(ok_durable).lower())
+print("pass_answers=" + str(not bad_answers and malformed == 0).lower())
+PY
+)
+readonly PY_VAL12_KILL_VERIFY
+
+# PY_VAL12_AUDIT AUDIT_DIR PLANS_JSON PREFIX: the retained audit store (read directly) against
+# the committed plans whose id starts with PREFIX: one plan.created success event each,
+# rollback.executed success events == generation - 1 carrying generations 2..generation, no
+# phase_changed events (only creates and retries ran), no success event for a plan that does
+# not exist, and over the whole store no duplicate event id or seq and seqs 1..N.
+PY_VAL12_AUDIT=$(
+  cat <<'PY'
+import collections, glob, json, os, sys
+audit_dir, plans_path, prefix = sys.argv[1:4]
+plans = json.load(open(plans_path, encoding="utf-8"))["plans"]
+plans = {k: v for k, v in plans.items() if k.startswith(prefix)}
+events, bad_lines = [], 0
+segments = sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl")))
+for seg in segments:
+    with open(seg, "rb") as f:
+        for raw in f:
+            try:
+                events.append(json.loads(raw))
+            except ValueError:
+                bad_lines += 1
+seqs = [e.get("seq") for e in events]
+ids = [e.get("id") for e in events]
+dup_seq = sorted(s for s, n in collections.Counter(seqs).items() if n > 1)
+dup_id = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+contiguous = seqs == list(range(1, len(seqs) + 1))
+created = collections.Counter()
+rb = collections.defaultdict(list)
+other = collections.Counter()
+for e in events:
+    r = e.get("resource", "")
+    if not r.startswith(prefix) or e.get("outcome") != "success":
+        continue
+    t = e.get("event_type")
+    if t == "plan.created":
+        created[r] += 1
+    elif t == "rollback.executed":
+        rb[r].append((e.get("details") or {}).get("generation"))
+    else:
+        other[t] += 1
+mismatch = []
+for pid, p in sorted(plans.items()):
+    g = p["generation"]
+    if created[pid] != 1:
+        mismatch.append(f"{pid}:created={created[pid]}")
+    if sorted(x for x in rb[pid] if isinstance(x, int)) != list(range(2, g + 1)) or len(rb[pid]) != g - 1:
+        mismatch.append(f"{pid}:rollback_success={len(rb[pid])}/gen={g}")
+orphans = sorted((set(created) | set(rb)) - set(plans))
+def few(xs):
+    return ",".join(xs[:10]) + (f",…(+{len(xs) - 10})" if len(xs) > 10 else "") if xs else "none"
+print(f"segments={len(segments)}")
+print(f"events={len(events)}")
+print(f"unparsable_lines={bad_lines}")
+print(f"seq_contiguous_from_1={str(contiguous).lower()}")
+print(f"duplicate_seqs={few([str(s) for s in dup_seq])}")
+print(f"duplicate_event_ids={few(dup_id)}")
+print(f"plans_checked={len(plans)}")
+print(f"plan_created_success_events={sum(created.values())}")
+print(f"rollback_executed_success_events={sum(len(v) for v in rb.values())}")
+print(f"expected_rollback_executed={sum(p['generation'] - 1 for p in plans.values())}")
+print("other_success_events=" + (",".join(f"{k}:{n}" for k, n in sorted(other.items())) or "none"))
+print(f"plans_not_one_to_one={few(mismatch)}")
+print(f"events_for_absent_plans={few(orphans)}")
+ok = (bad_lines == 0 and contiguous and not dup_seq and not dup_id and not mismatch
+      and not orphans and not other)
+print("pass_audit=" + str(ok).lower())
+PY
+)
+readonly PY_VAL12_AUDIT
+
+# kv_get KEY KV...: the value of KEY in a list of KEY=VALUE words ("" when absent).
+kv_get() {
+  local key=$1 kv
+  shift
+  for kv in "$@"; do
+    if [[ $kv == "$key="* ]]; then
+      printf '%s' "${kv#*=}"
+      return 0
+    fi
+  done
+}
+
+# kv_pick REGEX KV...: the KEY=VALUE words whose KEY matches the extended REGEX, one per line.
+kv_pick() {
+  local re=$1 kv
+  shift
+  for kv in "$@"; do
+    if [[ ${kv%%=*} =~ $re ]]; then printf '%s\n' "$kv"; fi
+  done
+}
+
+epoch_now() { date +%s.%N; }
+ms_as_s() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+
+# proc_state PID: the process state letter (R, S, T = stopped, Z, ...), "gone" without one.
+proc_state() {
+  local stat=""
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || stat=""
+  stat=${stat##*) }
+  printf '%s' "${stat:0:1}"
+  if [[ -z $stat ]]; then printf gone; fi
+}
+
+# cp_kill9 PID: SIGKILL, poll (bounded, 5 s) until the process is gone, reap it. Sets STOP_RC
+# (137 = died of SIGKILL) and STOP_MS; returns 0 when the process is confirmed gone.
+cp_kill9() {
+  local pid=$1 i t0 krc=0 gone=false
+  t0=$(now_ms)
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 250; i++)); do
+    if ! pid_alive "$pid"; then
+      gone=true
+      break
+    fi
+    sleep 0.02
+  done
+  STOP_MS=$(($(now_ms) - t0))
+  if [[ $gone != true ]]; then
+    STOP_RC=alive
+    return 1
+  fi
+  wait "$pid" 2>/dev/null || krc=$?
+  STOP_RC=$krc
+  forget_cp_pid "$pid"
+  if [[ $CUR_CP_PID == "$pid" ]]; then CUR_CP_PID=""; fi
+  return 0
+}
+
+# http_req_hdr METHOD URL OUT HDR [BODY]: like http_req, and the answer's headers go to HDR.
+http_req_hdr() {
+  local method=$1 url=$2 out=$3 hdr=$4 body=${5-} code=""
+  : >"$hdr"
+  if ! cp_alive; then
+    printf '{"lab_error":"request not sent: the lab control plane is not running"}\n' >"$out"
+    echo 000
+    return 0
+  fi
+  local -a args=(-sS -o "$out" -D "$hdr" -w '%{http_code}' --max-time "$HTTP_MAX_TIME"
+    --connect-timeout 5 -X "$method" -H "X-Autonomy-Operator: ${AUTONOMY_OPERATOR:-anonymous}")
+  if [[ -n $body ]]; then
+    args+=(-H 'Content-Type: application/json' --data-binary "$body")
+  fi
+  code=$(curl "${args[@]}" "$url" 2>"$WORK_DIR/curl.err") || true
+  if [[ -z $code || $code == 000 ]]; then
+    code=000
+    curl_error_json "$out"
+  fi
+  echo "$code"
+}
+
+# val12_list_all BASE DIR: GET BASE/v1/rollouts?limit=1000 page by page (at most 100 pages)
+# into DIR/page-NNN.json. Sets LIST_PAGES, LIST_COMPLETE (true when the last page had no
+# next_cursor) and LIST_CODE (the last HTTP code).
+LIST_PAGES=0
+LIST_COMPLETE=false
+LIST_CODE=""
+val12_list_all() {
+  local base=$1 dir=$2 page pf cursor=""
+  LIST_PAGES=0
+  LIST_COMPLETE=false
+  LIST_CODE=""
+  mkdir -p "$dir"
+  rm -f "$dir"/page-*.json
+  for ((page = 1; page <= 100; page++)); do
+    pf=$(printf '%s/page-%03d.json' "$dir" "$page")
+    if [[ -z $cursor ]]; then
+      LIST_CODE=$(http_get "$pf" "$base/v1/rollouts" limit=1000)
+    else
+      LIST_CODE=$(http_get "$pf" "$base/v1/rollouts" limit=1000 "cursor=$cursor")
+    fi
+    LIST_PAGES=$page
+    if [[ $LIST_CODE != 200 ]]; then
+      rm -f "$pf"
+      return 0
+    fi
+    cursor=$(pyj "$pf" 'd.get("next_cursor")')
+    if [[ -z $cursor ]]; then
+      LIST_COMPLETE=true
+      return 0
+    fi
+  done
+}
+
+# val12_plans_json BASE DIR OUT: every plan (val12_list_all into DIR) as PY_VAL12_PLANS JSON in
+# OUT; prints PY_VAL12_PLANS's lines plus pages= and pagination_complete=.
+val12_plans_json() {
+  local -a pages=()
+  val12_list_all "$1" "$2"
+  mapfile -t pages < <(find "$2" -name 'page-*.json' | sort)
+  if ((${#pages[@]} > 0)) && [[ $LIST_COMPLETE == true ]]; then
+    python3 -c "$PY_VAL12_PLANS" "$3" "${pages[@]}" || echo "listed=unreadable"
+  else
+    printf '{"plans":{},"duplicates":[]}\n' >"$3"
+    echo "listed=unreadable"
+  fi
+  echo "pages=$LIST_PAGES"
+  echo "pagination_complete=$LIST_COMPLETE"
+  echo "list_code=$LIST_CODE"
+}
+
+# val12_not_run ID NAME REASON: records a check that could not run (a failure, with why).
+val12_not_run() {
+  check_done "$1" "$2" - "" "not_run=$3" "pass=false"
+}
+
+# ---- VAL12-01..05: SIGKILL under write load ------------------------------------------------
+
+val12_kill_under_load() {
+  local ev="$LAB_DIR/kill" log="$LAB_DIR/val12-cp.log" code status pass
+  mkdir -p "$ev/ledgers"
+
+  local started=false
+  if lab_cp_start "$log"; then started=true; fi
+  code=$(http_req GET "$LAB_BASE/v1/health" "$ev/val12-health.json")
+  status=$(pyj "$ev/val12-health.json" 'd.get("status")')
+  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
+  check_done VAL12-01 "CP starts on a fresh data dir and answers health" - \
+    "kill/val12-health.json val12-cp.log" \
+    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
+    "http_code=$code" "status=$status" "pass=$pass"
+  if [[ $started != true ]]; then
+    local why="the CP did not start: $CP_START_ERROR"
+    val12_not_run VAL12-02 "SIGKILL under load" "$why"
+    val12_not_run VAL12-03 "no acknowledged write lost" "$why"
+    val12_not_run VAL12-04 "answers under load" "$why"
+    val12_not_run VAL12-05 "audit after SIGKILLs" "$why"
+    return 0
+  fi
+
+  # The load, then VAL12_KILL_CYCLES x (random pause, SIGKILL, restart on the same data dir).
+  local stop="$LAB_WORK/writers.stop" windows="$ev/val12-kill-windows.txt" tl="$ev/val12-kill-timeline.txt"
+  rm -f "$stop"
+  : >"$windows"
+  printf '# VAL12 SIGKILL under load: %s writers; %s cycles of (pause %s-%s ms, SIGKILL, restart on the same data dir); seed %s\n' \
+    "$VAL12_WRITERS" "$VAL12_KILL_CYCLES" "$VAL12_KILL_MIN_MS" "$((VAL12_KILL_MIN_MS + VAL12_KILL_SPAN_MS))" \
+    "$VAL12_SEED_USED" >"$tl"
+  python3 -c "$PY_VAL12_WRITERS" "$LAB_PORT" "$ev/ledgers" "$stop" "$VAL12_WRITERS" "$VAL12_WRITER_MAX_S" \
+    "$AUTONOMY_OPERATOR" "$(good_artifact val12)" "$(good_fingerprint)" "$VAL12_SEED_USED" \
+    >"$ev/val12-writers-summary.json" 2>"$ev/val12-writers.err" &
+  local wpid=$!
+  BG_PIDS=("$wpid")
+  say "$LAB: $VAL12_WRITERS writers running (pid $wpid); $VAL12_KILL_CYCLES SIGKILL cycles"
+  local win_start cyc delay kpid t_kill dead up k_rc k_ms cycles_ok=0 restart_max=0 restart_sum=0
+  local -a delays=()
+  win_start=$(epoch_now)
+  for ((cyc = 1; cyc <= VAL12_KILL_CYCLES; cyc++)); do
+    delay=$((VAL12_KILL_MIN_MS + RANDOM % (VAL12_KILL_SPAN_MS + 1)))
+    delays+=("$delay")
+    sleep "$(ms_as_s "$delay")"
+    kpid=$CUR_CP_PID
+    t_kill=$(epoch_now)
+    dead=false
+    up=false
+    # (2>/dev/null: bash's "Killed" job notice for the CP)
+    if [[ -n $kpid ]] && cp_kill9 "$kpid" 2>/dev/null; then dead=true; fi
+    k_rc=$STOP_RC
+    k_ms=$STOP_MS
+    printf 'c%02d %s %s\n' "$cyc" "$win_start" "$t_kill" >>"$windows"
+    if [[ $dead == true ]] && start_cp "$LAB_PORT" "$LAB_DATA_DIR" "$LAB_AUDIT_DIR" "$log"; then up=true; fi
+    win_start=$(epoch_now)
+    printf 'cycle=%s pause_ms=%s killed_pid=%s kill_epoch=%s confirmed_dead=%s exit_code=%s kill_ms=%s restarted=%s ready_ms=%s new_pid=%s error=%s\n' \
+      "$cyc" "$delay" "$kpid" "$t_kill" "$dead" "$k_rc" "$k_ms" "$up" "$CP_READY_MS" "$CUR_CP_PID" \
+      "${CP_START_ERROR:-none}" >>"$tl"
+    if [[ $dead == true && $up == true && $k_rc == 137 ]]; then cycles_ok=$((cycles_ok + 1)); fi
+    if [[ $up == true ]]; then
+      restart_sum=$((restart_sum + CP_READY_MS))
+      if ((CP_READY_MS > restart_max)); then restart_max=$CP_READY_MS; fi
+    else
+      say "$LAB: cycle $cyc: the CP did not come back: ${CP_START_ERROR:-SIGKILL not confirmed}"
+      break
+    fi
+  done
+  say "$LAB: $cycles_ok/$VAL12_KILL_CYCLES SIGKILL cycles clean (restart max ${restart_max} ms)"
+
+  # Load after the last restart, then stop the writers (bounded: 15 s, then SIGTERM).
+  sleep "$(ms_as_s "$VAL12_TAIL_MS")"
+  printf 'final %s %s\n' "$win_start" "$(epoch_now)" >>"$windows"
+  touch "$stop"
+  local i w_rc=0 w_forced=false
+  for ((i = 0; i < 150; i++)); do
+    if ! pid_alive "$wpid"; then break; fi
+    sleep 0.1
+  done
+  if pid_alive "$wpid"; then
+    w_forced=true
+    kill -TERM "$wpid" 2>/dev/null || true
+  fi
+  wait "$wpid" 2>/dev/null || w_rc=$?
+  BG_PIDS=()
+
+  # What the CP holds now, against the ledgers.
+  local -a p_kv=() v_kv=() a_kv=()
+  mapfile -t p_kv < <(val12_plans_json "$LAB_BASE" "$ev/list-pages" "$ev/val12-kill-plans.json")
+  mapfile -t v_kv < <(python3 -c "$PY_VAL12_KILL_VERIFY" "$ev/ledgers" "$ev/val12-kill-plans.json" \
+    "$windows" "$ev/val12-kill-detail.json" 2>"$LAB_WORK/kill-verify.err" || echo "pass_durable=false")
+  printf '%s\n' "${p_kv[@]}" "${v_kv[@]}" >"$ev/val12-kill-verify.txt"
+  local n_windows min_acks avg_ready=0
+  n_windows=$(kv_get windows "${v_kv[@]}")
+  min_acks=$(kv_get min_acks_per_window "${v_kv[@]}")
+  if ((cycles_ok > 0)); then avg_ready=$((restart_sum / VAL12_KILL_CYCLES)); fi
+  local repairs
+  repairs=$(grep -c 'tail repaired' "$log" || true)
+  pass=$(bool chk "$cycles_ok" = "$VAL12_KILL_CYCLES" "$w_rc" = 0 "$w_forced" = false \
+    "$n_windows" = "$((VAL12_KILL_CYCLES + 1))")
+  if [[ $pass == true ]] && ! ((min_acks > 0)); then pass=false; fi
+  check_done VAL12-02 "$VAL12_WRITERS writers, $VAL12_KILL_CYCLES x SIGKILL at a random moment + restart; load acknowledged between every two kills" \
+    "$ev/val12-kill-check.txt" \
+    "kill/val12-kill-timeline.txt kill/val12-kill-windows.txt kill/ledgers/ kill/val12-writers-summary.json val12-cp.log" \
+    "writers=$VAL12_WRITERS" "cycles=$VAL12_KILL_CYCLES" "cycles_ok=$cycles_ok" \
+    "pause_ms=$(ids_csv "${delays[@]}")" "restart_ready_ms_max=$restart_max" \
+    "restart_ready_ms_avg=$avg_ready" "writers_exit=$w_rc" "writers_forced_stop=$w_forced" \
+    "acks_per_window=$(kv_get acks_per_window "${v_kv[@]}")" "min_acks_per_window=$min_acks" \
+    "no_answer=$(kv_get no_answer "${v_kv[@]}")" "audit_tail_repairs_at_start=$repairs" "pass=$pass"
+
+  local durable
+  durable=$(kv_get pass_durable "${v_kv[@]}")
+  pass=$(bool chk "$durable" = true "$(kv_get pagination_complete "${p_kv[@]}")" = true \
+    "$(kv_get lost "${v_kv[@]}")" = 0)
+  local -a m=()
+  mapfile -t m < <(kv_pick '^(pages|pagination_complete|list_code|attempted_.*|acknowledged_(creates|retries)|lost_.*|plans_.*|duplicates_listed|history_.*|phase_.*|unacknowledged_.*|malformed_.*)$' \
+    "${p_kv[@]}" "${v_kv[@]}")
+  check_done VAL12-03 "after the last restart: every acknowledged create present, every acknowledged retry reflected, nothing never attempted" \
+    "+$ev/val12-kill-check.txt" \
+    "kill/val12-kill-verify.txt kill/val12-kill-detail.json kill/val12-kill-plans.json kill/list-pages/ kill/ledgers/" \
+    "acknowledged_writes_checked=$(kv_get acknowledged_writes_checked "${v_kv[@]}")" \
+    "lost=$(kv_get lost "${v_kv[@]}")" \
+    "${m[@]}" "pass=$pass"
+
+  local panics
+  panics=$(grep -ci 'panic' "$log" || true)
+  pass=$(bool chk "$(kv_get pass_answers "${v_kv[@]}")" = true "$panics" = 0)
+  check_done VAL12-04 "every answer under load is a 2xx or a 503 (never a 500 or an unexpected 4xx); no panic" \
+    "+$ev/val12-kill-check.txt" "kill/val12-kill-detail.json kill/ledgers/ val12-cp.log" \
+    "answers=$(kv_get answers "${v_kv[@]}")" "unexpected_answers=$(kv_get unexpected_answers "${v_kv[@]}")" \
+    "no_answer_kinds=$(kv_get no_answer_kinds "${v_kv[@]}")" "panic_lines=$panics" "pass=$pass"
+
+  mapfile -t a_kv < <(python3 -c "$PY_VAL12_AUDIT" "$LAB_AUDIT_DIR" "$ev/val12-kill-plans.json" val12-kill- \
+    2>"$LAB_WORK/kill-audit.err" || echo "pass_audit=false")
+  printf '%s\n' "${a_kv[@]}" >"$ev/val12-kill-audit.txt"
+  cli "$ev/val12-kill-audit-verify.txt" - audit verify
+  local v_rc=$CLI_RC
+  pass=$(bool chk "$(kv_get pass_audit "${a_kv[@]}")" = true "$v_rc" = 0)
+  mapfile -t m < <(kv_pick '^[a-z_]+$' "${a_kv[@]}" | grep -v '^pass_' || true)
+  check_done VAL12-05 "audit verify passes; success audit events match committed changes one to one" \
+    "+$ev/val12-kill-check.txt" "kill/val12-kill-audit.txt kill/val12-kill-audit-verify.txt" \
+    "${m[@]}" "verify_exit=$v_rc" \
+    "verify_output=$(one_line "$ev/val12-kill-audit-verify.txt")" "pass=$pass"
+}
+
+# ---- VAL12-06..07: a hung CP (SIGSTOP) ------------------------------------------------------
+
+PY_VAL12_EXEC_EVENTS=$(
+  cat <<'PY'
+import glob, json, os, sys
+audit_dir, resource = sys.argv[1], sys.argv[2]
+ex = []
+for seg in sorted(glob.glob(os.path.join(audit_dir, "audit-*.jsonl"))):
+    for raw in open(seg, "rb"):
+        e = json.loads(raw)
+        if e.get("resource") == resource and e.get("event_type") == "rollback.executed" and e.get("outcome") == "success":
+            ex.append((e.get("details") or {}).get("execution_id", "?"))
+print(f"{len(ex)} {','.join(ex) or 'none'}")
+PY
+)
+readonly PY_VAL12_EXEC_EVENTS
+
+val12_hung_cp() {
+  local ev="$LAB_DIR/hung" id=val12-hung-1 key=val12-hung-key-1 code gen0 pid state="" pass i
+  mkdir -p "$ev"
+  if ! cp_alive; then
+    val12_not_run VAL12-06 "hung CP: CLI exits 3 within --timeout" "no lab CP is running"
+    val12_not_run VAL12-07 "hung CP: after SIGCONT the Idempotency-Key retry applies once" "no lab CP is running"
+    return 0
+  fi
+  code=$(create_plan "$id" false "$(good_artifact val12)" "$(good_fingerprint)" hung-cp "$ev/create.json")
+  gen0=$(pyj "$ev/create.json" 'd["plan"]["metadata"]["generation"]')
+  pid=$CUR_CP_PID
+  kill -STOP "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    state=$(proc_state "$pid")
+    if [[ $state == T || $state == t ]]; then break; fi
+    sleep 0.02
+  done
+  say "$LAB: CP pid $pid SIGSTOPped (state $state)"
+
+  local what rc ms net names_to names_addr within ok all_ok=true limit_ms
+  local -a args=() res=()
+  limit_ms=$(((VAL12_HUNG_TIMEOUT + 2) * 1000))
+  for what in get execute health; do
+    case $what in
+      get) args=(rollout get "$id") ;;
+      execute) args=(rollback execute --target rollout_plan --resource "$id" --strategy retry
+        --reason val12-hung-cp --idempotency-key "$key") ;;
+      health) args=(health) ;;
+    esac
+    printf '$ timeout -k 2 %s autonomy --timeout %s %s\n' "$VAL12_HUNG_NET" "$VAL12_HUNG_TIMEOUT" "${args[*]}" \
+      >"$ev/cli-$what-hung.cmd"
+    rc=0
+    local t0
+    t0=$(now_ms)
+    timeout -k 2 "$VAL12_HUNG_NET" "$AUTONOMY_BIN" --timeout "$VAL12_HUNG_TIMEOUT" "${args[@]}" \
+      >"$ev/cli-$what-hung.txt" 2>&1 || rc=$?
+    ms=$(($(now_ms) - t0))
+    net=false
+    if ((rc == 124 || rc == 137)); then net=true; fi
+    names_to=$(bool grep -qiE 'timed out|timeout' "$ev/cli-$what-hung.txt")
+    names_addr=$(bool grep -qF "127.0.0.1:$LAB_PORT" "$ev/cli-$what-hung.txt")
+    within=$(bool test "$ms" -lt "$limit_ms")
+    ok=$(bool chk "$rc" = 3 "$net" = false "$names_to" = true "$names_addr" = true "$within" = true)
+    if [[ $ok != true ]]; then all_ok=false; fi
+    res+=("$what:exit=$rc:ms=$ms:safety_net_fired=$net:names_timeout=$names_to:names_address=$names_addr")
+  done
+  pass=$(bool chk "$code" = 201 "$state" = T "$all_ok" = true)
+  check_done VAL12-06 "SIGSTOPped CP: CLI get/execute/health exit 3 within --timeout $VAL12_HUNG_TIMEOUT (+2 s), naming the timeout and the address" \
+    "$ev/val12-hung-check.txt" \
+    "hung/cli-get-hung.txt hung/cli-execute-hung.txt hung/cli-health-hung.txt hung/create.json" \
+    "plan_create_code=$code" "cp_pid=$pid" "cp_state=$state" "cli_timeout_s=$VAL12_HUNG_TIMEOUT" \
+    "limit_ms=$limit_ms" "safety_net_s=$VAL12_HUNG_NET" "results=$(ids_csv "${res[@]}")" \
+    "get_error=$(one_line "$ev/cli-get-hung.txt")" "pass=$pass"
+
+  # SIGCONT: health comes back, the same rollback execute (same Idempotency-Key) is applied once.
+  kill -CONT "$pid" 2>/dev/null || true
+  local h_code=000 h_ms t1
+  t1=$(now_ms)
+  for ((i = 0; i < 100; i++)); do
+    h_code=$(http_req GET "$LAB_BASE/v1/health" "$ev/health-after-cont.json")
+    if [[ $h_code == 200 ]]; then break; fi
+    sleep 0.1
+  done
+  h_ms=$(($(now_ms) - t1))
+  cp_cli "$ev/retry-same-key.json" "$ev/retry-same-key.err" -o json --timeout 10 rollback execute \
+    --target rollout_plan --resource "$id" --strategy retry --reason val12-hung-cp --idempotency-key "$key"
+  local r_rc=$CLI_RC r_out r_ex r_gen
+  r_out=$(pyj "$ev/retry-same-key.json" 'd["outcome"]')
+  r_ex=$(pyj "$ev/retry-same-key.json" 'd["execution_id"]')
+  r_gen=$(pyj "$ev/retry-same-key.json" 'd["generation"]')
+  cp_cli "$ev/replay-same-key.json" "$ev/replay-same-key.err" -o json --timeout 10 rollback execute \
+    --target rollout_plan --resource "$id" --strategy retry --reason val12-hung-cp --idempotency-key "$key"
+  local p_rc=$CLI_RC p_ex
+  p_ex=$(pyj "$ev/replay-same-key.json" 'd["execution_id"]')
+  code=$(http_req GET "$LAB_BASE/v1/rollouts/$id" "$ev/plan-after.json")
+  local g_after ph_after ev_n ev_ids
+  g_after=$(pyj "$ev/plan-after.json" 'd["plan"]["metadata"]["generation"]')
+  ph_after=$(pyj "$ev/plan-after.json" 'd["status"]["phase"]')
+  read -r ev_n ev_ids < <(python3 -c "$PY_VAL12_EXEC_EVENTS" "$LAB_AUDIT_DIR" "$id" 2>/dev/null || echo "-1 unreadable")
+  pass=$(bool chk "$h_code" = 200 "$r_rc" = 0 "$r_out" = success "$r_ex" != "" "$p_rc" = 0 \
+    "$p_ex" = "$r_ex" "$code" = 200 "$g_after" = "$((gen0 + 1))" "$ph_after" = active \
+    "$ev_n" = 1 "$ev_ids" = "$r_ex")
+  check_done VAL12-07 "after SIGCONT: health 200; the same execute with the same Idempotency-Key succeeds and was applied exactly once" \
+    "+$ev/val12-hung-check.txt" \
+    "hung/health-after-cont.json hung/retry-same-key.json hung/replay-same-key.json hung/plan-after.json" \
+    "health_after_cont=$h_code" "health_after_cont_ms=$h_ms" "retry_exit=$r_rc" "retry_outcome=$r_out" \
+    "retry_execution_id=$r_ex" "retry_generation=$r_gen" "replay_exit=$p_rc" \
+    "replay_execution_id=$p_ex" "generation_before=$gen0" "generation_after=$g_after" \
+    "phase_after=$ph_after" "rollback_executed_success_events=$ev_n" "event_execution_ids=$ev_ids" \
+    "pass=$pass"
+}
+
+# ---- VAL12-08..12: a full disk ----------------------------------------------------------------
+
+VAL12_PAD=$(head -c "$VAL12_PAD_BYTES" /dev/zero | tr '\0' p)
+readonly VAL12_PAD
+
+# val12_padded_body ID: a plan with VAL12_PAD_BYTES of spec.targets padding.
+val12_padded_body() {
+  printf '{"metadata":{"id":"%s","labels":{"lab":"val12","purpose":"full-disk"}},"spec":{"artifact_ref":"%s","target_lock_fingerprint":"%s","targets":{"padding":"%s"}},"draft":false}' \
+    "$1" "$(good_artifact val12)" "$(good_fingerprint)" "$VAL12_PAD"
+}
+
+val12_retry_body() {
+  printf '{"target":"rollout_plan","resource":"%s","strategy":"retry","reason":"%s"}' "$1" "$2"
+}
+
+# hdr_retry_after HDR: the Retry-After value in a curl -D header file ("" when absent).
+hdr_retry_after() {
+  grep -i '^retry-after:' "$1" 2>/dev/null | head -n1 | cut -d: -f2- | tr -d ' \r' || true
+}
+
+# err_code FILE: the JSON error code of an answer ("" when there is none).
+err_code() { pyj "$1" '(d.get("error") or {}).get("code")'; }
+
+val12_full_disk() {
+  local ev="$LAB_DIR/disk" mnt="$WORK_DIR/val12-fullfs" base="http://127.0.0.1:$VAL12_PORT2"
+  local log="$ev/val12-fulldisk-cp.log" data audit code pass why="" i id
+  mkdir -p "$ev" "$mnt"
+  data="$mnt/data"
+  audit="$mnt/audit"
+
+  # VAL12-08: a size-limited tmpfs (mounted as root), a CP on it, the disk filling up.
+  local mounted=false started=false
+  if mount -t tmpfs -o "size=$VAL12_FS_SIZE" tmpfs "$mnt" 2>"$ev/mount.err"; then
+    mounted=true
+    MOUNTS+=("$mnt")
+  else
+    why="cannot mount the test filesystem: mount -t tmpfs -o size=$VAL12_FS_SIZE tmpfs $mnt failed as uid $(id -u) (mounting needs root): $(one_line "$ev/mount.err")"
+  fi
+  {
+    printf '# %s\n' "mount -t tmpfs -o size=$VAL12_FS_SIZE tmpfs $mnt: mounted=$mounted"
+    df -k "$mnt" 2>&1 || true
+  } >"$ev/val12-fs.txt"
+  if [[ $mounted == true ]]; then
+    if start_cp "$VAL12_PORT2" "$data" "$audit" "$log"; then
+      started=true
+      say "$LAB: full-disk CP pid $CUR_CP_PID ready on 127.0.0.1:$VAL12_PORT2 (data and audit on a $VAL12_FS_SIZE tmpfs)"
+    else
+      why="the CP on the tmpfs did not start: $CP_START_ERROR"
+    fi
+  fi
+  if [[ $started != true ]]; then
+    check_done VAL12-08 "full disk: a CP on a $VAL12_FS_SIZE tmpfs; writes go from 201 to 503 as it fills" \
+      "$ev/val12-disk-check.txt" "disk/val12-fs.txt disk/mount.err" \
+      "mounted=$mounted" "cp_started=$started" "reason=$why" "pass=false"
+    val12_not_run VAL12-09 "full disk: writes 503, reads work" "$why"
+    val12_not_run VAL12-10 "full disk: /v1/ready 503" "$why"
+    val12_not_run VAL12-11 "full disk: no half-written plan" "$why"
+    val12_not_run VAL12-12 "full disk: recovery without a restart" "$why"
+    return 0
+  fi
+  local cp_pid=$CUR_CP_PID base_ok=0
+  for i in 1 2 3; do
+    code=$(http_req POST "$base/v1/rollouts" "$LAB_WORK/disk-base.json" \
+      "$(plan_body "val12-disk-base-$i" false "$(good_artifact val12)" "$(good_fingerprint)" "$LAB" full-disk)")
+    if [[ $code == 201 ]]; then base_ok=$((base_ok + 1)); fi
+  done
+
+  # val12_disk_write KIND ID: one write while the disk fills (KIND create|padded|execute),
+  # logged to val12-disk-writes.txt; sets W_CODE, W_ERR, W_RA and adds ID to ok_ids or
+  # refused_ids (bash's dynamic scope: the locals of val12_full_disk).
+  local writes="$ev/val12-disk-writes.txt" bad_503=0
+  local -a ok_ids=() refused_ids=() other=()
+  : >"$writes"
+  val12_disk_write() {
+    local body
+    case $1 in
+      create) body=$(plan_body "$2" false "$(good_artifact val12)" "$(good_fingerprint)" "$LAB" full-disk) ;;
+      padded) body=$(val12_padded_body "$2") ;;
+      execute) body=$(val12_retry_body "$2" val12-full-disk) ;;
+    esac
+    local url="$base/v1/rollouts"
+    if [[ $1 == execute ]]; then url="$base/v1/rollback/execute"; fi
+    W_CODE=$(http_req_hdr POST "$url" "$LAB_WORK/w.json" "$LAB_WORK/w.hdr" "$body")
+    W_ERR=$(err_code "$LAB_WORK/w.json")
+    W_RA=$(hdr_retry_after "$LAB_WORK/w.hdr")
+    printf 'kind=%s id=%s http_code=%s error_code=%s retry_after=%s\n' "$1" "$2" "$W_CODE" \
+      "${W_ERR:-none}" "${W_RA:-none}" >>"$writes"
+    case $W_CODE in
+      200 | 201) if [[ $1 != execute ]]; then ok_ids+=("$2"); fi ;;
+      503)
+        if [[ $1 != execute ]]; then refused_ids+=("$2"); fi
+        if [[ $W_ERR != unavailable || -z $W_RA ]]; then bad_503=$((bad_503 + 1)); fi
+        ;;
+      *) other+=("$1:$2:$W_CODE") ;;
+    esac
+  }
+  # val12_ready_codes N: N x GET /v1/ready, 0.2 s apart; prints the codes comma-separated.
+  val12_ready_codes() {
+    local j c rcodes=()
+    for ((j = 1; j <= $1; j++)); do
+      c=$(http_req GET "$base/v1/ready" "$LAB_WORK/ready.json")
+      rcodes+=("$c")
+      printf 'GET /v1/ready -> %s %s\n' "$c" "$(one_line "$LAB_WORK/ready.json")" >>"$writes"
+      if ((j < $1)); then sleep 0.2; fi
+    done
+    ids_csv "${rcodes[@]}"
+  }
+
+  # 1. Fill the filesystem completely; the next write is refused.
+  local dd_rc=0 enospc ready_pre ready_first first_code
+  dd if=/dev/zero of="$mnt/filler" bs=64k >"$ev/fill-dd.txt" 2>&1 || dd_rc=$?
+  enospc=$(bool grep -qi 'no space left' "$ev/fill-dd.txt")
+  df -k "$mnt" >>"$ev/val12-fs.txt" 2>&1 || true
+  printf '# 1. filesystem filled by %s/filler (dd exit %s)\n' "$mnt" "$dd_rc" >>"$writes"
+  ready_pre=$(val12_ready_codes 1)
+  val12_disk_write create val12-disk-first-1
+  first_code=$W_CODE
+  ready_first=$(val12_ready_codes 3)
+  # 2. Give back a 128 KiB margin and create padded plans until three in a row are refused:
+  #    the disk fills up under real writes.
+  printf '# 2. 128 KiB given back; padded creates until three in a row are refused\n' >>"$writes"
+  truncate -s -131072 "$mnt/filler" 2>>"$ev/fill-dd.txt" || true
+  df -k "$mnt" >>"$ev/val12-fs.txt" 2>&1 || true
+  local consec=0 pad_ok=0 pad_refused=0
+  for ((i = 1; i <= VAL12_DISK_MAX; i++)); do
+    id=$(printf 'val12-disk-pad-%03d' "$i")
+    val12_disk_write padded "$id"
+    case $W_CODE in
+      201)
+        pad_ok=$((pad_ok + 1))
+        consec=0
+        ;;
+      503)
+        pad_refused=$((pad_refused + 1))
+        consec=$((consec + 1))
+        ;;
+      *) consec=0 ;;
+    esac
+    if ((consec >= 3)); then break; fi
+  done
+  # 3. Take the rest of the space: the disk is completely full again.
+  dd if=/dev/zero of="$mnt/filler2" bs=4k >"$ev/fill2-dd.txt" 2>&1 || true
+  df -k "$mnt" >>"$ev/val12-fs.txt" 2>&1 || true
+  printf '# 3. the rest of the space taken by %s/filler2\n' "$mnt" >>"$writes"
+  pass=$(bool chk "$base_ok" = 3 "$dd_rc" != 0 "$enospc" = true "$first_code" = 503 "$consec" = 3 \
+    "${#other[@]}" = 0)
+  check_done VAL12-08 "full disk: a CP on a $VAL12_FS_SIZE tmpfs; the filled disk refuses a write; padded creates go from 201 to 503 as it fills" \
+    "$ev/val12-disk-check.txt" "disk/val12-fs.txt disk/fill-dd.txt disk/val12-disk-writes.txt disk/val12-fulldisk-cp.log" \
+    "mounted=$mounted" "fs_size=$VAL12_FS_SIZE" "cp_pid=$cp_pid" "baseline_creates_201=$base_ok" \
+    "filler_dd_exit=$dd_rc" "filler_hit_enospc=$enospc" "first_write_code=$first_code" \
+    "padding_bytes=$VAL12_PAD_BYTES" "padded_creates_201=$pad_ok" "padded_creates_503=$pad_refused" \
+    "consecutive_503_at_end=$consec" "other_codes=$(ids_csv "${other[@]}")" "pass=$pass"
+
+  # VAL12-09: while full, writes are 503 unavailable with Retry-After; reads and health work.
+  val12_disk_write create val12-disk-full-1
+  local w1=$W_CODE w1_ec=$W_ERR w1_ra=$W_RA
+  val12_disk_write execute val12-disk-base-1
+  local w2=$W_CODE w2_ec=$W_ERR w2_ra=$W_RA
+  local ready_full get_c get_gen list_c list_n h_c alive
+  ready_full=$(val12_ready_codes 3)
+  get_c=$(http_req GET "$base/v1/rollouts/val12-disk-base-1" "$ev/full-get.json")
+  get_gen=$(pyj "$ev/full-get.json" 'd["plan"]["metadata"]["generation"]')
+  list_c=$(http_get "$ev/full-list.json" "$base/v1/rollouts" limit=1000)
+  list_n=$(pyj "$ev/full-list.json" 'len(d["items"])')
+  h_c=$(http_req GET "$base/v1/health" "$ev/full-health.json")
+  alive=false
+  if cp_alive && [[ $CUR_CP_PID == "$cp_pid" ]]; then alive=true; fi
+  pass=$(bool chk "$w1" = 503 "$w1_ec" = unavailable "${w1_ra:+set}" = set "$w2" = 503 \
+    "$w2_ec" = unavailable "${w2_ra:+set}" = set "$bad_503" = 0 "$get_c" = 200 \
+    "$get_gen" = 1 "$list_c" = 200 "$h_c" = 200 "$alive" = true)
+  check_done VAL12-09 "disk full: writes 503 unavailable + Retry-After; GET plan, list, health 200; the CP stays up" \
+    "+$ev/val12-disk-check.txt" \
+    "disk/val12-disk-writes.txt disk/full-get.json disk/full-list.json disk/full-health.json" \
+    "create_code=$w1" "create_error_code=$w1_ec" "create_retry_after=${w1_ra:-none}" \
+    "execute_code=$w2" "execute_error_code=$w2_ec" "execute_retry_after=${w2_ra:-none}" \
+    "refused_writes=$((${#refused_ids[@]} + 1))" "refusals_without_unavailable_or_retry_after=$bad_503" \
+    "get_code=$get_c" "base_generation=$get_gen" "list_code=$list_c" "list_items=$list_n" \
+    "health_code=$h_c" "cp_same_pid_alive=$alive" "pass=$pass"
+
+  # VAL12-10: /v1/ready answers 503 while the disk is full, both right after the first refused
+  # write and after the disk filled up under writes (while every write is being refused).
+  pass=$(bool chk "$ready_first" = "503,503,503" "$ready_full" = "503,503,503")
+  check_done VAL12-10 "disk full: /v1/ready answers 503 while writes are refused" \
+    "+$ev/val12-disk-check.txt" "disk/val12-disk-writes.txt disk/val12-fulldisk-cp.log" \
+    "ready_before_any_refused_write=$ready_pre" "ready_after_first_refused_write=$ready_first" \
+    "ready_after_filling_under_writes=$ready_full" \
+    "writes_refused_at_that_time=create:$w1,execute:$w2" "pass=$pass"
+
+  # VAL12-12: space freed, no restart: ready goes back to 200 and writes succeed again.
+  rm -f "$mnt/filler" "$mnt/filler2"
+  df -k "$mnt" >>"$ev/val12-fs.txt" 2>&1 || true
+  local rd=000 rd_ms t0 a1 a2 a2_out listens
+  t0=$(now_ms)
+  for ((i = 0; i < 100; i++)); do
+    rd=$(http_req GET "$base/v1/ready" "$ev/recovered-ready.json")
+    if [[ $rd == 200 ]]; then break; fi
+    sleep 0.1
+  done
+  rd_ms=$(($(now_ms) - t0))
+  a1=$(http_req POST "$base/v1/rollouts" "$ev/recovered-create.json" "$(val12_padded_body val12-disk-after-1)")
+  a2=$(http_req POST "$base/v1/rollback/execute" "$ev/recovered-execute.json" \
+    "$(val12_retry_body val12-disk-base-1 val12-after-full-disk)")
+  a2_out=$(pyj "$ev/recovered-execute.json" 'd["outcome"]')
+  listens=$(grep -c 'listening on' "$log" || true)
+  alive=false
+  if cp_alive && [[ $CUR_CP_PID == "$cp_pid" ]]; then alive=true; fi
+  pass=$(bool chk "$rd" = 200 "$a1" = 201 "$a2" = 200 "$a2_out" = success "$alive" = true "$listens" = 1)
+  check_done VAL12-12 "space freed: /v1/ready 200 again and writes succeed (201, retry 200) without a restart" \
+    "+$ev/val12-disk-check.txt" \
+    "disk/recovered-ready.json disk/recovered-create.json disk/recovered-execute.json disk/val12-fulldisk-cp.log" \
+    "ready_code=$rd" "ready_after_ms=$rd_ms" "create_code=$a1" "execute_code=$a2" \
+    "execute_outcome=$a2_out" "cp_same_pid_alive=$alive" "cp_starts_in_log=$listens" "pass=$pass"
+
+  # VAL12-11: no half-written plan; the audit chain is valid and matches one to one.
+  local -a p_kv=() a_kv=()
+  mapfile -t p_kv < <(val12_plans_json "$base" "$ev/list-pages" "$ev/val12-disk-plans.json")
+  local expected present
+  expected=$(printf '%s\n' val12-disk-base-1 val12-disk-base-2 val12-disk-base-3 "${ok_ids[@]}" \
+    "$(if [[ $a1 == 201 ]]; then echo val12-disk-after-1; fi)" | grep . | sort | paste -sd, -)
+  present=$(pyj "$ev/val12-disk-plans.json" '",".join(sorted(k for k in d["plans"] if k.startswith("val12-disk-")))' unreadable)
+  local absent_bad=() rid
+  for rid in "${refused_ids[@]}"; do
+    code=$(http_req GET "$base/v1/rollouts/$rid" "$LAB_WORK/absent.json")
+    if [[ $code != 404 ]]; then absent_bad+=("$rid:$code"); fi
+  done
+  local base_gen
+  base_gen=$(pyj "$ev/val12-disk-plans.json" 'd["plans"]["val12-disk-base-1"]["generation"]')
+  mapfile -t a_kv < <(python3 -c "$PY_VAL12_AUDIT" "$audit" "$ev/val12-disk-plans.json" val12-disk- \
+    2>"$LAB_WORK/disk-audit.err" || echo "pass_audit=false")
+  printf '%s\n' "${a_kv[@]}" >"$ev/val12-disk-audit.txt"
+  cli "$ev/val12-disk-audit-verify.txt" - audit verify --audit-dir "$audit"
+  local v_rc=$CLI_RC
+  pass=$(bool chk "$present" = "$expected" "${#absent_bad[@]}" = 0 "$base_gen" = 2 \
+    "$(kv_get pass_audit "${a_kv[@]}")" = true "$v_rc" = 0)
+  local -a m=()
+  mapfile -t m < <(kv_pick '^(events|plans_.*|plan_created_.*|rollback_executed_.*|expected_.*|events_for_.*|duplicate_.*|seq_.*)$' "${a_kv[@]}")
+  check_done VAL12-11 "no half-written plan: every plan present got a 201, every 503'd id is absent; audit verify passes, events 1:1" \
+    "+$ev/val12-disk-check.txt" \
+    "disk/val12-disk-plans.json disk/val12-disk-writes.txt disk/val12-disk-audit.txt disk/val12-disk-audit-verify.txt" \
+    "plans_present=$(kv_get unique "${p_kv[@]}")" "plans_expected=$(tr ',' '\n' <<<"$expected" | grep -c .)" \
+    "present_equals_201s=$(bool test "$present" = "$expected")" \
+    "refused_ids_checked=${#refused_ids[@]}" "refused_but_present=$(ids_csv "${absent_bad[@]}")" \
+    "base_1_generation=$base_gen" "base_1_expected_generation=2" \
+    "${m[@]}" \
+    "verify_exit=$v_rc" "verify_output=$(one_line "$ev/val12-disk-audit-verify.txt")" "pass=$pass"
+
+  # Stop the CP and unmount.
+  local s_rc=not-running
+  if [[ -n $CUR_CP_PID ]] && stop_cp "$CUR_CP_PID"; then s_rc=$STOP_RC; fi
+  local um=false
+  if umount "$mnt" 2>>"$ev/mount.err"; then
+    um=true
+    MOUNTS=()
+  fi
+  lab_note "full-disk CP: SIGTERM exit $s_rc; tmpfs unmounted: $um"
+}
+
+# ---- VAL12-13..17: a corrupt store at start-up ------------------------------------------------
+
+# val12_damage MODE DIR: damages the copy DIR/data + DIR/audit one way; prints what it did and
+# sets DAMAGE_NAMES (a |-separated list: the refusal must name one of them).
+DAMAGE_NAMES=""
+DAMAGE_OK=false
+val12_damage() {
+  local mode=$1 dir=$2 db="$2/data/autonomy.db" seg size
+  size=$(stat -c %s "$db" 2>/dev/null || echo 0)
+  DAMAGE_OK=true
+  printf 'mode=%s\n' "$mode"
+  printf 'before: autonomy.db=%s bytes, -wal=%s bytes\n' "$(stat -c %s "$db" 2>/dev/null || echo none)" \
+    "$(stat -c %s "$db-wal" 2>/dev/null || echo none)"
+  case $mode in
+    truncated-db)
+      # Only a cut if the database (checkpointed on the clean stop) is larger than that.
+      if ((size <= 8192)); then DAMAGE_OK=false; fi
+      truncate -s 8192 "$db"
+      rm -f "$db-wal" "$db-shm"
+      DAMAGE_NAMES="autonomy.db"
+      ;;
+    garbage-db)
+      python3 -c 'import random, sys; n = 65536; open(sys.argv[1], "wb").write(random.Random(12).getrandbits(8 * n).to_bytes(n, "little"))' "$db" || DAMAGE_OK=false
+      rm -f "$db-wal" "$db-shm"
+      DAMAGE_NAMES="autonomy.db"
+      ;;
+    garbage-audit-segment)
+      seg=$(find "$dir/audit" -name 'audit-*.jsonl' | sort | tail -n1)
+      if [[ -z $seg ]]; then
+        DAMAGE_OK=false
+        seg="$dir/audit/audit-00000001.jsonl"
+      fi
+      # 64 lines of 120 random non-newline bytes, each ending in a newline.
+      python3 -c 'import random, sys; r = random.Random(13); open(sys.argv[1], "wb").write(b"".join(bytes(r.choice([b for b in range(256) if b != 10]) for _ in range(120)) + b"\n" for _ in range(64)))' "$seg" || DAMAGE_OK=false
+      DAMAGE_NAMES=$(basename "$seg")
+      printf 'segment=%s\n' "$DAMAGE_NAMES"
+      ;;
+    empty-db)
+      : >"$db"
+      rm -f "$db-wal" "$db-shm"
+      DAMAGE_NAMES="autonomy.db|$dir/audit"
+      ;;
+  esac
+  printf 'after: autonomy.db=%s bytes, -wal=%s bytes, audit segments=%s\n' \
+    "$(stat -c %s "$db" 2>/dev/null || echo none)" "$(stat -c %s "$db-wal" 2>/dev/null || echo none)" \
+    "$(find "$dir/audit" -name 'audit-*.jsonl' | wc -l)"
+  printf 'the refusal must name one of: %s\ndamage_applied=%s\n' "$DAMAGE_NAMES" "$DAMAGE_OK"
+}
+
+val12_corrupt_store() {
+  local src_rc=$1 src_forced=$2 ev="$LAB_DIR/corrupt" work="$LAB_WORK/corrupt" base="http://127.0.0.1:$VAL12_PORT2"
+  local code pass
+  mkdir -p "$ev"
+  rm -rf "$work"
+  mkdir -p "$work"
+
+  # VAL12-13 (control): an undamaged copy of the stopped store starts and serves its plans.
+  cp -a "$LAB_DATA_DIR" "$work/control-data"
+  cp -a "$LAB_AUDIT_DIR" "$work/control-audit"
+  local c_up=false c_get=000 c_stop=not-running
+  if start_cp "$VAL12_PORT2" "$work/control-data" "$work/control-audit" "$ev/control-serve.log"; then
+    c_up=true
+    c_get=$(http_req GET "$base/v1/rollouts/val12-hung-1" "$ev/control-get.json")
+    if stop_cp "$CUR_CP_PID"; then c_stop=$STOP_RC; fi
+  fi
+  pass=$(bool chk "$src_rc" = 0 "$src_forced" = false "$c_up" = true "$c_get" = 200 "$c_stop" = 0)
+  check_done VAL12-13 "control: the store SIGTERM-stopped (exit 0); an undamaged copy starts and serves its plans" \
+    "$ev/val12-corrupt-check.txt" "corrupt/control-serve.log corrupt/control-get.json" \
+    "source_sigterm_exit=$src_rc" "source_forced_kill=$src_forced" "control_started=$c_up" \
+    "control_ready_ms=$CP_READY_MS" "control_start_error=${CP_START_ERROR:-none}" \
+    "control_get_code=$c_get" "control_sigterm_exit=$c_stop" "pass=$pass"
+
+  local mode n=14 dir attempt rc ms t0 free listened names errline ok all_ok res
+  for mode in truncated-db garbage-db garbage-audit-segment empty-db; do
+    dir="$work/$mode"
+    mkdir -p "$dir"
+    cp -a "$LAB_DATA_DIR" "$dir/data"
+    cp -a "$LAB_AUDIT_DIR" "$dir/audit"
+    val12_damage "$mode" "$dir" >"$ev/$mode-damage.txt"
+    all_ok=$DAMAGE_OK
+    res=()
+    for attempt in 1 2; do
+      local out="$ev/$mode-serve-$attempt.txt"
+      printf '$ timeout -k 2 %s autonomy serve --listen 127.0.0.1:%s --data-dir %s --audit-dir %s\n' \
+        "$PROBE_TIMEOUT" "$VAL12_PORT2" "$dir/data" "$dir/audit" >>"$ev/$mode-damage.txt"
+      rc=125
+      : >"$out"
+      if port_in_use "$VAL12_PORT2"; then
+        free=false
+        printf 'lab_error: not run: port %s is in use, so a refusal would prove nothing\n' "$VAL12_PORT2" >"$out"
+        ms=0
+      else
+        free=true
+        rc=0
+        t0=$(now_ms)
+        timeout -k 2 "$PROBE_TIMEOUT" "$AUTONOMY_BIN" serve --listen "127.0.0.1:$VAL12_PORT2" \
+          --data-dir "$dir/data" --audit-dir "$dir/audit" >"$out" 2>&1 || rc=$?
+        ms=$(($(now_ms) - t0))
+      fi
+      listened=$(bool grep -qF 'listening on' "$out")
+      names=false
+      local nm
+      local -a nms=()
+      IFS='|' read -r -a nms <<<"$DAMAGE_NAMES"
+      for nm in "${nms[@]}"; do
+        if grep -qF -- "$nm" "$out"; then names=true; fi
+      done
+      errline=$(bool grep -q '^error: ' "$out")
+      ok=$(bool chk "$free" = true "$rc" != 0 "$rc" != 124 "$rc" != 137 "$listened" = false \
+        "$names" = true "$errline" = true)
+      if [[ $ok == true ]] && ((ms >= VAL12_START_FAIL_MS)); then ok=false; fi
+      if [[ $ok != true ]]; then all_ok=false; fi
+      res+=("attempt$attempt:exit=$rc:ms=$ms:listening=$listened:names_file=$names")
+    done
+    check_done "VAL12-$n" "corrupt store ($mode): serve refuses fast, twice, naming the file; never listens" \
+      "+$ev/val12-corrupt-check.txt" "corrupt/$mode-damage.txt corrupt/$mode-serve-1.txt corrupt/$mode-serve-2.txt" \
+      "mode=$mode" "damage_applied=$DAMAGE_OK" "damage=$(head -n 3 "$ev/$mode-damage.txt" | tr '\n' ' ')" \
+      "must_name=$DAMAGE_NAMES" \
+      "limit_ms=$VAL12_START_FAIL_MS" "results=$(ids_csv "${res[@]}")" \
+      "message=$(one_line "$ev/$mode-serve-1.txt")" "pass=$all_ok"
+    n=$((n + 1))
+  done
+}
+
+run_val12_lab() {
+  lab_begin val12 "$VAL12_PORT" val12-chaos-op "$WORK_DIR/val12/data" "$WORK_DIR/val12/audit"
+  local seed=${VAL12_SEED:-}
+  if [[ ! $seed =~ ^[0-9]{1,9}$ ]]; then seed=$((RANDOM * 32768 + RANDOM)); fi
+  VAL12_SEED_USED=$seed
+  RANDOM=$seed
+
+  val12_kill_under_load
+  val12_hung_cp
+  # The store the first two scenarios wrote, stopped cleanly: the source of the corrupt copies.
+  local term_rc=not-running term_forced=false
+  if [[ -n $CUR_CP_PID ]] && lab_cp_stop; then
+    term_rc=$STOP_RC
+    term_forced=$STOP_FORCED
+  fi
+  val12_full_disk
+  val12_corrupt_store "$term_rc" "$term_forced"
+
+  lab_note "a write that got no HTTP answer (the CP was SIGKILLed mid-request or down) is unacknowledged: it may or may not have been applied, and the checks allow both; every acknowledged one must be there"
+  lab_note "kill moments come from bash \$RANDOM seeded with val12_seed (set VAL12_SEED to replay the same pauses; the CP's timing still varies)"
+  lab_end "VAL12 — chaos beyond the plan: SIGKILL under load, hung CP, full disk, corrupt store" \
+    "val12_seed=$seed" "writers=$VAL12_WRITERS" "kill_cycles=$VAL12_KILL_CYCLES" \
+    "second_port=$VAL12_PORT2" "fs_size=$VAL12_FS_SIZE"
+}
+
+# ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
 
@@ -1983,9 +3106,9 @@ main() {
         return 0
         ;;
       all) selected+=("${ALL_LABS[@]}") ;;
-      audit | val08 | val09 | val10 | val11) selected+=("$arg") ;;
+      audit | val08 | val09 | val10 | val11 | val12) selected+=("$arg") ;;
       *)
-        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10 or val11)" >&2
+        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10, val11 or val12)" >&2
         usage >&2
         return 2
         ;;
@@ -2044,6 +3167,7 @@ main() {
       val09) run_val09_lab ;;
       val10) run_val10_lab ;;
       val11) run_chaos_val11_lab ;;
+      val12) run_val12_lab ;;
     esac
     stop_all_cps
   done

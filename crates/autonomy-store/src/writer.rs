@@ -26,7 +26,14 @@ use crate::{AuditOnly, Ctx, Metrics, NewPlan, Reply, Result, StoreError};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_heartbeat.sql")),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_heartbeat_headroom.sql"),
+    ),
 ];
+
+/// How much a readiness probe writes after a storage fault: room for a few hundred plans.
+const PROBE_BYTES: i64 = 256 * 1024;
 
 pub(crate) struct Job {
     pub ctx: Ctx,
@@ -52,7 +59,8 @@ pub(crate) enum Command {
         id: String,
     },
     AuditOnly(Box<AuditOnly>),
-    /// A tiny write that proves the store is writable (readiness after a storage fault).
+    /// A write of `PROBE_BYTES` that proves the store has room again (readiness after a
+    /// storage fault).
     Probe,
 }
 
@@ -424,10 +432,11 @@ impl Writer {
             Command::Probe => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO heartbeat (id, at_us) VALUES (1, ?1) \
-                         ON CONFLICT (id) DO UPDATE SET at_us = excluded.at_us",
+                        "INSERT INTO heartbeat (id, at_us, headroom) VALUES (1, ?1, zeroblob(?2)) \
+                         ON CONFLICT (id) DO UPDATE SET at_us = excluded.at_us, \
+                         headroom = excluded.headroom",
                     )?
-                    .execute([now])?;
+                    .execute([now, PROBE_BYTES])?;
                 Ok(Reply::Audited)
             }
             Command::AuditOnly(event) => {
