@@ -1,0 +1,276 @@
+//! Load generators over HTTP: a count-bounded seeder (to build the data sets) and a
+//! duration-bounded closed loop (B1). Every worker thread has its own `ureq` agent, so its own
+//! kept-alive connection; every create is a real `POST /v1/rollouts` answered only once durable.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::http::Http;
+use crate::stats::{round1, Latency};
+
+/// One request may take at most this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retries of one create answered 503 (overload, storage fault) before it counts as an error.
+const MAX_RETRIES: u32 = 50;
+/// Requests one closed-loop worker makes at most, whatever the duration.
+const MAX_PER_WORKER: u64 = 5_000_000;
+
+/// The operator (`X-Autonomy-Operator`) of the `i`-th plan: `bench-op-000` … round robin.
+pub fn operator(i: u64, operators: usize) -> String {
+    format!("bench-op-{:03}", i % operators.max(1) as u64)
+}
+
+/// The body of `POST /v1/rollouts` for plan `id`: a realistic plan (digest-pinned artifact,
+/// lock fingerprint, targets, three stages) that raises no warnings.
+pub fn plan_body(id: &str, i: u64) -> String {
+    serde_json::json!({
+        "metadata": {
+            "id": id,
+            "labels": {"app": "fleet-agent", "bench": "autonomy-bench", "shard": format!("{}", i % 16)},
+        },
+        "spec": {
+            "artifact_ref": format!("oci://registry.example.com/fleet/agent@sha256:{:064x}", i),
+            "target_lock_fingerprint": format!("blake3:{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            "targets": {"fleet": format!("warehouse-{}", i % 50), "selector": {"hw": "rev-c"}},
+            "stages": [
+                {"name": "canary", "percent": 5, "soak_seconds": 600},
+                {"name": "wave-1", "percent": 25, "soak_seconds": 1800},
+                {"name": "all", "percent": 100},
+            ],
+        },
+    })
+    .to_string()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeedReport {
+    pub label: String,
+    pub requested: u64,
+    pub created: u64,
+    pub errors: u64,
+    pub retried_503: u64,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub creates_per_sec: f64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub first_errors: Vec<String>,
+}
+
+/// Creates plans `prefix-<start+i>` for `i` in `0..count` at `concurrency`.
+#[allow(clippy::too_many_arguments)]
+pub fn seed(
+    base: &str,
+    label: &str,
+    prefix: &str,
+    start: u64,
+    count: u64,
+    concurrency: usize,
+    operators: usize,
+) -> anyhow::Result<SeedReport> {
+    let concurrency = concurrency.clamp(1, 1024);
+    let next = AtomicU64::new(0);
+    let created = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let retried = AtomicU64::new(0);
+    let finished = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let first_errors = Mutex::new(Vec::<String>::new());
+    let budget = (count / 100).max(10);
+    let started = Instant::now();
+    let note = |what: String| {
+        errors.fetch_add(1, Ordering::Relaxed);
+        let mut f = first_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() < 5 {
+            f.push(what);
+        }
+        if errors.load(Ordering::Relaxed) > budget {
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        for _ in 0..concurrency {
+            s.spawn(|| {
+                let http = match Http::new(base, REQUEST_TIMEOUT) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        note(e.to_string());
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let n = start + i;
+                    let id = format!("{prefix}-{n:07}");
+                    let body = plan_body(&id, n);
+                    let who = operator(n, operators);
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        match http.post_json("/v1/rollouts", &body, &who) {
+                            Ok(a) if a.status == 201 => {
+                                created.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            Ok(a) if a.status == 503 && attempt < MAX_RETRIES => {
+                                retried.fetch_add(1, Ordering::Relaxed);
+                                let wait = a.retry_after.unwrap_or(0).min(2);
+                                std::thread::sleep(Duration::from_millis(20 + wait * 1000));
+                            }
+                            Ok(a) => {
+                                note(format!("create {id}: HTTP {}: {}", a.status, a.text()));
+                                break;
+                            }
+                            Err(e) => {
+                                note(format!("create {id}: {e:#}"));
+                                break;
+                            }
+                        }
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Progress to stderr while the (count-bounded) workers run.
+        let mut last_print = Instant::now();
+        while finished.load(Ordering::SeqCst) < concurrency {
+            std::thread::sleep(Duration::from_millis(100));
+            if last_print.elapsed() >= Duration::from_secs(5) {
+                last_print = Instant::now();
+                let done = created.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "  seed {label}: {done}/{count} plans ({:.0}/s, {:.0} s, {} errors)",
+                    done as f64 / secs,
+                    secs,
+                    errors.load(Ordering::Relaxed)
+                );
+            }
+        }
+        Ok(())
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let report = SeedReport {
+        label: label.to_string(),
+        requested: count,
+        created: created.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        retried_503: retried.load(Ordering::Relaxed),
+        concurrency,
+        seconds: round1(secs),
+        creates_per_sec: round1(created.load(Ordering::Relaxed) as f64 / secs.max(1e-9)),
+        first_errors: first_errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+    };
+    if stop.load(Ordering::Relaxed) {
+        bail!(
+            "seeding {label} stopped after {} errors (budget {budget}); first: {:?}",
+            report.errors,
+            report.first_errors
+        );
+    }
+    Ok(report)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopReport {
+    pub concurrency: usize,
+    pub warmup_seconds: f64,
+    /// The measured window (after the warm-up).
+    pub seconds: f64,
+    /// Creates answered 201 within the window.
+    pub creates: u64,
+    /// Answers other than 201 (any time) and transport errors.
+    pub errors: u64,
+    pub creates_per_sec: f64,
+    pub latency: Latency,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub first_errors: Vec<String>,
+}
+
+/// Closed loop: `concurrency` workers, each sending its next create as soon as the previous
+/// one is answered, for `warmup + duration`; only answers completed in the window after the
+/// warm-up count.
+pub fn closed_loop(
+    base: &str,
+    prefix: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    operators: usize,
+) -> anyhow::Result<LoopReport> {
+    let concurrency = concurrency.clamp(1, 1024);
+    let errors = AtomicU64::new(0);
+    let first_errors = Mutex::new(Vec::<String>::new());
+    let begin = Instant::now();
+    let window_start = begin + warmup;
+    let end = window_start + duration;
+    let per_worker: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|w| {
+                let errors = &errors;
+                let first_errors = &first_errors;
+                s.spawn(move || {
+                    let mut lat = Vec::new();
+                    let Ok(http) = Http::new(base, REQUEST_TIMEOUT) else {
+                        return lat;
+                    };
+                    let mut n = 0u64;
+                    while Instant::now() < end && n < MAX_PER_WORKER {
+                        n += 1;
+                        let id = format!("{prefix}-w{w:03}-{n:07}");
+                        let seq = (w as u64) << 32 | n;
+                        let body = plan_body(&id, seq);
+                        let who = operator(n + w as u64, operators);
+                        let sent = Instant::now();
+                        let result = http.post_json("/v1/rollouts", &body, &who);
+                        let done = Instant::now();
+                        match result {
+                            Ok(a) if a.status == 201 => {
+                                if done >= window_start && done <= end {
+                                    lat.push(done - sent);
+                                }
+                            }
+                            other => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                let what = match other {
+                                    Ok(a) => format!("HTTP {}: {}", a.status, a.text()),
+                                    Err(e) => format!("{e:#}"),
+                                };
+                                let mut f = first_errors.lock().unwrap_or_else(|e| e.into_inner());
+                                if f.len() < 5 {
+                                    f.push(what);
+                                }
+                                // Do not spin on a broken CP.
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let all: Vec<Duration> = per_worker.into_iter().flatten().collect();
+    let secs = duration.as_secs_f64();
+    Ok(LoopReport {
+        concurrency,
+        warmup_seconds: warmup.as_secs_f64(),
+        seconds: secs,
+        creates: all.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        creates_per_sec: round1(all.len() as f64 / secs),
+        latency: Latency::of(&all),
+        first_errors: first_errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+    })
+}

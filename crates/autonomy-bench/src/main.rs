@@ -1,0 +1,428 @@
+//! `autonomy-bench`: the benchmark suite of the AutonomyOps control plane (issue 6).
+//!
+//! It measures, in one run on one machine, what durability costs and how scans scale:
+//!
+//! - **L** the physical limit: raw SQLite (WAL, `synchronous=FULL`) on the same disk, single-row
+//!   commits/s and rows/s in 64-row transactions;
+//! - **B1** durable creates through the whole stack (`POST /v1/rollouts`: HTTP, JSON, store,
+//!   audit) in a closed loop at concurrency 1, 8 and 64, with the ratio to both limits;
+//! - **B2** the stuck scan over 100k plans of which 1% are stale;
+//! - **B3** the first page of `GET /v1/rollouts` against a deep cursor page over 1M plans;
+//! - **B4** restart to ready (SIGTERM, start, first 200 from `/v1/ready`) with 1M plans and 1M
+//!   audit events;
+//! - **B5** an audit query with actor, event type and time filters over those 1M events, through
+//!   the API and offline (`autonomy audit query --audit-dir`);
+//! - **B6** the CLI round trip (`autonomy rollout get`, process start to exit) beside curl;
+//! - the CP's peak RSS in each.
+//!
+//! It runs the real `autonomy serve` (`--autonomy-bin`) on 127.0.0.1 port 0 with
+//! `AUTONOMY_RBAC_ENFORCEMENT=0`, talks plain HTTP to it, and stops every CP it started. Every
+//! loop is bounded by a count or a duration. It writes a JSON report with the machine facts,
+//! every number and each of the issue's targets with `met`, plus `summary.txt`, and prints the
+//! summary. It asserts nothing about timings: it fails only when the bench itself cannot run.
+//! `--smoke` runs everything at tiny sizes in well under a minute (CI).
+
+mod cp;
+mod http;
+mod limit;
+mod load;
+mod machine;
+mod report;
+mod stats;
+mod suite;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::builder::PossibleValuesParser;
+use clap::Parser;
+
+use crate::report::{Report, Results};
+use crate::suite::{Config, Dataset, Env, PHASES};
+
+/// Benchmark the AutonomyOps control plane: durable throughput and scan cost against the
+/// physical limit (issue 6).
+///
+/// Full run (minutes; seeds 1M plans over HTTP):   autonomy-bench
+/// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
+/// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
+///
+/// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
+/// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
+/// not run (the report then says where it stopped).
+#[derive(Debug, Parser)]
+#[command(
+    name = "autonomy-bench",
+    version,
+    verbatim_doc_comment,
+    args_override_self = true
+)]
+struct Args {
+    /// The `autonomy` binary under test (build it with `cargo build --release -p autonomy`).
+    #[arg(long, default_value = "target/release/autonomy", value_name = "PATH")]
+    autonomy_bin: PathBuf,
+
+    /// The JSON report [default: bench-results/<UTC timestamp>/report.json].
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+
+    /// Where the data sets go; its disk is the disk under test (L runs there too). A fresh
+    /// subdirectory is made inside and removed after a successful run [default: next to the
+    /// report].
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+
+    /// Keep the data sets after the run.
+    #[arg(long)]
+    keep_data: bool,
+
+    /// Tiny sizes (2000 plans, 2 s per B1 level, …): checks the bench works, in well under a
+    /// minute. Explicit size flags still win.
+    #[arg(long)]
+    smoke: bool,
+
+    /// Phases to run, comma-separated [default: all]. B3–B6 share one data set (built by B2's
+    /// seeding when b2 runs).
+    #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(PHASES))]
+    phases: Vec<String>,
+
+    /// L: seconds for each raw SQLite measurement [full 5, smoke 1].
+    #[arg(long, value_name = "S")]
+    limit_seconds: Option<f64>,
+
+    /// B1: concurrency levels, comma-separated [default: 1,8,64].
+    #[arg(long, value_delimiter = ',', value_name = "N,…")]
+    b1_concurrency: Vec<usize>,
+
+    /// B1: measured seconds per level [full 10, smoke 2].
+    #[arg(long, value_name = "S")]
+    b1_seconds: Option<f64>,
+
+    /// B1: warm-up seconds per level, not counted [full 2, smoke 0.5].
+    #[arg(long, value_name = "S")]
+    b1_warmup_seconds: Option<f64>,
+
+    /// B2: plans in the stuck-scan data set [full 100000, smoke 2000].
+    #[arg(long, value_name = "N")]
+    b2_plans: Option<u64>,
+
+    /// B2: percent of them that are stale [default 1].
+    #[arg(long, value_name = "PCT")]
+    b2_stale_percent: Option<f64>,
+
+    /// B2: seconds between creating the stale and the fresh plans; scans run for at most 40% of
+    /// it (so the threshold stays between the two) [full 20, smoke 2].
+    #[arg(long, value_name = "S")]
+    b2_gap_seconds: Option<f64>,
+
+    /// B2: scans to time [full 200, smoke 20].
+    #[arg(long, value_name = "N")]
+    b2_scans: Option<usize>,
+
+    /// B3–B6: plans (and so audit events) in the data set [full 1000000, smoke 2000].
+    #[arg(long, value_name = "N")]
+    plans: Option<u64>,
+
+    /// B3: fetches of each page to time [full 200, smoke 20].
+    #[arg(long, value_name = "N")]
+    b3_fetches: Option<usize>,
+
+    /// B4: restarts to time [full 3, smoke 2].
+    #[arg(long, value_name = "N")]
+    b4_restarts: Option<usize>,
+
+    /// B5: API queries to time [full 200, smoke 20].
+    #[arg(long, value_name = "N")]
+    b5_queries: Option<usize>,
+
+    /// B5: offline `autonomy audit query` runs to time [full 5, smoke 2].
+    #[arg(long, value_name = "N")]
+    b5_offline_runs: Option<usize>,
+
+    /// B6: runs of each command to time [full 50, smoke 5].
+    #[arg(long, value_name = "N")]
+    b6_runs: Option<usize>,
+
+    /// Concurrency of the seeding that builds the data sets [default 64].
+    #[arg(long, value_name = "N")]
+    seed_concurrency: Option<usize>,
+
+    /// Distinct operators (X-Autonomy-Operator) the creates are spread over [default 100].
+    #[arg(long, value_name = "N")]
+    operators: Option<usize>,
+
+    /// Longest a CP may take to start (print its address, answer health or ready) [600].
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    start_timeout_seconds: f64,
+
+    /// Longest a CP may take to exit after SIGTERM before it is killed [120].
+    #[arg(long, value_name = "S", default_value_t = 120.0)]
+    stop_timeout_seconds: f64,
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<Config> {
+        let smoke = self.smoke;
+        let pick =
+            |v: Option<f64>, full: f64, small: f64| v.unwrap_or(if smoke { small } else { full });
+        let pick_u =
+            |v: Option<u64>, full: u64, small: u64| v.unwrap_or(if smoke { small } else { full });
+        let pick_n = |v: Option<usize>, full: usize, small: usize| {
+            v.unwrap_or(if smoke { small } else { full })
+        };
+        let cfg = Config {
+            mode: if smoke { "smoke" } else { "full" },
+            limit_seconds: pick(self.limit_seconds, 5.0, 1.0),
+            b1_levels: if self.b1_concurrency.is_empty() {
+                vec![1, 8, 64]
+            } else {
+                self.b1_concurrency.clone()
+            },
+            b1_warmup_seconds: pick(self.b1_warmup_seconds, 2.0, 0.5),
+            b1_seconds: pick(self.b1_seconds, 10.0, 2.0),
+            b2_plans: pick_u(self.b2_plans, 100_000, 2_000),
+            b2_stale_percent: self.b2_stale_percent.unwrap_or(1.0),
+            b2_gap_seconds: pick(self.b2_gap_seconds, 20.0, 2.0),
+            b2_scans: pick_n(self.b2_scans, 200, 20),
+            plans: pick_u(self.plans, 1_000_000, 2_000),
+            b3_fetches: pick_n(self.b3_fetches, 200, 20),
+            b4_restarts: pick_n(self.b4_restarts, 3, 2),
+            b5_queries: pick_n(self.b5_queries, 200, 20),
+            b5_offline_runs: pick_n(self.b5_offline_runs, 5, 2),
+            b6_runs: pick_n(self.b6_runs, 50, 5),
+            seed_concurrency: self.seed_concurrency.unwrap_or(64),
+            operators: self.operators.unwrap_or(100),
+            start_timeout_seconds: self.start_timeout_seconds,
+            stop_timeout_seconds: self.stop_timeout_seconds,
+            phases: if self.phases.is_empty() {
+                PHASES.iter().map(|p| p.to_string()).collect()
+            } else {
+                self.phases.clone()
+            },
+        };
+        let positive = [
+            ("--limit-seconds", cfg.limit_seconds),
+            ("--b1-seconds", cfg.b1_seconds),
+            ("--b2-gap-seconds", cfg.b2_gap_seconds),
+            ("--start-timeout-seconds", cfg.start_timeout_seconds),
+            ("--stop-timeout-seconds", cfg.stop_timeout_seconds),
+        ];
+        for (flag, v) in positive {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                bail!("{flag} must be more than 0 and at most 86400 seconds, got {v}");
+            }
+        }
+        if !(cfg.b1_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.b1_warmup_seconds)) {
+            bail!("--b1-warmup-seconds must be 0 to 3600");
+        }
+        if !(cfg.b2_stale_percent > 0.0 && cfg.b2_stale_percent <= 100.0) {
+            bail!("--b2-stale-percent must be more than 0 and at most 100");
+        }
+        if cfg.b1_levels.iter().any(|&c| c == 0 || c > 1024) {
+            bail!("--b1-concurrency levels must be 1 to 1024");
+        }
+        if cfg.b2_plans < 2 || cfg.plans < 2 {
+            bail!("--b2-plans and --plans must be at least 2");
+        }
+        if cfg.seed_concurrency == 0 || cfg.seed_concurrency > 1024 || cfg.operators == 0 {
+            bail!("--seed-concurrency must be 1 to 1024 and --operators at least 1");
+        }
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn utc_stamp(compact: bool) -> String {
+    use time::macros::format_description;
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = if compact {
+        now.format(format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+    } else {
+        now.format(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+    };
+    fmt.unwrap_or_else(|_| "unknown-time".into())
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let cfg = args.config()?;
+    let bin = absolute(&args.autonomy_bin)?;
+    if !bin.is_file() {
+        bail!(
+            "the autonomy binary {} does not exist: build it with `cargo build --release -p \
+             autonomy` or pass --autonomy-bin (scripts/bench.sh does both)",
+            bin.display()
+        );
+    }
+    let stamp = utc_stamp(true);
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("bench-results")
+            .join(&stamp)
+            .join("report.json")
+    });
+    let out_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let work_parent = args.work_dir.clone().unwrap_or_else(|| out_dir.clone());
+    let work = work_parent.join(format!(
+        "autonomy-bench-work-{stamp}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let logs = out_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+
+    let machine = machine::Machine::probe(&work, &bin);
+    eprintln!(
+        "autonomy-bench ({}): report {}, data in {}, CP logs in {}\nmachine: {}",
+        cfg.mode,
+        out.display(),
+        work.display(),
+        logs.display(),
+        machine.line()
+    );
+    let started_at = utc_stamp(false);
+    let clock = Instant::now();
+    let env = Env {
+        bin,
+        work: work.clone(),
+        logs,
+        cfg: cfg.clone(),
+    };
+    let mut results = Results::default();
+    let outcome = run_phases(&env, &mut results);
+    let error = outcome.err().map(|e| format!("{e:#}"));
+    let targets = report::targets(&results);
+    let ran: Vec<bool> = targets.iter().filter_map(|t| t.met).collect();
+    let report = Report {
+        schema: "autonomy-bench/1",
+        issue: 6,
+        mode: cfg.mode,
+        started_at,
+        finished_at: utc_stamp(false),
+        wall_seconds: stats::round1(clock.elapsed().as_secs_f64()),
+        machine: &machine,
+        config: &cfg,
+        results: &results,
+        all_targets_met: (!ran.is_empty()).then(|| ran.iter().all(|m| *m)),
+        targets,
+        error: error.clone(),
+        notes: report::NOTES.to_vec(),
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&out, format!("{json}\n"))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let summary = report::summary(&report);
+    let summary_path = out_dir.join("summary.txt");
+    std::fs::write(&summary_path, &summary)
+        .with_context(|| format!("cannot write {}", summary_path.display()))?;
+    println!("{summary}");
+    println!(
+        "report: {}\nsummary: {}",
+        out.display(),
+        summary_path.display()
+    );
+    match error {
+        None => {
+            if args.keep_data {
+                eprintln!("data kept in {}", work.display());
+            } else {
+                std::fs::remove_dir_all(&work)
+                    .with_context(|| format!("cannot remove {}", work.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(e) => {
+            eprintln!(
+                "error: {e}\n(data left in {} for diagnosis)",
+                work.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
+    let cfg = &env.cfg;
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let mut load = vec![("start".to_string(), loadavg())];
+    let mut mark = |phase: &str| load.push((phase.to_string(), loadavg()));
+    let outcome = (|| -> anyhow::Result<()> {
+        if cfg.wants("limit") {
+            results.limit = Some(suite::run_limit(env)?);
+        }
+        if cfg.wants("b1") {
+            mark("b1");
+            results.b1 = Some(suite::run_b1(env, results.limit.as_ref())?);
+        }
+        let later = ["b3", "b4", "b5", "b6"].iter().any(|p| cfg.wants(p));
+        if cfg.wants("b2") || later {
+            let mut ds = Dataset::new(env.work.join("fleet"));
+            let built = (|| -> anyhow::Result<()> {
+                if cfg.wants("b2") {
+                    mark("b2");
+                    results.b2 = Some(suite::run_b2(env, &mut ds)?);
+                }
+                if later {
+                    mark("seed");
+                    ds.extend_to(env, cfg.plans)?;
+                }
+                if cfg.wants("b3") {
+                    mark("b3");
+                    results.b3 = Some(suite::run_b3(env, &ds)?);
+                }
+                if cfg.wants("b4") {
+                    mark("b4");
+                    results.b4 = Some(suite::run_b4(env, &ds)?);
+                }
+                if cfg.wants("b5") {
+                    mark("b5");
+                    results.b5 = Some(suite::run_b5(env, &ds)?);
+                }
+                if cfg.wants("b6") {
+                    mark("b6");
+                    results.b6 = Some(suite::run_b6(env, &ds)?);
+                }
+                Ok(())
+            })();
+            results.seeding = ds.seeds.clone();
+            results.seeding_peak_rss_kib = ds.seed_peak_rss_kib.clone();
+            built?;
+        }
+        Ok(())
+    })();
+    mark("end");
+    results.load_average = load;
+    outcome
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_path_buf())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}

@@ -1,0 +1,379 @@
+//! The report: every number (JSON), the issue's targets with `met`, and a readable summary.
+
+use serde::Serialize;
+
+use crate::limit::LimitReport;
+use crate::load::SeedReport;
+use crate::machine::Machine;
+use crate::stats::{fmt_ms, round3, Latency};
+use crate::suite::{B1Report, B2Report, B3Report, B4Report, B5Report, B6Report, Config};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub limit: Option<LimitReport>,
+    pub b1: Option<B1Report>,
+    pub b2: Option<B2Report>,
+    pub b3: Option<B3Report>,
+    pub b4: Option<B4Report>,
+    pub b5: Option<B5Report>,
+    pub b6: Option<B6Report>,
+    pub seeding: Vec<SeedReport>,
+    pub seeding_peak_rss_kib: Vec<Option<u64>>,
+    /// `/proc/loadavg` (1, 5, 15 min) as each phase started and at the end: other work on the
+    /// machine shows up here.
+    pub load_average: Vec<(String, String)>,
+}
+
+/// One target of issue 6.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub id: &'static str,
+    pub target: &'static str,
+    /// What was compared, in words.
+    pub basis: String,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub unit: &'static str,
+    /// `None` when the phase did not run.
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub schema: &'static str,
+    pub issue: u32,
+    pub mode: &'static str,
+    pub started_at: String,
+    pub finished_at: String,
+    pub wall_seconds: f64,
+    pub machine: &'a Machine,
+    pub config: &'a Config,
+    #[serde(flatten)]
+    pub results: &'a Results,
+    pub targets: Vec<Target>,
+    /// True when every target that ran was met; `None` when none ran.
+    pub all_targets_met: Option<bool>,
+    pub error: Option<String>,
+    pub notes: Vec<&'static str>,
+}
+
+pub const NOTES: [&str; 5] = [
+    "latencies are client-side (request sent to whole body read) over kept-alive HTTP/1.1 to 127.0.0.1, nearest-rank percentiles over every sample",
+    "the bench and the CP share the machine's CPUs; bench_cpu_seconds in B1 shows what the load generator itself used",
+    "peak_rss_kib is VmHWM of the CP instance that served only that phase (each phase starts its own CP; seeding runs in separate instances, see seeding_peak_rss_kib)",
+    "smoke runs use tiny sizes: their numbers prove the bench works, not the targets",
+    "targets: B1 c=64 creates/s >= 5x raw single-row commits/s; B2 p99 < 20 ms; B3 deep-page p50 <= 2x first-page p50; B4 median restart-to-ready < 1000 ms; B5 API p99 < 50 ms; B6 CLI p50 <= 2x curl p50",
+];
+
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    // B1: the level closest to 64.
+    let b1 = r.b1.as_ref().and_then(|b| {
+        b.levels
+            .iter()
+            .min_by_key(|l| (l.run.concurrency as i64 - 64).abs())
+    });
+    t.push(Target {
+        id: "B1",
+        target: "durable creates at concurrency 64 >= 5x the single-row-commit limit",
+        basis: match b1 {
+            Some(l) => format!(
+                "{:.0} creates/s at c={} / {:.0} raw single-row commits/s",
+                l.run.creates_per_sec,
+                l.run.concurrency,
+                r.limit
+                    .as_ref()
+                    .map_or(f64::NAN, |x| x.single_row.commits_per_sec)
+            ),
+            None => "not run".into(),
+        },
+        value: b1.and_then(|l| l.ratio_to_single_row_commits),
+        threshold: 5.0,
+        unit: "x",
+        met: b1
+            .and_then(|l| l.ratio_to_single_row_commits)
+            .map(|v| v >= 5.0),
+    });
+    let b2 = r.b2.as_ref().map(|b| b.latency.p99_ms);
+    t.push(Target {
+        id: "B2",
+        target: "stuck scan over 100k plans (1% stuck): p99 < 20 ms",
+        basis: r.b2.as_ref().map_or("not run".into(), |b| {
+            format!("p99 of {} scans over {} plans", b.scans, b.plans)
+        }),
+        value: b2,
+        threshold: 20.0,
+        unit: "ms",
+        met: b2.map(|v| v < 20.0),
+    });
+    let b3 = r.b3.as_ref().map(|b| b.deep_to_first_p50);
+    t.push(Target {
+        id: "B3",
+        target: "list: deep cursor page within 2x the first page (1M plans)",
+        basis: r.b3.as_ref().map_or("not run".into(), |b| {
+            format!(
+                "deep p50 {} / first p50 {} over {} plans",
+                fmt_ms(b.deep_page.p50_ms),
+                fmt_ms(b.first_page.p50_ms),
+                b.plans
+            )
+        }),
+        value: b3,
+        threshold: 2.0,
+        unit: "x",
+        met: b3.map(|v| v <= 2.0),
+    });
+    let b4 = r.b4.as_ref().map(|b| b.ready_ms_median);
+    t.push(Target {
+        id: "B4",
+        target: "restart to ready under 1 s (1M plans, 1M audit events)",
+        basis: r.b4.as_ref().map_or("not run".into(), |b| {
+            format!(
+                "median of {} restarts, {} plans, {} audit events",
+                b.restarts.len(),
+                opt(b.plans),
+                opt(b.audit_events)
+            )
+        }),
+        value: b4,
+        threshold: 1000.0,
+        unit: "ms",
+        met: b4.map(|v| v < 1000.0),
+    });
+    let b5 = r.b5.as_ref().map(|b| b.api.p99_ms);
+    t.push(Target {
+        id: "B5",
+        target: "audit query (actor + event type + time) through the API under 50 ms (1M events)",
+        basis: r.b5.as_ref().map_or("not run".into(), |b| {
+            format!(
+                "p99 of {} API queries over {} audit events",
+                b.api.samples,
+                opt(b.audit_events)
+            )
+        }),
+        value: b5,
+        threshold: 50.0,
+        unit: "ms",
+        met: b5.map(|v| v < 50.0),
+    });
+    let b6 = r.b6.as_ref().and_then(|b| b.cli_to_curl_p50);
+    t.push(Target {
+        id: "B6",
+        target: "CLI round trip (`autonomy rollout get`) within 2x curl",
+        basis: r.b6.as_ref().map_or("not run".into(), |b| {
+            format!(
+                "CLI p50 {} / curl p50 {} over {} runs",
+                fmt_ms(b.cli.p50_ms),
+                b.curl.as_ref().map_or("n/a".into(), |c| fmt_ms(c.p50_ms)),
+                b.runs
+            )
+        }),
+        value: b6,
+        threshold: 2.0,
+        unit: "x",
+        met: b6.map(|v| v <= 2.0),
+    });
+    t
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("-".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+}
+
+fn lat(l: &Latency) -> String {
+    format!(
+        "{} / {} / {}",
+        fmt_ms(l.p50_ms),
+        fmt_ms(l.p99_ms),
+        fmt_ms(l.max_ms)
+    )
+}
+
+/// The readable summary (also written to summary.txt).
+pub fn summary(rep: &Report) -> String {
+    let r = rep.results;
+    let mut rows: Vec<[String; 5]> = vec![[
+        "".into(),
+        "measurement".into(),
+        "result".into(),
+        "p50 / p99 / max".into(),
+        "CP peak RSS".into(),
+    ]];
+    let mut row = |a: &str, b: String, c: String, d: String, e: String| {
+        rows.push([a.to_string(), b, c, d, e]);
+    };
+    if let Some(l) = &r.limit {
+        row(
+            "L",
+            format!("raw SQLite single-row commits ({} B rows)", l.doc_bytes),
+            format!("{:.0} commits/s", l.single_row.commits_per_sec),
+            lat(&l.single_row.commit_latency),
+            "".into(),
+        );
+        row(
+            "L",
+            format!("raw SQLite {}-row transactions", l.batched.rows_per_txn),
+            format!("{:.0} rows/s", l.batched.rows_per_sec),
+            lat(&l.batched.txn_latency),
+            "".into(),
+        );
+    }
+    if let Some(b) = &r.b1 {
+        for l in &b.levels {
+            row(
+                "B1",
+                format!(
+                    "durable creates, c={} (avg batch {})",
+                    l.run.concurrency, l.store.avg_batch
+                ),
+                format!(
+                    "{:.0} creates/s = {}x L1, {}x L64",
+                    l.run.creates_per_sec,
+                    l.ratio_to_single_row_commits
+                        .map_or("?".into(), |v| format!("{:.2}", v)),
+                    l.ratio_to_batched_rows
+                        .map_or("?".into(), |v| format!("{:.2}", v))
+                ),
+                lat(&l.run.latency),
+                mib(l.peak_rss_kib),
+            );
+        }
+    }
+    if let Some(b) = &r.b2 {
+        row(
+            "B2",
+            format!(
+                "stuck scan, {} plans, {} stale ({} scans)",
+                b.plans, b.stale_plans, b.scans
+            ),
+            format!("stuck_count {:?}", b.stuck_count_seen),
+            lat(&b.latency),
+            mib(b.peak_rss_kib),
+        );
+    }
+    if let Some(b) = &r.b3 {
+        row(
+            "B3",
+            format!(
+                "list first page ({} items), {} plans",
+                b.page_items, b.plans
+            ),
+            format!("{} B", b.first_page_bytes),
+            lat(&b.first_page),
+            mib(b.peak_rss_kib),
+        );
+        row(
+            "B3",
+            format!("list deep page (after {} plans)", b.deep_offset),
+            format!("{}x first page p50", b.deep_to_first_p50),
+            lat(&b.deep_page),
+            "".into(),
+        );
+    }
+    if let Some(b) = &r.b4 {
+        row(
+            "B4",
+            format!(
+                "restart to ready, {} plans, {} audit events",
+                opt(b.plans),
+                opt(b.audit_events)
+            ),
+            format!(
+                "median {} (max {})",
+                fmt_ms(b.ready_ms_median),
+                fmt_ms(b.ready_ms_max)
+            ),
+            format!(
+                "shutdown {}",
+                b.restarts
+                    .first()
+                    .map_or("-".into(), |x| fmt_ms(x.shutdown_ms))
+            ),
+            mib(b.restarts.iter().filter_map(|x| x.peak_rss_kib).max()),
+        );
+    }
+    if let Some(b) = &r.b5 {
+        row(
+            "B5",
+            format!("audit query via API, {} events", opt(b.audit_events)),
+            format!("{}..{} items", b.api_items_min, b.api_items_max),
+            lat(&b.api),
+            mib(b.peak_rss_kib),
+        );
+        row(
+            "B5",
+            "audit query offline (autonomy audit query --audit-dir)".into(),
+            format!(
+                "{} items, same as API: {}",
+                b.offline_items, b.offline_matches_api
+            ),
+            lat(&b.offline),
+            format!("(CLI {})", mib(b.offline_peak_rss_kib)),
+        );
+    }
+    if let Some(b) = &r.b6 {
+        row(
+            "B6",
+            "`autonomy rollout get` process start to exit".into(),
+            b.cli_to_curl_p50
+                .map_or("".into(), |v| format!("{}x curl p50", round3(v))),
+            lat(&b.cli),
+            mib(b.peak_rss_kib),
+        );
+        if let Some(c) = &b.curl {
+            row("B6", "curl, same GET".into(), "".into(), lat(c), "".into());
+        }
+    }
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    out.push_str(&format!(
+        "autonomy-bench ({}) {} .. {} ({:.0} s)\nmachine: {}\n\n",
+        rep.mode,
+        rep.started_at,
+        rep.finished_at,
+        rep.wall_seconds,
+        rep.machine.line()
+    ));
+    for r in &rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str("\ntargets (issue 6):\n");
+    for t in &rep.targets {
+        let verdict = match t.met {
+            Some(true) => "met ",
+            Some(false) => "MISS",
+            None => "  - ",
+        };
+        let value = t
+            .value
+            .map_or("-".into(), |v| format!("{}{}", round3(v), t.unit));
+        out.push_str(&format!(
+            "  {verdict}  {}  {:<84} {value:>12}   ({})\n",
+            t.id, t.target, t.basis
+        ));
+    }
+    if rep.mode == "smoke" {
+        out.push_str("\n(smoke sizes: these numbers show the bench works; they are not the targets' sizes)\n");
+    }
+    if let Some(e) = &rep.error {
+        out.push_str(&format!("\nthe bench FAILED: {e}\n"));
+    }
+    out
+}

@@ -1,0 +1,946 @@
+//! The phases: L (raw SQLite), B1 (durable creates), B2 (stuck scan), B3 (list pages), B4
+//! (restart to ready), B5 (audit query), B6 (CLI round trip).
+//!
+//! Every phase that measures the CP starts its own CP instance and reads that instance's peak
+//! RSS (`VmHWM`) just before stopping it, so each phase's peak is its own (start-up included).
+//! Seeding runs in separate CP instances, whose peaks are reported with the seeding.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use autonomy_api::{timefmt, AuditEventList, RolloutList, StuckReport};
+use serde::Serialize;
+
+use crate::cp::{self, Cp, Stopped};
+use crate::http::{metric, Http};
+use crate::limit::{self, LimitReport};
+use crate::load::{self, LoopReport, SeedReport};
+use crate::stats::{round1, round3, Latency};
+
+/// Sizes and durations of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub mode: &'static str,
+    pub limit_seconds: f64,
+    pub b1_levels: Vec<usize>,
+    pub b1_warmup_seconds: f64,
+    pub b1_seconds: f64,
+    pub b2_plans: u64,
+    pub b2_stale_percent: f64,
+    pub b2_gap_seconds: f64,
+    pub b2_scans: usize,
+    pub plans: u64,
+    pub b3_fetches: usize,
+    pub b4_restarts: usize,
+    pub b5_queries: usize,
+    pub b5_offline_runs: usize,
+    pub b6_runs: usize,
+    pub seed_concurrency: usize,
+    pub operators: usize,
+    pub start_timeout_seconds: f64,
+    pub stop_timeout_seconds: f64,
+    pub phases: Vec<String>,
+}
+
+impl Config {
+    pub fn wants(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+}
+
+/// Where things are and what to run.
+pub struct Env {
+    pub bin: PathBuf,
+    pub work: PathBuf,
+    pub logs: PathBuf,
+    pub cfg: Config,
+}
+
+impl Env {
+    fn start_limit(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.start_timeout_seconds)
+    }
+
+    fn stop_limit(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.stop_timeout_seconds)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("cp-{name}.log"))
+    }
+
+    fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
+        Cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
+            .with_context(|| format!("starting the CP for {name}"))
+    }
+
+    fn stop(&self, cp: Cp) -> anyhow::Result<Stopped> {
+        let stopped = cp.stop(self.stop_limit())?;
+        if stopped.killed || stopped.exit_code != Some(0) {
+            eprintln!(
+                "  warning: the CP did not stop cleanly ({stopped:?}); see {}",
+                self.logs.display()
+            );
+        }
+        Ok(stopped)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// L
+// ---------------------------------------------------------------------------------------------
+
+pub fn run_limit(env: &Env) -> anyhow::Result<LimitReport> {
+    eprintln!(
+        "L: raw SQLite (WAL, synchronous=FULL) in {}",
+        env.work.display()
+    );
+    let r = limit::measure(&env.work.join("limit"), env.cfg.limit_seconds)?;
+    eprintln!(
+        "  {:.0} single-row commits/s, {:.0} rows/s in {}-row transactions",
+        r.single_row.commits_per_sec, r.batched.rows_per_sec, r.batched.rows_per_txn
+    );
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// B1
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B1Level {
+    #[serde(flatten)]
+    pub run: LoopReport,
+    /// creates/s ÷ raw single-row commits/s.
+    pub ratio_to_single_row_commits: Option<f64>,
+    /// creates/s ÷ raw rows/s in 64-row transactions.
+    pub ratio_to_batched_rows: Option<f64>,
+    pub store: StoreDelta,
+    pub cp_cpu_seconds: Option<f64>,
+    pub cp_cpu_ms_per_create: Option<f64>,
+    pub bench_cpu_seconds: Option<f64>,
+    /// CP CPU per committed create by thread (the writer thread vs the HTTP workers), ms.
+    pub cp_cpu_ms_per_create_by_thread: std::collections::BTreeMap<String, f64>,
+    /// CP bytes handed to write(2)/pwrite(2) per committed create (`/proc/<pid>/io` wchar:
+    /// WAL frames, checkpoints, SQLite temp files, audit segment).
+    pub cp_write_bytes_per_create: Option<f64>,
+    /// CP write syscalls per committed create (`syscw`).
+    pub cp_write_syscalls_per_create: Option<f64>,
+    /// CP bytes sent to the block device per committed create (`write_bytes`).
+    pub cp_disk_bytes_per_create: Option<f64>,
+    /// VmHWM of the CP instance that served only this level.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// What `/metrics` says the writer did during a level (warm-up included).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreDelta {
+    pub commits: u64,
+    pub committed_requests: u64,
+    pub avg_batch: f64,
+    pub max_batch: u64,
+    /// Mean time per group commit (SQLite COMMIT + audit append + fsyncs), ms.
+    pub avg_commit_ms: f64,
+    /// Share of wall time the writer spent inside commits.
+    pub writer_busy_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B1Report {
+    pub levels: Vec<B1Level>,
+    pub note: &'static str,
+}
+
+struct StoreSnap {
+    commits: f64,
+    requests: f64,
+    micros: f64,
+    max_batch: f64,
+    at: Instant,
+}
+
+fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
+    let a = http.get("/metrics", &[])?;
+    if !a.ok() {
+        bail!("/metrics answered {}", a.status);
+    }
+    let t = a.text();
+    let m = |name: &str| metric(&t, name).unwrap_or(0.0);
+    Ok(StoreSnap {
+        commits: m("autonomy_store_commits_total"),
+        requests: m("autonomy_store_committed_requests_total"),
+        micros: m("autonomy_store_commit_microseconds_total"),
+        max_batch: m("autonomy_store_max_batch"),
+        at: Instant::now(),
+    })
+}
+
+fn store_delta(a: &StoreSnap, b: &StoreSnap) -> StoreDelta {
+    let commits = (b.commits - a.commits).max(0.0);
+    let requests = (b.requests - a.requests).max(0.0);
+    let micros = (b.micros - a.micros).max(0.0);
+    let wall = (b.at - a.at).as_secs_f64().max(1e-9);
+    StoreDelta {
+        commits: commits as u64,
+        committed_requests: requests as u64,
+        avg_batch: round1(requests / commits.max(1.0)),
+        max_batch: b.max_batch as u64,
+        avg_commit_ms: round3(micros / commits.max(1.0) / 1e3),
+        writer_busy_fraction: round3(micros / 1e6 / wall),
+    }
+}
+
+pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report> {
+    let dir = env.work.join("b1");
+    let mut levels = Vec::new();
+    for &c in &env.cfg.b1_levels {
+        eprintln!(
+            "B1: durable creates, closed loop at concurrency {c} for {} s (+{} s warm-up)",
+            env.cfg.b1_seconds, env.cfg.b1_warmup_seconds
+        );
+        let cp = env.start(&dir, &format!("b1-c{c}"))?;
+        let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+        let before = store_snap(&http)?;
+        let cpu0 = cp.cpu_seconds();
+        let threads0 = cp.cpu_by_thread();
+        let io0 = cp.io();
+        let self0 = cp::cpu_seconds("/proc/self/stat");
+        let run = load::closed_loop(
+            &cp.base,
+            &format!("b1-c{c}"),
+            c,
+            Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
+            Duration::from_secs_f64(env.cfg.b1_seconds),
+            env.cfg.operators,
+        )?;
+        let after = store_snap(&http)?;
+        let cpu1 = cp.cpu_seconds();
+        let threads1 = cp.cpu_by_thread();
+        let io1 = cp.io();
+        let self1 = cp::cpu_seconds("/proc/self/stat");
+        let peak = cp.peak_rss_kib();
+        env.stop(cp)?;
+        if run.creates == 0 {
+            bail!(
+                "B1 at concurrency {c}: no create succeeded ({} errors: {:?})",
+                run.errors,
+                run.first_errors
+            );
+        }
+        let store = store_delta(&before, &after);
+        let cp_cpu = cpu0.zip(cpu1).map(|(a, b)| round3(b - a));
+        let creates = store.committed_requests.max(1) as f64;
+        let by_thread = threads1
+            .iter()
+            .map(|(name, b)| {
+                let a = threads0.get(name).copied().unwrap_or(0.0);
+                (name.clone(), round3((b - a) * 1e3 / creates))
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        let io_delta = |key: &str| {
+            let (a, b) = (io0.as_ref()?.get(key)?, io1.as_ref()?.get(key)?);
+            Some(round1(b.saturating_sub(*a) as f64 / creates))
+        };
+        let level = B1Level {
+            cp_cpu_ms_per_create_by_thread: by_thread,
+            cp_write_bytes_per_create: io_delta("wchar"),
+            cp_write_syscalls_per_create: io_delta("syscw"),
+            cp_disk_bytes_per_create: io_delta("write_bytes"),
+            ratio_to_single_row_commits: limit
+                .map(|l| round3(run.creates_per_sec / l.single_row.commits_per_sec.max(1e-9))),
+            ratio_to_batched_rows: limit
+                .map(|l| round3(run.creates_per_sec / l.batched.rows_per_sec.max(1e-9))),
+            cp_cpu_ms_per_create: cp_cpu
+                .filter(|_| store.committed_requests > 0)
+                .map(|s| round3(s * 1e3 / store.committed_requests as f64)),
+            cp_cpu_seconds: cp_cpu,
+            bench_cpu_seconds: self0.zip(self1).map(|(a, b)| round3(b - a)),
+            peak_rss_kib: peak,
+            store,
+            run,
+        };
+        eprintln!(
+            "  {:.0} creates/s, {}, avg batch {}, {} errors; CP {} ms CPU and {} B written per create",
+            level.run.creates_per_sec,
+            level.run.latency.short(),
+            level.store.avg_batch,
+            level.run.errors,
+            level.cp_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
+            level.cp_write_bytes_per_create.map_or("?".into(), |v| format!("{v:.0}")),
+        );
+        levels.push(level);
+    }
+    Ok(B1Report {
+        levels,
+        note: "each level runs on a fresh CP instance over the same data dir (the plans of the \
+               earlier levels stay); store figures come from /metrics deltas over the level",
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shared data set (B2 builds its first part; B3–B6 use all of it)
+// ---------------------------------------------------------------------------------------------
+
+pub struct Dataset {
+    pub dir: PathBuf,
+    pub plans: u64,
+    pub seeds: Vec<SeedReport>,
+    /// Wall-clock interval (µs) of each seeding, for B5's time filter.
+    pub windows: Vec<(i64, i64, u64)>,
+    /// A plan id that exists (for B6).
+    pub sample_id: Option<String>,
+    /// Peak RSS of each seeding CP instance.
+    pub seed_peak_rss_kib: Vec<Option<u64>>,
+}
+
+impl Dataset {
+    pub fn new(dir: PathBuf) -> Dataset {
+        Dataset {
+            dir,
+            plans: 0,
+            seeds: Vec::new(),
+            windows: Vec::new(),
+            sample_id: None,
+            seed_peak_rss_kib: Vec::new(),
+        }
+    }
+
+    fn seed(
+        &mut self,
+        env: &Env,
+        base: &str,
+        label: &str,
+        prefix: &str,
+        count: u64,
+    ) -> anyhow::Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        eprintln!(
+            "  seeding {count} plans ({label}) at concurrency {}",
+            env.cfg.seed_concurrency
+        );
+        let t0 = timefmt::now_us();
+        let r = load::seed(
+            base,
+            label,
+            prefix,
+            0,
+            count,
+            env.cfg.seed_concurrency,
+            env.cfg.operators,
+        )?;
+        let t1 = timefmt::now_us();
+        eprintln!(
+            "  seeded {} plans in {} s ({:.0}/s)",
+            r.created, r.seconds, r.creates_per_sec
+        );
+        self.plans += r.created;
+        self.windows.push((t0, t1, r.created));
+        self.sample_id = Some(format!("{prefix}-{:07}", count - 1));
+        self.seeds.push(r);
+        Ok(())
+    }
+
+    /// Grows the data set to `total` plans.
+    pub fn extend_to(&mut self, env: &Env, total: u64) -> anyhow::Result<()> {
+        if self.plans >= total {
+            return Ok(());
+        }
+        eprintln!("data set: growing to {total} plans");
+        let cp = env.start(&self.dir, &format!("seed-{}", self.seeds.len()))?;
+        let label = format!("bulk-{}", self.seeds.len());
+        let base = cp.base.clone();
+        self.seed(env, &base, &label, &label, total - self.plans)?;
+        self.seed_peak_rss_kib.push(cp.peak_rss_kib());
+        env.stop(cp)?;
+        Ok(())
+    }
+
+    /// B5's time range: the middle of the largest seeding, a quarter of its duration wide.
+    pub fn audit_window(&self) -> Option<(String, String)> {
+        let (t0, t1, _) = self.windows.iter().max_by_key(|w| w.2)?;
+        let span = (t1 - t0).max(4);
+        let start = t0 + span / 2;
+        let end = start + span / 4;
+        Some((timefmt::format_us(start), timefmt::format_us(end)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// B2
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B2Report {
+    pub plans: u64,
+    pub stale_plans: u64,
+    pub threshold_seconds: f64,
+    /// At the first scan: the youngest stale plan was at least this old…
+    pub min_stale_age_seconds: f64,
+    /// …and the oldest fresh plan at most this old.
+    pub max_fresh_age_seconds: f64,
+    pub scans: usize,
+    pub latency: Latency,
+    /// Scans whose stuck_count was not exactly the stale plans.
+    pub wrong_counts: usize,
+    pub stuck_count_seen: Vec<u64>,
+    pub items_per_answer: usize,
+    pub answer_bytes: usize,
+    pub peak_rss_kib: Option<u64>,
+    pub method: &'static str,
+}
+
+pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
+    let cfg = &env.cfg;
+    if ds.plans != 0 {
+        bail!("B2 must build the start of the data set");
+    }
+    let stale = ((cfg.b2_plans as f64 * cfg.b2_stale_percent / 100.0).round() as u64)
+        .clamp(1, cfg.b2_plans);
+    let gap = cfg.b2_gap_seconds.max(0.5);
+    eprintln!(
+        "B2: stuck scan over {} plans, {stale} of them stale",
+        cfg.b2_plans
+    );
+    let cp = env.start(&ds.dir, "seed-b2")?;
+    let base = cp.base.clone();
+    ds.seed(env, &base, "b2-stale", "stale", stale)?;
+    // Every stale plan was created before this instant (its 201 has arrived).
+    let stale_done = Instant::now();
+    eprintln!("  waiting {gap} s so the stale plans age past the threshold");
+    std::thread::sleep(Duration::from_secs_f64(gap));
+    // Every fresh plan is created after this instant (no request has been sent yet).
+    let fresh_start = Instant::now();
+    ds.seed(env, &base, "b2-fresh", "fleet", cfg.b2_plans - stale)?;
+    ds.seed_peak_rss_kib.push(cp.peak_rss_kib());
+    env.stop(cp)?;
+
+    let cp = env.start(&ds.dir, "b2")?;
+    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let scan_start = Instant::now();
+    // Fresh plans are at most `scan_start - fresh_start` old now, stale ones at least
+    // `gap` older than that. Put the threshold half way, and scan only while both stay true.
+    let threshold = (scan_start - fresh_start).as_secs_f64() + gap / 2.0;
+    let threshold = (threshold * 1000.0).ceil() / 1000.0;
+    let budget = Duration::from_secs_f64(gap / 2.0 * 0.8);
+    let t = format!("{threshold:.3}");
+    let mut lat = Vec::new();
+    let mut seen = Vec::new();
+    let mut wrong = 0;
+    let mut items = 0;
+    let mut bytes = 0;
+    while lat.len() < cfg.b2_scans && scan_start.elapsed() < budget {
+        let a = http.get("/v1/rollouts/stuck", &[("threshold_seconds", &t)])?;
+        if !a.ok() {
+            bail!("stuck scan answered {}: {}", a.status, a.text());
+        }
+        let r: StuckReport = a.json()?;
+        lat.push(a.elapsed);
+        if r.stuck_count != stale {
+            wrong += 1;
+        }
+        if !seen.contains(&r.stuck_count) {
+            seen.push(r.stuck_count);
+        }
+        items = r.items.len();
+        bytes = a.body.len();
+    }
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+    if lat.len() < cfg.b2_scans {
+        eprintln!(
+            "  note: {} of {} scans fit in the {:.1} s the threshold stays honest (raise --b2-gap-seconds for more)",
+            lat.len(),
+            cfg.b2_scans,
+            budget.as_secs_f64()
+        );
+    }
+    let report = B2Report {
+        plans: ds.plans,
+        stale_plans: stale,
+        threshold_seconds: threshold,
+        min_stale_age_seconds: round3((scan_start - stale_done).as_secs_f64()),
+        max_fresh_age_seconds: round3((scan_start - fresh_start).as_secs_f64()),
+        scans: lat.len(),
+        latency: Latency::of(&lat),
+        wrong_counts: wrong,
+        stuck_count_seen: seen,
+        items_per_answer: items,
+        answer_bytes: bytes,
+        peak_rss_kib: peak,
+        method: "the stale plans are created first; after a gap the rest are created; the \
+                 threshold sits half a gap between the youngest stale and the oldest fresh plan \
+                 (bracketed by client-side clocks), and scans run only while that stays true",
+    };
+    eprintln!(
+        "  {} scans: {}, stuck_count {:?}",
+        report.scans,
+        report.latency.short(),
+        report.stuck_count_seen
+    );
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// B3
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B3Report {
+    pub plans: u64,
+    pub page_items: usize,
+    /// Plans before the deep page.
+    pub deep_offset: u64,
+    pub walk_pages: u64,
+    pub walk_seconds: f64,
+    pub walk_plans_per_sec: f64,
+    pub first_page: Latency,
+    pub deep_page: Latency,
+    pub first_page_bytes: usize,
+    pub deep_page_bytes: usize,
+    /// deep p50 ÷ first p50.
+    pub deep_to_first_p50: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+pub fn run_b3(env: &Env, ds: &Dataset) -> anyhow::Result<B3Report> {
+    eprintln!(
+        "B3: list, first page vs a deep cursor page, over {} plans",
+        ds.plans
+    );
+    let cp = env.start(&ds.dir, "b3")?;
+    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let target = ds.plans - (ds.plans / 2).min(1000);
+    let started = Instant::now();
+    let mut fetched = 0u64;
+    let mut pages = 0u64;
+    let mut cursor: Option<String> = None;
+    let mut last_print = Instant::now();
+    while fetched < target && pages < ds.plans + 10 {
+        let limit = (target - fetched).clamp(1, 1000).to_string();
+        let mut q = vec![("limit", limit.as_str())];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.as_str()));
+        }
+        let a = http.get("/v1/rollouts", &q)?;
+        if !a.ok() {
+            bail!("list answered {}: {}", a.status, a.text());
+        }
+        let page: RolloutList = a.json()?;
+        pages += 1;
+        fetched += page.items.len() as u64;
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            eprintln!("  walking the cursor: {fetched}/{target} plans");
+        }
+    }
+    let walk_seconds = started.elapsed().as_secs_f64();
+    let deep = cursor.ok_or_else(|| anyhow!("the list ended before plan {target}"))?;
+    let mut first = Vec::new();
+    let mut deep_lat = Vec::new();
+    let (mut first_bytes, mut deep_bytes, mut items) = (0, 0, 0);
+    for _ in 0..env.cfg.b3_fetches {
+        let a = http.get("/v1/rollouts", &[])?;
+        let b = http.get("/v1/rollouts", &[("cursor", deep.as_str())])?;
+        if !a.ok() || !b.ok() {
+            bail!("list answered {} / {}", a.status, b.status);
+        }
+        first.push(a.elapsed);
+        deep_lat.push(b.elapsed);
+        first_bytes = a.body.len();
+        deep_bytes = b.body.len();
+        items = b.json::<RolloutList>()?.items.len();
+    }
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+    let first = Latency::of(&first);
+    let deep_l = Latency::of(&deep_lat);
+    let report = B3Report {
+        plans: ds.plans,
+        page_items: items,
+        deep_offset: fetched,
+        walk_pages: pages,
+        walk_seconds: round1(walk_seconds),
+        walk_plans_per_sec: round1(fetched as f64 / walk_seconds.max(1e-9)),
+        deep_to_first_p50: round3(deep_l.p50_ms / first.p50_ms.max(1e-9)),
+        first_page: first,
+        deep_page: deep_l,
+        first_page_bytes: first_bytes,
+        deep_page_bytes: deep_bytes,
+        peak_rss_kib: peak,
+    };
+    eprintln!(
+        "  first page {}; deep page (after {} plans) {}",
+        report.first_page.short(),
+        report.deep_offset,
+        report.deep_page.short()
+    );
+    Ok(report)
+}
+
+// ---------------------------------------------------------------------------------------------
+// B4
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Restart {
+    /// SIGTERM of the previous instance to its exit.
+    pub shutdown_ms: f64,
+    /// Spawn to the `listening on` line.
+    pub listening_ms: f64,
+    /// Spawn to the first 200 from /v1/ready.
+    pub ready_ms: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B4Report {
+    pub plans: Option<u64>,
+    pub audit_events: Option<u64>,
+    pub restarts: Vec<Restart>,
+    pub ready_ms_median: f64,
+    pub ready_ms_max: f64,
+    pub note: &'static str,
+}
+
+pub fn run_b4(env: &Env, ds: &Dataset) -> anyhow::Result<B4Report> {
+    eprintln!("B4: restart to ready over {} plans", ds.plans);
+    let mut cp = env.start(&ds.dir, "b4-0")?;
+    let mut restarts = Vec::new();
+    for r in 1..=env.cfg.b4_restarts.max(1) {
+        let stopped = env.stop(cp)?;
+        let log = env.log(&format!("b4-{r}"));
+        let mut next = Cp::spawn(&env.bin, &ds.dir, &log, env.start_limit())?;
+        let ready = next.wait_for("/v1/ready", env.start_limit())?;
+        restarts.push(Restart {
+            shutdown_ms: round3(stopped.shutdown_ms),
+            listening_ms: round3(next.listening_after.as_secs_f64() * 1e3),
+            ready_ms: round3(ready.as_secs_f64() * 1e3),
+            peak_rss_kib: next.peak_rss_kib(),
+        });
+        eprintln!(
+            "  restart {r}: shutdown {:.0} ms, ready {:.1} ms after spawn",
+            stopped.shutdown_ms,
+            ready.as_secs_f64() * 1e3
+        );
+        cp = next;
+    }
+    let log = cp.log.clone();
+    env.stop(cp)?;
+    let mut ready: Vec<f64> = restarts.iter().map(|r| r.ready_ms).collect();
+    ready.sort_by(f64::total_cmp);
+    Ok(B4Report {
+        plans: cp::log_value(&log, "plans"),
+        audit_events: cp::log_value(&log, "audit_last_seq"),
+        ready_ms_median: ready[(ready.len() - 1) / 2],
+        ready_ms_max: ready[ready.len() - 1],
+        restarts,
+        note: "warm page cache (the data set was just written or read); ready = spawn of \
+               `autonomy serve` to the first 200 from /v1/ready, polled every 2 ms",
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// B5
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B5Report {
+    pub audit_events: Option<u64>,
+    pub event_type: &'static str,
+    pub start_time: String,
+    pub end_time: String,
+    pub limit: usize,
+    pub api: Latency,
+    pub api_items_min: usize,
+    pub api_items_max: usize,
+    pub offline: Latency,
+    pub offline_items: usize,
+    /// The offline answer equals the API answer for the same query.
+    pub offline_matches_api: bool,
+    pub peak_rss_kib: Option<u64>,
+    /// Peak RSS of the offline `autonomy audit query` process.
+    pub offline_peak_rss_kib: Option<u64>,
+}
+
+pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
+    let (start, end) = ds
+        .audit_window()
+        .ok_or_else(|| anyhow!("no seeding window for B5"))?;
+    eprintln!(
+        "B5: audit query (actor + event_type + time) over {} plans",
+        ds.plans
+    );
+    let cp = env.start(&ds.dir, "b5")?;
+    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let event_type = "plan.created";
+    let limit = "100";
+    let query = |actor: &str| {
+        http.get(
+            "/v1/audit/events",
+            &[
+                ("actor", actor),
+                ("event_type", event_type),
+                ("start_time", &start),
+                ("end_time", &end),
+                ("limit", limit),
+            ],
+        )
+    };
+    let reference_actor = load::operator(0, env.cfg.operators);
+    let reference: AuditEventList = query(&reference_actor)?.json()?;
+    for e in &reference.items {
+        if e.actor != reference_actor || e.event_type != event_type {
+            bail!("the audit API answered an event that does not match the filter: {e:?}");
+        }
+    }
+    let mut lat = Vec::new();
+    let (mut min_items, mut max_items) = (usize::MAX, 0);
+    for q in 0..env.cfg.b5_queries {
+        let actor = load::operator(
+            (q as u64 * 37) % env.cfg.operators as u64,
+            env.cfg.operators,
+        );
+        let a = query(&actor)?;
+        if !a.ok() {
+            bail!("audit query answered {}: {}", a.status, a.text());
+        }
+        lat.push(a.elapsed);
+        let n = a.json::<AuditEventList>()?.items.len();
+        min_items = min_items.min(n);
+        max_items = max_items.max(n);
+    }
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+
+    // Offline, with the CP down.
+    let audit_dir = ds.dir.join("audit");
+    let out_path = env.work.join("b5-offline.json");
+    let mut offline = Vec::new();
+    let mut offline_items = 0;
+    let mut matches = true;
+    let mut offline_peak = None;
+    for _ in 0..env.cfg.b5_offline_runs.max(1) {
+        let out = std::fs::File::create(&out_path)?;
+        let mut cmd = Command::new(&env.bin);
+        cp::clean_env(&mut cmd);
+        cmd.args(["audit", "query", "--audit-dir"])
+            .arg(&audit_dir)
+            .args(["--actor", &reference_actor, "--event-type", event_type])
+            .args([
+                "--start-time",
+                &start,
+                "--end-time",
+                &end,
+                "--limit",
+                limit,
+                "-o",
+                "json",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::piped());
+        let (elapsed, status, stderr, peak) = run_bounded(cmd, Duration::from_secs(600))?;
+        if !status {
+            bail!("autonomy audit query failed: {stderr}");
+        }
+        offline.push(elapsed);
+        offline_peak = peak.or(offline_peak);
+        let list: AuditEventList = serde_json::from_slice(&std::fs::read(&out_path)?)
+            .context("autonomy audit query -o json printed something else")?;
+        offline_items = list.items.len();
+        matches &= list.items == reference.items;
+    }
+    let report = B5Report {
+        audit_events: cp::log_value(&env.log("b5"), "audit_last_seq"),
+        event_type,
+        start_time: start,
+        end_time: end,
+        limit: 100,
+        api: Latency::of(&lat),
+        api_items_min: if lat.is_empty() { 0 } else { min_items },
+        api_items_max: max_items,
+        offline: Latency::of(&offline),
+        offline_items,
+        offline_matches_api: matches,
+        peak_rss_kib: peak,
+        offline_peak_rss_kib: offline_peak,
+    };
+    eprintln!(
+        "  API {} ({}..{} items); offline {} ({} items)",
+        report.api.short(),
+        report.api_items_min,
+        report.api_items_max,
+        report.offline.short(),
+        report.offline_items
+    );
+    Ok(report)
+}
+
+/// Runs `cmd` to completion within `limit` (killed after it); returns wall time, success,
+/// stderr and the child's peak RSS (its last `VmHWM` sample, polled every 5 ms).
+fn run_bounded(
+    mut cmd: Command,
+    limit: Duration,
+) -> anyhow::Result<(Duration, bool, String, Option<u64>)> {
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("cannot run the autonomy CLI")?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut peak = None;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(v) = cp::proc_status_kib(pid, "VmHWM:") {
+            peak = Some(v);
+        }
+        if started.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    let stderr = reader.join().unwrap_or_default();
+    Ok((elapsed, status.success(), stderr, peak))
+}
+
+// ---------------------------------------------------------------------------------------------
+// B6
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B6Report {
+    pub id: String,
+    pub runs: usize,
+    pub cli: Latency,
+    pub curl: Option<Latency>,
+    /// cli p50 ÷ curl p50.
+    pub cli_to_curl_p50: Option<f64>,
+    pub cli_command: String,
+    pub curl_command: String,
+    pub peak_rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub fn run_b6(env: &Env, ds: &Dataset) -> anyhow::Result<B6Report> {
+    let id = ds
+        .sample_id
+        .clone()
+        .ok_or_else(|| anyhow!("no plan to get for B6"))?;
+    eprintln!(
+        "B6: `autonomy rollout get` vs curl, {} runs each",
+        env.cfg.b6_runs
+    );
+    let cp = env.start(&ds.dir, "b6")?;
+    let url = format!("{}/v1/rollouts/{id}", cp.base);
+    let cli = || {
+        let mut cmd = Command::new(&env.bin);
+        cp::clean_env(&mut cmd);
+        cmd.args(["--server", &cp.base, "rollout", "get", &id]);
+        cmd
+    };
+    let curl = || {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]);
+        cmd
+    };
+    let curl_ok = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let time = |mut cmd: Command, want_stdout: Option<&str>| -> anyhow::Result<Duration> {
+        cmd.stdin(Stdio::null());
+        let t = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        let elapsed = t.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || want_stdout.is_some_and(|w| stdout.trim() != w) {
+            bail!(
+                "{cmd:?} failed ({}): {}{}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(elapsed)
+    };
+    // Warm up both (page cache, the CP's connection handling).
+    for _ in 0..2 {
+        time(cli(), None)?;
+        if curl_ok {
+            time(curl(), Some("200"))?;
+        }
+    }
+    let mut cli_lat = Vec::new();
+    let mut curl_lat = Vec::new();
+    for _ in 0..env.cfg.b6_runs.max(1) {
+        cli_lat.push(time(cli(), None)?);
+        if curl_ok {
+            curl_lat.push(time(curl(), Some("200"))?);
+        }
+    }
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+    let cli_l = Latency::of(&cli_lat);
+    let curl_l = curl_ok.then(|| Latency::of(&curl_lat));
+    let report = B6Report {
+        id: id.clone(),
+        runs: cli_lat.len(),
+        cli_to_curl_p50: curl_l
+            .as_ref()
+            .map(|c| round3(cli_l.p50_ms / c.p50_ms.max(1e-9))),
+        cli: cli_l,
+        curl: curl_l,
+        cli_command: format!("autonomy --server URL rollout get {id}"),
+        curl_command: format!("curl -sS -o /dev/null -w '%{{http_code}}' URL/v1/rollouts/{id}"),
+        peak_rss_kib: peak,
+        note: (!curl_ok).then(|| "curl is not installed: no comparison".to_string()),
+    };
+    eprintln!(
+        "  CLI {}; curl {}",
+        report.cli.short(),
+        report
+            .curl
+            .as_ref()
+            .map(|c| c.short())
+            .unwrap_or_else(|| "n/a".into())
+    );
+    Ok(report)
+}
+
+/// The phases a run can select.
+pub const PHASES: [&str; 7] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6"];
