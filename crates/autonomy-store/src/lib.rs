@@ -137,6 +137,7 @@ pub struct OpenReport {
 pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<read::Readers>,
     metrics: Arc<Metrics>,
     queue_depth: usize,
@@ -192,8 +193,11 @@ impl Store {
                 .map_err(|e| StoreError::Startup(format!("cannot open the audit store: {e}")))?;
         let audit_repair = audit.repaired().map(str::to_string);
         let replayed = writer::reconcile_audit(&conn, &mut audit)?;
+        // Plans are never deleted, so the largest rowid is the count (and costs no scan).
         let plans: u64 = conn
-            .query_row("SELECT count(*) FROM plans", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT coalesce(max(pk), 0) FROM plans", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map_err(|e| StoreError::Startup(format!("cannot read {}: {e}", db_path.display())))?
             as u64;
         let has_tokens: bool = conn
@@ -204,9 +208,12 @@ impl Store {
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let handle = writer::spawn(conn, audit, rx, metrics.clone(), config.max_batch)?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+        let checkpointer = writer::spawn_checkpointer(&db_path, stop_rx)?;
         let store = Store {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
             readers,
             metrics,
             queue_depth: config.queue_depth,
@@ -230,6 +237,15 @@ impl Store {
     /// Stops the writer after it has finished every queued write. Idempotent.
     pub fn close(&self) {
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some((stop, h)) = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = stop.send(());
+            let _ = h.join();
+        }
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
         }

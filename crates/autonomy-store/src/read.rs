@@ -250,7 +250,10 @@ impl ReadConn {
             add("time_us <", e.into());
         }
         args.push((f.limit as i64).into());
-        sql.push_str(&format!(" ORDER BY seq LIMIT ?{}", args.len()));
+        // The writer keeps event times monotonic in seq, so (time_us, seq) is seq order, and
+        // it lets SQLite walk the (column, time_us) index in order instead of sorting every
+        // match before the limit.
+        sql.push_str(&format!(" ORDER BY time_us, seq LIMIT ?{}", args.len()));
         let mut stmt = self.conn.prepare_cached(&sql).map_err(sql_error)?;
         let lines = stmt
             .query_map(params_from_iter(args), |r| r.get::<_, String>(0))

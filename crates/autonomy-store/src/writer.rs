@@ -30,7 +30,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../migrations/sqlite/0003_heartbeat_headroom.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_audit_id_not_indexed.sql"),
+    ),
 ];
+
+/// The checkpointer folds the WAL into the database this often, off the writer's path.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// A WAL longer than this (frames of 4 KiB: ~256 MiB) gets a blocking RESTART checkpoint, so
+/// it cannot grow without bound under constant load.
+const WAL_RESTART_FRAMES: i64 = 65_536;
 
 /// How much a readiness probe writes after a storage fault: room for a few hundred plans.
 const PROBE_BYTES: i64 = 256 * 1024;
@@ -81,8 +91,13 @@ pub(crate) fn open_write_connection(path: &Path) -> Result<Connection> {
             path.display()
         )));
     }
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-        .map_err(|e| startup("cannot configure", e))?;
+    // temp_store=MEMORY keeps the statement journal of each job's SAVEPOINT in memory (on
+    // disk it cost more writes than the WAL itself); checkpoints run on their own thread.
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY; \
+         PRAGMA wal_autocheckpoint=0;",
+    )
+    .map_err(|e| startup("cannot configure", e))?;
     let sync: i64 = conn
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .map_err(|e| startup("cannot configure", e))?;
@@ -175,12 +190,20 @@ pub(crate) fn spawn(
         .optional()
         .map_err(|e| StoreError::Startup(format!("cannot read audit chain head: {e}")))?
         .unwrap_or((0, autonomy_audit::GENESIS_HASH.to_string()));
+    let last_time_us: i64 = conn
+        .query_row(
+            "SELECT coalesce(max(time_us), 0) FROM audit_events",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| StoreError::Startup(format!("cannot read audit chain head: {e}")))?;
     let mut writer = Writer {
         conn,
         audit,
         chain: Chain { seq, hash },
         pending: Vec::new(),
         metrics,
+        last_time_us,
     };
     writer.metrics.writer_alive.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
@@ -209,6 +232,8 @@ struct Writer {
     /// Sealed lines of this batch (and of earlier batches whose export failed).
     pending: Vec<(u64, String)>,
     metrics: Arc<Metrics>,
+    /// Event times never go backwards, even if the clock does: seq order is time order.
+    last_time_us: i64,
 }
 
 /// A job's failure, and the audit event that records the rejection (kept even though the
@@ -416,7 +441,8 @@ impl Writer {
     }
 
     fn apply(&mut self, ctx: &Ctx, command: &Command) -> Result<Reply, Failure> {
-        let now = timefmt::now_us();
+        let now = timefmt::now_us().max(self.last_time_us);
+        self.last_time_us = now;
         match command {
             Command::Create(plan) => self.create(ctx, plan, now),
             Command::Transition { id, verb, reason } => {
@@ -874,4 +900,37 @@ fn random_hex(bytes: usize) -> String {
         }
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs PASSIVE checkpoints every [`CHECKPOINT_EVERY`] on its own connection (they never block
+/// the writer or readers), escalating to RESTART when the WAL grows past
+/// [`WAL_RESTART_FRAMES`]. Stops when `stop` is dropped or sent to.
+pub(crate) fn spawn_checkpointer(
+    path: &Path,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> Result<JoinHandle<()>> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Startup(format!("checkpointer: cannot open {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| StoreError::Startup(format!("checkpointer: {e}")))?;
+    std::thread::Builder::new()
+        .name("store-checkpointer".into())
+        .spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+                let frames =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+                match frames {
+                    Ok(n) if n > WAL_RESTART_FRAMES => {
+                        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(RESTART)") {
+                            tracing::warn!(error = %e, "WAL restart checkpoint failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+                }
+            }
+        })
+        .map_err(|e| StoreError::Startup(format!("cannot start the checkpointer: {e}")))
 }
