@@ -487,3 +487,48 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What the database records of the audit chain, for cross-checking the retained store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbChain {
+    /// The newest event the database holds (0 when none).
+    pub last_seq: u64,
+    /// The hash the database holds for the asked-for seq, if it has that event.
+    pub hash_at: Option<String>,
+}
+
+/// Reads the audit chain head from `<data-dir>/autonomy.db`, read-only (safe while a CP runs).
+/// `autonomy audit verify` uses it to catch what the chain alone cannot: the newest events cut
+/// off the end of the retained store.
+pub fn audit_chain_in_db(data_dir: &Path, at_seq: u64) -> Result<DbChain> {
+    let path = data_dir.join("autonomy.db");
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let read = |e: rusqlite::Error| {
+        StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
+    };
+    let last_seq: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |r| {
+            r.get(0)
+        })
+        .map_err(read)?;
+    let hash_at: Option<String> = conn
+        .query_row(
+            "SELECT hash FROM audit_events WHERE seq = ?1",
+            [at_seq as i64],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(read)?;
+    Ok(DbChain {
+        last_seq: last_seq as u64,
+        hash_at,
+    })
+}

@@ -241,3 +241,37 @@ fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
     // 1 admin token + 40 plans.
     assert!(stdout.contains("events=41"), "{stdout}");
 }
+
+#[test]
+fn verify_with_the_data_dir_catches_events_cut_off_the_end() {
+    let mut cp = Cp::start(&[], &[]);
+    create_some(&cp, "cut", 5);
+    assert!(cp.sigterm().success());
+    let data = cp.data_dir().to_str().unwrap().to_string();
+    let ok = cp.cli_with(&["audit", "verify", "--data-dir", &data], &[], None);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("database=checked"));
+
+    // Cut the last two events: the chain that is left is still valid on its own...
+    let seg = segment(&cp.audit_dir());
+    let text = fs::read_to_string(&seg).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    fs::write(&seg, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let dir = cp.audit_dir();
+    let alone = cp.cli_with(
+        &["audit", "verify", "--audit-dir", dir.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert!(alone.status.success());
+    assert!(String::from_utf8_lossy(&alone.stdout).contains("database=not_checked"));
+    // ...but not against the database's copy of the chain head.
+    let out = cp.cli_with(&["audit", "verify", "--data-dir", &data], &[], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("incomplete") && err.contains("seq 6"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! `autonomy audit verify`: checks the audit store's hash chain, offline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use autonomy_audit::AuditError;
@@ -19,6 +19,12 @@ use crate::output::logfmt;
 /// record (`error: audit store is corrupt: <segment> line <n> (seq <s>): <what>`) and exits 1.
 /// The store is --audit-dir (AUTONOMY_AUDIT_DIR), else `<data-dir>/audit`.
 ///
+/// The chain alone cannot show that its newest events were cut off the end, so when the CP's
+/// data dir is known (--data-dir / AUTONOMY_DATA_DIR, or the default when no --audit-dir is
+/// given) the result is also checked against the database's own copy of the chain head
+/// (`database=checked`): a retained store that ends before the database's last event, or whose
+/// last hash differs from the database's, fails. Otherwise it prints `database=not_checked`.
+///
 /// Examples:
 ///   autonomy audit verify
 ///   autonomy audit verify --data-dir /var/lib/autonomy
@@ -30,21 +36,21 @@ pub struct VerifyArgs {
     #[arg(long, env = "AUTONOMY_AUDIT_DIR", value_name = "DIR")]
     pub audit_dir: Option<PathBuf>,
 
-    /// The CP's data directory; the audit store is `<data-dir>/audit` unless --audit-dir.
-    #[arg(
-        long,
-        env = "AUTONOMY_DATA_DIR",
-        value_name = "DIR",
-        default_value = "./autonomy-data"
-    )]
-    pub data_dir: PathBuf,
+    /// The CP's data directory [default: ./autonomy-data]: the audit store is
+    /// `<data-dir>/audit` unless --audit-dir, and its database is checked against the store.
+    #[arg(long, env = "AUTONOMY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl VerifyArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let (dir, flag) = match self.audit_dir {
-            Some(dir) => (dir, "--audit-dir"),
-            None => (self.data_dir.join("audit"), "--data-dir"),
+        // The database is cross-checked only when it is known to be this store's.
+        let (dir, flag, data_dir) = match (self.audit_dir, self.data_dir) {
+            (Some(dir), data_dir) => (dir, "--audit-dir", data_dir),
+            (None, data_dir) => {
+                let data_dir = data_dir.unwrap_or_else(|| PathBuf::from("./autonomy-data"));
+                (data_dir.join("audit"), "--data-dir", Some(data_dir))
+            }
         };
         require_dir(&dir, flag)?;
         let report = match autonomy_audit::verify(&dir) {
@@ -72,6 +78,13 @@ impl VerifyArgs {
                 ))
             }
         };
+        let database = match &data_dir {
+            Some(d) if d.join("autonomy.db").exists() => {
+                check_against_database(d, report.last_seq, &report.last_hash)?;
+                "checked"
+            }
+            _ => "not_checked",
+        };
         if ctx.out.is_json() {
             let value = serde_json::json!({
                 "ok": true,
@@ -81,6 +94,7 @@ impl VerifyArgs {
                 "last_seq": report.last_seq,
                 "last_hash": report.last_hash,
                 "unterminated_tail": report.unterminated_tail,
+                "database": database,
             });
             ctx.out.print(&serde_json::to_string(&value)?)?;
         } else {
@@ -93,8 +107,44 @@ impl VerifyArgs {
             if report.unterminated_tail {
                 pairs.push(("unterminated_tail", "true".to_string()));
             }
+            pairs.push(("database", database.to_string()));
             ctx.out.print(&format!("ok {}", logfmt(&pairs)))?;
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Fails when the retained store lacks the database's newest events or disagrees with it.
+fn check_against_database(data_dir: &Path, last_seq: u64, last_hash: &str) -> anyhow::Result<()> {
+    let db = autonomy_store::audit_chain_in_db(data_dir, last_seq).map_err(|e| {
+        exit::failure(
+            Exit::Other,
+            format!("cannot check the audit store against the database: {e}"),
+        )
+    })?;
+    let db_file = data_dir.join("autonomy.db");
+    if db.last_seq > last_seq {
+        return Err(exit::failure(
+            Exit::Other,
+            format!(
+                "audit store is incomplete: it ends at seq {last_seq} but {} holds events up to \
+                 seq {}: the newest events are missing (cut off, or a running CP is mid-append: \
+                 run again)",
+                db_file.display(),
+                db.last_seq
+            ),
+        ));
+    }
+    if last_seq > 0 && db.hash_at.as_deref() != Some(last_hash) {
+        return Err(exit::failure(
+            Exit::Other,
+            format!(
+                "audit store does not match {}: seq {last_seq} has hash {last_hash} in the store \
+                 but {} in the database (another database's audit store?)",
+                db_file.display(),
+                db.hash_at.as_deref().unwrap_or("nothing")
+            ),
+        ));
+    }
+    Ok(())
 }
