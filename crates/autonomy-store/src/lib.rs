@@ -262,19 +262,24 @@ impl Store {
                 "the store writer has stopped".into(),
             ));
         }
-        if self.metrics.audit_export_behind.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "committed audit events are waiting to be written to the audit store".into(),
-            ));
-        }
-        if self.metrics.storage_fault.load(Ordering::SeqCst) {
-            // The last commit failed: only a write can tell whether the fault has cleared.
+        let behind = self.metrics.audit_export_behind.load(Ordering::SeqCst);
+        if behind || self.metrics.storage_fault.load(Ordering::SeqCst) {
+            // After a storage fault only a write can tell whether it has cleared: the probe
+            // goes through the writer, which first retries appending the audit events it
+            // still owes the retained store, then writes PROBE_BYTES of headroom.
             let ctx = Ctx {
                 actor: "system".into(),
                 request_id: "ready".into(),
                 idempotency: None,
             };
-            self.write(&ctx, writer::Command::Probe).await?;
+            self.write(&ctx, writer::Command::Probe)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Unavailable(m) if behind => StoreError::Unavailable(format!(
+                        "committed audit events are waiting to be written to the audit store: {m}"
+                    )),
+                    other => other,
+                })?;
         }
         self.read(|r| r.ping()).await
     }
