@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The labs drive the CP with curl; a fresh machine may not have it.
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing curl (the labs need it)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  else
+    echo "test.sh: the labs need curl; install it (e.g. apt-get install curl) and run again" >&2
+    exit 1
+  fi
+fi
+
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 AUTONOMY_BIN="${CARGO_TARGET_DIR:-target}/debug/autonomy" bash scripts/labs/run_cli_audit_lab.sh all
