@@ -409,6 +409,17 @@ fn read_range(mut file: &File, start: u64, end: u64, path: &Path) -> Result<Vec<
     Ok(buf)
 }
 
+/// The time of a segment's last complete event, when it can be read cheaply (the tail only).
+/// `None` means "don't know": the caller then reads the segment.
+fn last_event_time(file: &File, path: &Path) -> Option<i64> {
+    let len = file.metadata().ok()?.len();
+    let end = rfind_newline(file, len, path).ok()??;
+    let start = rfind_newline(file, end, path).ok()?.map_or(0, |p| p + 1);
+    let line = read_range(file, start, end, path).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&line).ok()?;
+    autonomy_api::timefmt::parse_rfc3339_us(value.get("time")?.as_str()?).ok()
+}
+
 /// Number of `\n` in `file[..end]`.
 fn count_newlines(file: &File, end: u64, path: &Path) -> Result<u64, AuditError> {
     let mut reader = BufReader::new(file);
@@ -824,7 +835,14 @@ struct ScanSummary {
 /// Feeds every complete line of every segment of `dir`, in order, to `visitor`. Checks the
 /// segment numbering as it goes. An incomplete final line of the log (a writer mid-append, or a
 /// crash) is skipped and reported in the summary; one anywhere else is an error.
-fn scan(dir: &Path, visitor: &mut impl Visitor) -> Result<ScanSummary, AuditError> {
+/// Visits every complete line of every segment in order. With `skip_before_us`, a segment
+/// (other than the last) whose last event is older than that is not read at all: event times
+/// only grow with seq, so nothing in it can match a query starting later.
+fn scan(
+    dir: &Path,
+    visitor: &mut impl Visitor,
+    skip_before_us: Option<i64>,
+) -> Result<ScanSummary, AuditError> {
     let segments = list_segments(dir)?;
     let mut summary = ScanSummary {
         segments: segments.len() as u64,
@@ -837,7 +855,15 @@ fn scan(dir: &Path, visitor: &mut impl Visitor) -> Result<ScanSummary, AuditErro
             return Err(missing_segment(expected, segment, visitor.next_seq()));
         }
         let path = &segment.path;
-        let file = File::open(path).map_err(io_err(path))?;
+        let mut file = File::open(path).map_err(io_err(path))?;
+        if let Some(start) = skip_before_us {
+            let is_last = i + 1 == segments.len();
+            if !is_last && last_event_time(&file, path).is_some_and(|t| t < start) {
+                continue;
+            }
+            // The tail read moved the cursor.
+            file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        }
         let mut reader = BufReader::with_capacity(256 * 1024, file);
         let mut line = 0u64;
         loop {
@@ -940,7 +966,7 @@ pub fn query(dir: &Path, filter: &AuditFilter) -> Result<Vec<AuditEvent>, AuditE
         filter,
         events: Vec::new(),
     };
-    scan(dir, &mut visitor)?;
+    scan(dir, &mut visitor, filter.start_us)?;
     Ok(visitor.events)
 }
 
@@ -1036,7 +1062,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
         next_seq: 1,
         prev_hash: GENESIS_HASH.to_string(),
     };
-    let summary = scan(dir, &mut visitor)?;
+    let summary = scan(dir, &mut visitor, None)?;
     Ok(VerifyReport {
         segments: summary.segments,
         events: visitor.next_seq - 1,

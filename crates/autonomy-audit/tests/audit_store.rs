@@ -766,3 +766,30 @@ fn a_failed_rotation_rolls_the_whole_batch_back() {
         (12, more[8].event.hash.as_str())
     );
 }
+
+#[test]
+fn a_time_window_query_skips_segments_that_end_before_it() {
+    let tmp = TempDir::new("skip");
+    let dir = tmp.audit();
+    let sealed = write_log(&dir, 40, 1500);
+    let segments = segment_files(&dir);
+    assert!(segments.len() >= 4, "{segments:?}");
+    // Damage the first line of the first segment: only a reader of that segment can notice.
+    let first = dir.join(&segments[0]);
+    let mut lines = read_lines(&first);
+    lines[0] = lines[0]
+        .replacen("alice", "mallo", 1)
+        .replacen("bob", "eve", 1);
+    write_lines(&first, &lines);
+
+    // A window that starts after the first segment ends never reads it...
+    let from = sealed[30].event.time.clone();
+    let mut f = filter();
+    f.start_us = Some(parse_rfc3339_us(&from).unwrap());
+    let got = query(&dir, &f).unwrap();
+    let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (31..=40).collect::<Vec<u64>>());
+    // ...while a query over all history does, and reports the damage.
+    let (segment, line, _, _) = expect_corrupt(query(&dir, &filter()).unwrap_err());
+    assert_eq!((segment.as_str(), line), (segments[0].as_str(), 1));
+}
