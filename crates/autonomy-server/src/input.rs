@@ -82,6 +82,18 @@ pub fn json<T: DeserializeOwned>(
     Ok(Some(value))
 }
 
+/// Reads and parses a JSON body that must be there; returns the raw bytes too (the
+/// Idempotency-Key fingerprint covers them).
+pub fn required_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Bytes, T), ApiError> {
+    let body = body_bytes(body)?;
+    let value = json(headers, &body, false)?
+        .ok_or_else(|| ApiError::invalid("request body is empty: a JSON object is required"))?;
+    Ok((body, value))
+}
+
 /// Parses a query string into `T` (whose fields are strings validated by the caller).
 pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
     serde_urlencoded::from_str(raw.unwrap_or(""))

@@ -337,9 +337,7 @@ async fn create_rollout(
         resource: "",
     };
     let mut ctx = authorize(&state, &headers, &rid, Role::Operator, action).await?;
-    let body = input::body_bytes(body)?;
-    let req: CreateRolloutRequest =
-        input::json(&headers, &body, false)?.ok_or_else(|| ApiError::invalid("body required"))?;
+    let (body, req): (Bytes, CreateRolloutRequest) = input::required_json(&headers, body)?;
     let id = match &req.metadata.id {
         Some(id) => {
             autonomy_core::validate_id(id)
@@ -501,9 +499,7 @@ async fn execute(
         resource: "",
     };
     let mut ctx = authorize(&state, &headers, &rid, Role::Operator, action).await?;
-    let body = input::body_bytes(body)?;
-    let req: ExecuteRequest =
-        input::json(&headers, &body, false)?.ok_or_else(|| ApiError::invalid("body required"))?;
+    let (body, req): (Bytes, ExecuteRequest) = input::required_json(&headers, body)?;
     if req.target != "rollout_plan" {
         return Err(ApiError::invalid(format!(
             "invalid target: '{}' is not a recoverable target (expected rollout_plan)",
@@ -552,9 +548,7 @@ async fn create_token(
         resource: "",
     };
     let mut ctx = authorize(&state, &headers, &rid, Role::Admin, action).await?;
-    let body = input::body_bytes(body)?;
-    let req: CreateTokenRequest =
-        input::json(&headers, &body, false)?.ok_or_else(|| ApiError::invalid("body required"))?;
+    let (body, req): (Bytes, CreateTokenRequest) = input::required_json(&headers, body)?;
     let operator = operator_name(Some(&req.operator))
         .map_err(|m| ApiError::invalid(format!("invalid operator: {m}")))?;
     idempotency(&mut ctx, &headers, "POST", "/v1/tokens", &body)?;
