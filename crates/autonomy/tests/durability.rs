@@ -390,3 +390,34 @@ fn concurrent_writes_share_commits() {
         "no commit was shared: {commits} commits for {requests} requests"
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_request_cannot_hold_sigterm_hostage() {
+    use std::io::Write;
+    let mut cp = Cp::start(&["--shutdown-timeout", "1"], &[]);
+    // Half a request: headers promise a body that never comes.
+    let addr = cp.url.trim_start_matches("http://").to_string();
+    let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
+    stuck
+        .write_all(b"POST /v1/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .unwrap();
+    // Make sure the server has the request in hand before the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cp
+        .get("/metrics", &[])
+        .1
+        .contains("autonomy_http_responses_total")
+    {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let status = cp.sigterm();
+    assert!(status.success(), "{status}\n{}", cp.stderr());
+    assert!(cp.stderr().contains("stopping anyway"), "{}", cp.stderr());
+    eprintln!(
+        "stopped {:?} after SIGTERM with a request held open",
+        started.elapsed()
+    );
+    drop(stuck);
+}

@@ -54,6 +54,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTONOMY_RBAC_ENFORCEMENT", default_value = "1", value_parser = parse_flag)]
     rbac_enforcement: bool,
 
+    /// After SIGTERM/SIGINT, how long in-flight requests get to finish before the CP stops
+    /// anyway (a client that never completes its request cannot hold the shutdown hostage).
+    #[arg(
+        long,
+        env = "AUTONOMY_SHUTDOWN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10.0
+    )]
+    shutdown_timeout: f64,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
@@ -76,6 +86,10 @@ fn parse_flag(s: &str) -> Result<bool, String> {
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         init_logging();
+        if !(self.shutdown_timeout.is_finite() && self.shutdown_timeout >= 0.0) {
+            bail!("invalid --shutdown-timeout: must be a non-negative number of seconds");
+        }
+        let grace = std::time::Duration::from_secs_f64(self.shutdown_timeout.min(3600.0));
         if let Some(url) = &self.database_url {
             let scheme = url.split("://").next().unwrap_or("");
             bail!(
@@ -145,7 +159,26 @@ impl ServeArgs {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             tracing::info!(%addr, "control plane ready");
-            autonomy_server::run(listener, state, shutdown_signal()).await
+            let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+            let signalled = async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            };
+            let server = autonomy_server::run(listener, state, signalled);
+            let deadline = async move {
+                let _ = stop_rx.wait_for(|stopping| *stopping).await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                served = server => served,
+                () = deadline => {
+                    tracing::warn!(
+                        grace_seconds = grace.as_secs_f64(),
+                        "in-flight requests did not finish in time; stopping anyway"
+                    );
+                    Ok(())
+                }
+            }
         });
         // In-flight requests are done; let the writer finish its queue and stop.
         store.close();
