@@ -541,6 +541,20 @@ check_done() {
   fi
 }
 
+# lab_start_check ID NAME LOG HEALTH_FILE EVIDENCE: starts the lab's CP (logging to LOG), GETs
+# /v1/health into HEALTH_FILE and records check ID. Returns non-zero when the CP did not start.
+lab_start_check() {
+  local id=$1 name=$2 log=$3 health=$4 evidence=$5 started=false code status pass
+  if lab_cp_start "$log"; then started=true; fi
+  code=$(http_req GET "$LAB_BASE/v1/health" "$health")
+  status=$(pyj "$health" 'd.get("status")')
+  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
+  check_done "$id" "$name" - "$evidence" \
+    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
+    "http_code=$code" "status=$status" "pass=$pass"
+  [[ $started == true ]]
+}
+
 # mval KEY: a measured value of the current lab ("" when not measured).
 mval() { printf '%s' "${MV[$1]-}"; }
 
@@ -1083,15 +1097,8 @@ run_val08_lab() {
   local d=$LAB_DIR log="$LAB_DIR/val08-cp.log" code status pass start kv
   start=$(utc_now)
 
-  local started=false
-  if lab_cp_start "$log"; then started=true; fi
-  code=$(http_req GET "$LAB_BASE/v1/health" "$d/val08-health.json")
-  status=$(pyj "$d/val08-health.json" 'd.get("status")')
-  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
-  check_done VAL08-01 "CP starts and answers health" - "val08-health.json val08-cp.log" \
-    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
-    "http_code=$code" "status=$status" "pass=$pass"
-  if [[ $started != true ]]; then
+  if ! lab_start_check VAL08-01 "CP starts and answers health" "$log" \
+    "$d/val08-health.json" "val08-health.json val08-cp.log"; then
     lab_note "lab aborted: the CP did not start ($CP_START_ERROR)"
     lab_end "VAL08 — concurrent creates under load"
     return 0
@@ -1271,15 +1278,8 @@ run_val09_lab() {
   local setup="$d/val09-setup.txt"
   : >"$setup"
 
-  local started=false
-  if lab_cp_start "$log"; then started=true; fi
-  code=$(http_req GET "$LAB_BASE/v1/health" "$d/val09-health.json")
-  status=$(pyj "$d/val09-health.json" 'd.get("status")')
-  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
-  check_done VAL09-01 "CP starts and answers health" - "val09-health.json val09-cp.log" \
-    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
-    "http_code=$code" "status=$status" "pass=$pass"
-  if [[ $started != true ]]; then
+  if ! lab_start_check VAL09-01 "CP starts and answers health" "$log" \
+    "$d/val09-health.json" "val09-health.json val09-cp.log"; then
     lab_note "lab aborted: the CP did not start ($CP_START_ERROR)"
     lab_end "VAL09 — stuck detection"
     return 0
@@ -1460,15 +1460,8 @@ run_val10_lab() {
   local d=$LAB_DIR log="$LAB_DIR/val10-cp.log" code status pass start
   start=$(utc_now)
 
-  local started=false
-  if lab_cp_start "$log"; then started=true; fi
-  code=$(http_req GET "$LAB_BASE/v1/health" "$d/val10-health.json")
-  status=$(pyj "$d/val10-health.json" 'd.get("status")')
-  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
-  check_done VAL10-01 "CP starts and answers health" - "val10-health.json val10-cp.log" \
-    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
-    "http_code=$code" "status=$status" "pass=$pass"
-  if [[ $started != true ]]; then
+  if ! lab_start_check VAL10-01 "CP starts and answers health" "$log" \
+    "$d/val10-health.json" "val10-health.json val10-cp.log"; then
     lab_note "lab aborted: the CP did not start ($CP_START_ERROR)"
     lab_end "VAL10 — rollback reliability on clean plans"
     return 0
@@ -2416,16 +2409,8 @@ val12_kill_under_load() {
   local ev="$LAB_DIR/kill" log="$LAB_DIR/val12-cp.log" code status pass
   mkdir -p "$ev/ledgers"
 
-  local started=false
-  if lab_cp_start "$log"; then started=true; fi
-  code=$(http_req GET "$LAB_BASE/v1/health" "$ev/val12-health.json")
-  status=$(pyj "$ev/val12-health.json" 'd.get("status")')
-  pass=$(bool chk "$started" = true "$code" = 200 "$status" = ok)
-  check_done VAL12-01 "CP starts on a fresh data dir and answers health" - \
-    "kill/val12-health.json val12-cp.log" \
-    "cp_started=$started" "cp_ready_ms=$CP_READY_MS" "cp_start_error=$CP_START_ERROR" \
-    "http_code=$code" "status=$status" "pass=$pass"
-  if [[ $started != true ]]; then
+  if ! lab_start_check VAL12-01 "CP starts on a fresh data dir and answers health" "$log" \
+    "$ev/val12-health.json" "kill/val12-health.json val12-cp.log"; then
     local why="the CP did not start: $CP_START_ERROR"
     val12_not_run VAL12-02 "SIGKILL under load" "$why"
     val12_not_run VAL12-03 "no acknowledged write lost" "$why"
