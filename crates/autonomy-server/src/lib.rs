@@ -161,6 +161,16 @@ struct Action<'a> {
     resource: &'a str,
 }
 
+impl<'a> Action<'a> {
+    fn new(event_type: &'a str, target: &'a str, resource: &'a str) -> Self {
+        Action {
+            event_type,
+            target,
+            resource,
+        }
+    }
+}
+
 /// Resolves the caller and checks their role. With RBAC on, the actor is the token's
 /// operator whatever headers say; denials are audited with `outcome=denied`.
 async fn authorize(
@@ -331,11 +341,7 @@ async fn create_rollout(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let action = Action {
-        event_type: "plan.created",
-        target: "rollout_plan",
-        resource: "",
-    };
+    let action = Action::new("plan.created", "rollout_plan", "");
     let mut ctx = authorize(&state, &headers, &rid, Role::Operator, action).await?;
     let (body, req): (Bytes, CreateRolloutRequest) = input::required_json(&headers, body)?;
     let id = match &req.metadata.id {
@@ -380,11 +386,7 @@ async fn list_rollouts(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<RolloutList>, ApiError> {
-    let action = Action {
-        event_type: "plan.listed",
-        target: "rollout_plan",
-        resource: "",
-    };
+    let action = Action::new("plan.listed", "rollout_plan", "");
     authorize(&state, &headers, &rid, Role::Viewer, action).await?;
     let q: ListQuery = input::query(q.as_deref())?;
     let phase = q
@@ -418,11 +420,7 @@ async fn get_rollout(
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
-    let action = Action {
-        event_type: "plan.read",
-        target: "rollout_plan",
-        resource: "",
-    };
+    let action = Action::new("plan.read", "rollout_plan", "");
     authorize(&state, &headers, &rid, Role::Viewer, action).await?;
     let id = plan_id(id)?;
     Ok(Json(state.store.get(&id).await?).into_response())
@@ -441,11 +439,7 @@ async fn transition(
             "no such endpoint: /v1/rollouts/{{id}}/{verb} (verbs: publish, start, pause, resume)"
         ))
     })?;
-    let action = Action {
-        event_type: "rollout.phase_changed",
-        target: "rollout_plan",
-        resource: &id,
-    };
+    let action = Action::new("rollout.phase_changed", "rollout_plan", &id);
     let mut ctx = authorize(&state, &headers, &rid, Role::Operator, action).await?;
     autonomy_core::validate_id(&id).map_err(|m| ApiError::invalid(format!("invalid id: {m}")))?;
     let body = input::body_bytes(body)?;
@@ -471,11 +465,7 @@ async fn stuck(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    let action = Action {
-        event_type: "plan.stuck_scanned",
-        target: "rollout_plan",
-        resource: "",
-    };
+    let action = Action::new("plan.stuck_scanned", "rollout_plan", "");
     authorize(&state, &headers, &rid, Role::Viewer, action).await?;
     let q: StuckQuery = input::query(q.as_deref())?;
     let threshold = match q.threshold_seconds.as_deref() {
@@ -493,11 +483,7 @@ async fn execute(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let action = Action {
-        event_type: "rollback.executed",
-        target: "rollout_plan",
-        resource: "",
-    };
+    let action = Action::new("rollback.executed", "rollout_plan", "");
     let mut ctx = authorize(&state, &headers, &rid, Role::Operator, action).await?;
     let (body, req): (Bytes, ExecuteRequest) = input::required_json(&headers, body)?;
     if req.target != "rollout_plan" {
@@ -523,11 +509,7 @@ async fn audit_events(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Json<AuditEventList>, ApiError> {
-    let action = Action {
-        event_type: "audit.queried",
-        target: "audit",
-        resource: "",
-    };
+    let action = Action::new("audit.queried", "audit", "");
     authorize(&state, &headers, &rid, Role::Viewer, action).await?;
     let q: AuditQuery = input::query(q.as_deref())?;
     let filter = q.parse().map_err(ApiError::field)?;
@@ -542,11 +524,7 @@ async fn create_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let action = Action {
-        event_type: "token.created",
-        target: "token",
-        resource: "",
-    };
+    let action = Action::new("token.created", "token", "");
     let mut ctx = authorize(&state, &headers, &rid, Role::Admin, action).await?;
     let (body, req): (Bytes, CreateTokenRequest) = input::required_json(&headers, body)?;
     let operator = operator_name(Some(&req.operator))
@@ -562,11 +540,7 @@ async fn list_tokens(
     axum::Extension(rid): axum::Extension<RequestId>,
     headers: HeaderMap,
 ) -> Result<Json<TokenList>, ApiError> {
-    let action = Action {
-        event_type: "token.listed",
-        target: "token",
-        resource: "",
-    };
+    let action = Action::new("token.listed", "token", "");
     authorize(&state, &headers, &rid, Role::Admin, action).await?;
     Ok(Json(TokenList {
         items: state.store.tokens().await?,
@@ -580,11 +554,7 @@ async fn revoke_token(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::invalid(format!("invalid id in path: {e}")))?;
-    let action = Action {
-        event_type: "token.revoked",
-        target: "token",
-        resource: &id,
-    };
+    let action = Action::new("token.revoked", "token", &id);
     let ctx = authorize(&state, &headers, &rid, Role::Admin, action).await?;
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
