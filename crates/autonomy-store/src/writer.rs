@@ -156,22 +156,29 @@ pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result
             )));
         }
     }
+    // Replay in pages, so a long outbox (say, an audit dir restored from an old backup) is
+    // never held in memory at once.
     let mut stmt = conn
-        .prepare("SELECT seq, line FROM audit_events WHERE seq > ?1 ORDER BY seq")
+        .prepare("SELECT seq, line FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT 1024")
         .map_err(db_err)?;
-    let rows = stmt
-        .query_map([log_last as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-        })
-        .map_err(db_err)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(db_err)?;
-    for chunk in rows.chunks(1024) {
+    let (mut after, mut replayed) = (log_last, 0u64);
+    loop {
+        let page = stmt
+            .query_map([after as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(db_err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err)?;
+        let Some(&(last, _)) = page.last() else {
+            return Ok(replayed);
+        };
         audit
-            .append(chunk)
+            .append(&page)
             .map_err(|e| StoreError::Startup(format!("cannot replay audit events: {e}")))?;
+        replayed += page.len() as u64;
+        after = last;
     }
-    Ok(rows.len() as u64)
 }
 
 pub(crate) fn spawn(

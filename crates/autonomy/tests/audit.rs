@@ -275,3 +275,53 @@ fn verify_with_the_data_dir_catches_events_cut_off_the_end() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("incomplete") && err.contains("seq 6"), "{err}");
 }
+
+#[test]
+fn a_lost_audit_dir_is_rebuilt_from_the_outbox_in_pages() {
+    let mut cp = Cp::start(&[], &[]);
+    // More events than one replay page (1024), from a few concurrent writers.
+    let url = cp.url.clone();
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let body = format!(
+                        r#"{{"metadata":{{"id":"page-{w}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
+                    );
+                    let (s, b) = common::http(
+                        "POST",
+                        &format!("{url}/v1/rollouts"),
+                        &[JSON],
+                        Some(body.as_bytes()),
+                    );
+                    assert_eq!(s, 201, "{b}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(cp.sigterm().success());
+    fs::remove_dir_all(cp.audit_dir()).unwrap();
+    cp.start_again();
+    // 1 admin token + 1200 plans.
+    assert!(
+        cp.stderr().contains("audit_replayed=1201"),
+        "{}",
+        cp.stderr()
+    );
+    let data = cp.data_dir().to_str().unwrap().to_string();
+    let out = cp.cli_with(&["audit", "verify", "--data-dir", &data], &[], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("events=1201") && stdout.contains("database=checked"),
+        "{stdout}"
+    );
+}
