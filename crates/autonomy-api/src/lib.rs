@@ -8,230 +8,163 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 pub mod timefmt;
 
-/// Phase of a rollout plan. See SPEC §2 for the transitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Draft,
-    Published,
-    Active,
-    Paused,
-    Completed,
-    Failed,
-    Aborted,
-    RolledBack,
+/// Declares a string enum once: the variants and their wire names. Generates `ALL`, `as_str`,
+/// `Display`, `FromStr` (whose error lists the accepted names) and serde by the same names, so
+/// the name of a variant is written in exactly one place.
+#[macro_export]
+macro_rules! string_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        $vis enum $name { $( $(#[$vmeta])* $variant ),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::unknown_name($what, s, $name::ALL.iter().map(|v| v.as_str())))
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err(<D::Error as ::serde::de::Error>::custom)
+            }
+        }
+    };
+}
+
+/// The error of a string enum's `FromStr`: `unknown phase 'x' (expected draft, … or rolled_back)`.
+#[doc(hidden)]
+pub fn unknown_name<'a>(what: &str, got: &str, names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    let expected = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.to_string(),
+        None => String::new(),
+    };
+    let shown: String = got.chars().take(64).flat_map(char::escape_debug).collect();
+    format!("unknown {what} '{shown}' (expected {expected})")
+}
+
+string_enum! {
+    /// Phase of a rollout plan. See SPEC §2 for the transitions.
+    pub enum Phase("phase") {
+        Draft = "draft",
+        Published = "published",
+        Active = "active",
+        Paused = "paused",
+        Completed = "completed",
+        Failed = "failed",
+        Aborted = "aborted",
+        RolledBack = "rolled_back",
+    }
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
-        Phase::Draft,
-        Phase::Published,
-        Phase::Active,
-        Phase::Paused,
-        Phase::Completed,
-        Phase::Failed,
-        Phase::Aborted,
-        Phase::RolledBack,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Draft => "draft",
-            Phase::Published => "published",
-            Phase::Active => "active",
-            Phase::Paused => "paused",
-            Phase::Completed => "completed",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
-            Phase::RolledBack => "rolled_back",
-        }
-    }
-
     /// Terminal phases accept no operator verb; only `rollback` of a `completed` plan.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Completed | Phase::Aborted | Phase::RolledBack)
     }
 }
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+string_enum! {
+    /// Recovery strategy of `POST /v1/rollback/execute`.
+    pub enum Strategy("strategy") {
+        Retry = "retry",
+        Rollback = "rollback",
+        Abort = "abort",
     }
 }
 
-impl FromStr for Phase {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown phase '{s}' (expected one of: {})",
-                    Phase::ALL.map(|p| p.as_str()).join(", ")
-                )
-            })
+string_enum! {
+    /// Operator verbs that move a plan along its normal path.
+    pub enum Verb("verb") {
+        Publish = "publish",
+        Start = "start",
+        Pause = "pause",
+        Resume = "resume",
     }
 }
 
-/// Recovery strategy of `POST /v1/rollback/execute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    Retry,
-    Rollback,
-    Abort,
-}
-
-impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::Retry, Strategy::Rollback, Strategy::Abort];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Retry => "retry",
-            Strategy::Rollback => "rollback",
-            Strategy::Abort => "abort",
-        }
+string_enum! {
+    /// Outcome of an audited action.
+    pub enum Outcome("outcome") {
+        Success = "success",
+        Noop = "noop",
+        Rejected = "rejected",
+        Denied = "denied",
+        Error = "error",
     }
 }
 
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+string_enum! {
+    /// RBAC role of a token (SPEC §4). Each role includes the rights of the ones before it
+    /// (the order of the variants is the order of rights).
+    pub enum Role("role") {
+        Viewer = "viewer",
+        Operator = "operator",
+        Admin = "admin",
     }
 }
 
-impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Strategy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown strategy '{s}' (expected retry, rollback or abort)"))
+string_enum! {
+    /// What an audit event records. A denied request carries the type of the action it
+    /// attempted (reads included), with `outcome=denied`.
+    pub enum EventType("event type") {
+        PlanCreated = "plan.created",
+        PlanRead = "plan.read",
+        PlanListed = "plan.listed",
+        PlanStuckScanned = "plan.stuck_scanned",
+        RolloutPhaseChanged = "rollout.phase_changed",
+        RollbackExecuted = "rollback.executed",
+        AuditQueried = "audit.queried",
+        TokenCreated = "token.created",
+        TokenListed = "token.listed",
+        TokenRevoked = "token.revoked",
     }
 }
 
-/// Operator verbs that move a plan along its normal path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verb {
-    Publish,
-    Start,
-    Pause,
-    Resume,
-}
-
-impl Verb {
-    pub const ALL: [Verb; 4] = [Verb::Publish, Verb::Start, Verb::Pause, Verb::Resume];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verb::Publish => "publish",
-            Verb::Start => "start",
-            Verb::Pause => "pause",
-            Verb::Resume => "resume",
-        }
-    }
-}
-
-impl FromStr for Verb {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verb::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown verb '{s}'"))
-    }
-}
-
-/// Outcome of an audited action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    Noop,
-    Rejected,
-    Denied,
-    Error,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Success,
-        Outcome::Noop,
-        Outcome::Rejected,
-        Outcome::Denied,
-        Outcome::Error,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Noop => "noop",
-            Outcome::Rejected => "rejected",
-            Outcome::Denied => "denied",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Outcome {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Outcome::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown outcome '{s}' (expected success, noop, rejected, denied or error)")
-            })
-    }
-}
-
-/// RBAC role of a token (SPEC §4). Each role includes the rights of the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Viewer,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role '{s}' (expected viewer, operator or admin)"
-            )),
-        }
+string_enum! {
+    /// What an audit event is about (its `target`).
+    pub enum Target("target") {
+        RolloutPlan = "rollout_plan",
+        Token = "token",
+        Audit = "audit",
     }
 }
 
@@ -432,8 +365,13 @@ pub struct ExecuteResponse {
 // Audit
 // ---------------------------------------------------------------------------------------------
 
-/// One event of the audit store (SPEC §5.4). Field order is the on-disk order; the hash covers
-/// the serialised event without its `hash` field (see `autonomy_audit`).
+/// One event of the audit store (SPEC §5.4), the only audit record type: the store builds a
+/// *draft* ([`AuditEvent::draft`]: what happened), stamps who and when, and
+/// `autonomy_audit::seal` chains it (`seq`, `prev_hash`, `hash`). Field order is the on-disk
+/// order; the hash covers the serialised event without its `hash` field.
+///
+/// `event_type` stays a string on the record so that a reader accepts event types it does not
+/// know (a newer CP's); writers can only make the ones of [`EventType`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
@@ -449,7 +387,37 @@ pub struct AuditEvent {
     pub request_id: String,
     pub details: serde_json::Value,
     pub prev_hash: String,
+    /// Empty until sealed; an empty hash is not serialised (that is the hashed body).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub hash: String,
+}
+
+impl AuditEvent {
+    /// What happened, before it is stamped (`id`, `time`, `actor`, `request_id`) and sealed.
+    pub fn draft(
+        event_type: EventType,
+        target: Target,
+        resource: impl Into<String>,
+        outcome: Outcome,
+        reason: impl Into<String>,
+        details: serde_json::Value,
+    ) -> Self {
+        AuditEvent {
+            seq: 0,
+            id: String::new(),
+            time: String::new(),
+            event_type: event_type.as_str().to_string(),
+            actor: String::new(),
+            target: target.as_str().to_string(),
+            resource: resource.into(),
+            outcome,
+            reason: reason.into(),
+            request_id: String::new(),
+            details,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
 }
 
 /// Filters of `GET /v1/audit/events` and `autonomy audit query`. Times are RFC 3339; the
@@ -623,20 +591,21 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    NotFound,
-    InvalidRequest,
-    Conflict,
-    Unauthorized,
-    Forbidden,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    MethodNotAllowed,
-    Unprocessable,
-    Unavailable,
-    Internal,
+string_enum! {
+    /// The `code` of the JSON error body. The server maps each to exactly one HTTP status.
+    pub enum ErrorCode("error code") {
+        NotFound = "not_found",
+        InvalidRequest = "invalid_request",
+        Conflict = "conflict",
+        Unauthorized = "unauthorized",
+        Forbidden = "forbidden",
+        PayloadTooLarge = "payload_too_large",
+        UnsupportedMediaType = "unsupported_media_type",
+        MethodNotAllowed = "method_not_allowed",
+        Unprocessable = "unprocessable",
+        Unavailable = "unavailable",
+        Internal = "internal",
+    }
 }
 
 /// A bad value in a request, named by its field (JSON path or query parameter).

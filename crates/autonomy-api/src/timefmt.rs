@@ -19,12 +19,6 @@ impl fmt::Display for TimeError {
 
 impl std::error::Error for TimeError {}
 
-/// Microseconds since the Unix epoch, UTC.
-pub fn now_us() -> i64 {
-    let now = OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000) as i64
-}
-
 /// Formats microseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 pub fn format_us(us: i64) -> String {
     let fmt =

@@ -44,8 +44,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use autonomy_api::{AuditEvent, AuditFilter, Outcome};
-use serde::Serialize;
+use autonomy_api::{AuditEvent, AuditFilter};
 
 /// `prev_hash` of the event with seq 1.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -62,21 +61,6 @@ const HASH_KEY: &str = ",\"hash\":\"";
 const HASH_SUFFIX_LEN: usize = HASH_KEY.len() + 64 + 2;
 /// Chunk size of the backwards scans of [`AuditLog::open`].
 const TAIL_CHUNK: u64 = 64 * 1024;
-
-/// An event before it is chained: everything but `seq`, `prev_hash` and `hash`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub id: String,
-    pub time: String,
-    pub event_type: String,
-    pub actor: String,
-    pub target: String,
-    pub resource: String,
-    pub outcome: Outcome,
-    pub reason: String,
-    pub request_id: String,
-    pub details: serde_json::Value,
-}
 
 /// A chained event and its line.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,44 +141,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
 // Sealing and checking one line
 // ---------------------------------------------------------------------------------------------
 
-/// The hashed body: [`AuditEvent`] without `hash`, fields in on-disk order.
-#[derive(Serialize)]
-struct Body<'a> {
-    seq: u64,
-    id: &'a str,
-    time: &'a str,
-    event_type: &'a str,
-    actor: &'a str,
-    target: &'a str,
-    resource: &'a str,
-    outcome: Outcome,
-    reason: &'a str,
-    request_id: &'a str,
-    details: &'a serde_json::Value,
-    prev_hash: &'a str,
-}
-
-/// Chains `new` after `prev_hash` as number `seq`. Pure function.
+/// Chains `event` after `prev_hash` as number `seq` (its `seq`, `prev_hash` and `hash` are
+/// set here; the rest is kept as given). Pure function.
 ///
 /// The line is exactly the compact `serde_json` serialisation of the returned event.
-pub fn seal(new: NewEvent, seq: u64, prev_hash: &str) -> Sealed {
-    let body = Body {
-        seq,
-        id: &new.id,
-        time: &new.time,
-        event_type: &new.event_type,
-        actor: &new.actor,
-        target: &new.target,
-        resource: &new.resource,
-        outcome: new.outcome,
-        reason: &new.reason,
-        request_id: &new.request_id,
-        details: &new.details,
-        prev_hash,
-    };
-    // Strings, a unit enum and a `serde_json::Value` (whose map keys are always strings and whose
-    // numbers are always finite) have no way to fail serialisation.
-    let mut line = serde_json::to_string(&body).expect("an audit event body always serialises");
+pub fn seal(mut event: AuditEvent, seq: u64, prev_hash: &str) -> Sealed {
+    event.seq = seq;
+    event.prev_hash = prev_hash.to_string();
+    // With an empty hash the event serialises without it: that is the hashed body. Strings, a
+    // unit enum and a `serde_json::Value` (whose map keys are always strings and whose numbers
+    // are always finite) have no way to fail serialisation.
+    event.hash.clear();
+    let mut line = serde_json::to_string(&event).expect("an audit event body always serialises");
     let hash = blake3::hash(line.as_bytes()).to_hex();
     // The body of a struct always ends with `}`: replace it with the hash field.
     line.pop();
@@ -202,21 +160,7 @@ pub fn seal(new: NewEvent, seq: u64, prev_hash: &str) -> Sealed {
     line.push_str(HASH_KEY);
     line.push_str(hash.as_str());
     line.push_str("\"}");
-    let event = AuditEvent {
-        seq,
-        id: new.id,
-        time: new.time,
-        event_type: new.event_type,
-        actor: new.actor,
-        target: new.target,
-        resource: new.resource,
-        outcome: new.outcome,
-        reason: new.reason,
-        request_id: new.request_id,
-        details: new.details,
-        prev_hash: prev_hash.to_string(),
-        hash: hash.to_string(),
-    };
+    event.hash = hash.to_string();
     Sealed { event, line }
 }
 
@@ -1075,20 +1019,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use autonomy_api::Outcome;
 
-    fn new_event(n: u64) -> NewEvent {
-        NewEvent {
-            id: format!("evt-{n}"),
-            time: "2026-11-28T09:30:00.000000Z".to_string(),
-            event_type: "rollout.create".to_string(),
-            actor: "alice".to_string(),
-            target: "rollout_plan".to_string(),
-            resource: format!("plan-{n}"),
-            outcome: Outcome::Success,
-            reason: "ship it \"now\" \u{e9}\n".to_string(),
-            request_id: format!("req-{n}"),
-            details: serde_json::json!({"z": 1, "a": [true, null, 1.5], "s": "x"}),
-        }
+    fn new_event(n: u64) -> AuditEvent {
+        let mut e = AuditEvent::draft(
+            autonomy_api::EventType::PlanCreated,
+            autonomy_api::Target::RolloutPlan,
+            format!("plan-{n}"),
+            Outcome::Success,
+            "ship it \"now\" \u{e9}\n",
+            serde_json::json!({"z": 1, "a": [true, null, 1.5], "s": "x"}),
+        );
+        e.id = format!("evt-{n}");
+        e.time = "2026-11-28T09:30:00.000000Z".to_string();
+        e.actor = "alice".to_string();
+        e.request_id = format!("req-{n}");
+        e
     }
 
     #[test]

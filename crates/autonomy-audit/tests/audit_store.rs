@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use autonomy_api::timefmt::{format_us, parse_rfc3339_us};
-use autonomy_api::{AuditFilter, Outcome};
-use autonomy_audit::{
-    parse_line, query, seal, verify, AuditError, AuditLog, NewEvent, Sealed, GENESIS_HASH,
-};
+use autonomy_api::{AuditEvent, AuditFilter, Outcome};
+use autonomy_audit::{parse_line, query, seal, verify, AuditError, AuditLog, Sealed, GENESIS_HASH};
 
 /// A unique directory under the system temp dir, removed when dropped.
 struct TempDir(PathBuf);
@@ -50,8 +48,9 @@ fn base_us() -> i64 {
 }
 
 /// Event `n` (from 1): fields cycle so that filters have something to select.
-fn new_event(n: u64) -> NewEvent {
-    NewEvent {
+fn new_event(n: u64) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
         id: format!("evt-{n:04}"),
         time: format_us(base_us() + n as i64 * 60_000_000),
         event_type: EVENT_TYPES[n as usize % 3].to_string(),
@@ -66,6 +65,8 @@ fn new_event(n: u64) -> NewEvent {
         },
         request_id: format!("req-{n}"),
         details: serde_json::json!({"n": n, "from": "active", "to": "paused"}),
+        prev_hash: String::new(),
+        hash: String::new(),
     }
 }
 

@@ -323,7 +323,7 @@ impl Dataset {
             "  seeding {count} plans ({label}) at concurrency {}",
             env.cfg.seed_concurrency
         );
-        let t0 = timefmt::now_us();
+        let t0 = wall_us();
         let r = load::seed(
             base,
             label,
@@ -333,7 +333,7 @@ impl Dataset {
             env.cfg.seed_concurrency,
             env.cfg.operators,
         )?;
-        let t1 = timefmt::now_us();
+        let t1 = wall_us();
         eprintln!(
             "  seeded {} plans in {} s ({:.0}/s)",
             r.created, r.seconds, r.creates_per_sec
@@ -944,3 +944,11 @@ pub fn run_b6(env: &Env, ds: &Dataset) -> anyhow::Result<B6Report> {
 
 /// The phases a run can select.
 pub const PHASES: [&str; 7] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6"];
+
+/// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

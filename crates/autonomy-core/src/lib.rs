@@ -2,10 +2,17 @@
 //! verb or a recovery strategy leads to, what makes a plan id, label or artifact reference
 //! acceptable, and how a stuck plan is explained to an operator.
 //!
+//! [`plan`] holds what a change does: a new plan, a verb, a recovery request, each returning the
+//! new state and its audit event.
+//!
 //! No IO happens here (not even reading the clock: callers pass `now`). The store applies
 //! these rules inside its write transaction, so the state machine lives in exactly one place.
 
 use autonomy_api::{timefmt, FieldError, Phase, Strategy, Verb};
+
+pub mod plan;
+
+pub use plan::NewPlan;
 
 /// What a recovery strategy does to a plan in a given phase (SPEC §2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,13 +337,13 @@ mod tests {
 
     #[test]
     fn terminal_phases_never_leave_except_completed_rollback() {
-        for phase in Phase::ALL.into_iter().filter(|p| p.is_terminal()) {
-            for s in Strategy::ALL {
+        for phase in Phase::ALL.iter().copied().filter(|p| p.is_terminal()) {
+            for &s in Strategy::ALL {
                 if let Recovery::Apply(to) = recovery(phase, s) {
                     assert_eq!((phase, s, to), (Completed, Strategy::Rollback, RolledBack));
                 }
             }
-            for v in Verb::ALL {
+            for &v in Verb::ALL {
                 assert!(verb_transition(phase, v).is_err());
             }
         }
@@ -349,8 +356,8 @@ mod tests {
         assert_eq!(verb_transition(Active, Verb::Pause), Ok(Paused));
         assert_eq!(verb_transition(Paused, Verb::Resume), Ok(Active));
         let mut ok = 0;
-        for p in Phase::ALL {
-            for v in Verb::ALL {
+        for &p in Phase::ALL {
+            for &v in Verb::ALL {
                 match verb_transition(p, v) {
                     Ok(_) => ok += 1,
                     Err(why) => assert!(why.contains(p.as_str()), "{why}"),

@@ -4,7 +4,7 @@
 use autonomy_api::ErrorCode;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -17,7 +17,6 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
     body.map_err(|rejection| match rejection {
         BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,
                 format!("request body is larger than {MAX_BODY} bytes"),
             )
@@ -43,7 +42,6 @@ pub fn json<T: DeserializeOwned>(
     let mime = ctype.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnsupportedMediaType,
             if ctype.is_empty() {
                 "missing Content-Type: send the body as application/json".to_string()

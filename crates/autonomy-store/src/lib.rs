@@ -1,36 +1,32 @@
-//! The control plane's durable store. Only this crate knows SQL.
+//! The control plane's store contract, free of any database: the [`Store`] trait the server is
+//! generic over, [`StoreError`] (start-up failures apart from per-request ones), what a write
+//! answers ([`Reply`], also what an `Idempotency-Key` replays), who asks ([`Ctx`]) and
+//! backend-neutral counters ([`StoreMetrics`]).
 //!
-//! [`Store`] is the embedded SQLite backend: one dedicated writer thread owns the only write
-//! connection and group-commits whatever requests are queued (one `BEGIN IMMEDIATE` … `COMMIT`
-//! with `synchronous=FULL`, so one fsync serves many requests), and a small pool of read
-//! connections serves reads without ever blocking the writer (WAL). Every change and its audit
-//! event are written in the same transaction: the event is sealed into the BLAKE3 hash chain
-//! there and kept in `audit_events` (the outbox), then appended to the retained JSON Lines
-//! store ([`autonomy_audit::AuditLog`]) and fsync'd before the caller hears back. Start-up
-//! replays any outbox rows the retained store is missing, so a SIGKILL between the two writes
-//! neither loses nor duplicates an event.
-//!
-//! A caller gets an answer only after its transaction is durable; a failed commit answers
-//! [`StoreError::Unavailable`] and changes nothing.
+//! Every backend keeps the same promises (SPEC §5): an `Ok` answer to a write means the change
+//! *and* its audit event are durable; a storage fault is [`StoreError::Unavailable`] and changes
+//! nothing; the domain rules come from `autonomy_core::plan`, so two backends cannot disagree
+//! about what a request does. The embedded SQLite backend is `autonomy-store-sqlite`.
 
-mod read;
-mod writer;
-
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::future::Future;
 
 use autonomy_api::{
-    AuditEvent, AuditFilter, CreateRolloutRequest, ExecuteRequest, ExecuteResponse, FieldError,
-    Outcome, Phase, Role, Rollout, StuckReport, TokenCreated, TokenInfo, Verb,
+    AuditEvent, AuditFilter, ExecuteRequest, ExecuteResponse, FieldError, Phase, Role, Rollout,
+    StuckReport, TokenCreated, TokenInfo, Verb,
 };
+pub use autonomy_core::NewPlan;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
 
-pub use read::Identity;
+pub mod ids;
+
+/// The wall clock, in microseconds since the Unix epoch (UTC). Stores and the server read the
+/// clock; `autonomy-api` and `autonomy-core` never do (callers pass `now`).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
 
 /// Why a store operation failed. The server maps each variant to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +47,14 @@ pub enum StoreError {
     /// The write queue is full: retry later; nothing changed.
     #[error("the control plane is overloaded: {0} writes are queued")]
     Overloaded(usize),
-    /// The store cannot be opened (start-up only).
-    #[error("{0}")]
-    Startup(String),
     #[error("internal store error: {0}")]
     Internal(String),
 }
+
+/// Why a store could not be opened: the CP does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -69,83 +67,16 @@ pub struct Ctx {
     pub idempotency: Option<(String, String)>,
 }
 
-/// An audit event that records no change: a denied request, for example.
-#[derive(Debug, Clone)]
-pub struct AuditOnly {
-    pub event_type: String,
-    pub target: String,
-    pub resource: String,
-    pub outcome: Outcome,
-    pub reason: String,
-    pub details: serde_json::Value,
-}
-
-/// Where and how to open the store.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub data_dir: PathBuf,
-    pub audit_dir: PathBuf,
-    pub audit_segment_bytes: u64,
-    /// Writes waiting for the writer beyond this answer `Overloaded`.
-    pub queue_depth: usize,
-    /// Most requests one transaction carries.
-    pub max_batch: usize,
-}
-
-impl StoreConfig {
-    pub fn new(data_dir: PathBuf, audit_dir: PathBuf) -> Self {
-        StoreConfig {
-            data_dir,
-            audit_dir,
-            audit_segment_bytes: autonomy_audit::DEFAULT_SEGMENT_BYTES,
-            queue_depth: 4096,
-            max_batch: 256,
+impl Ctx {
+    /// A request the control plane makes of itself (start-up, readiness probes).
+    pub fn system(request_id: &str) -> Self {
+        Ctx {
+            actor: "system".into(),
+            request_id: request_id.into(),
+            idempotency: None,
         }
     }
 }
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub commits: AtomicU64,
-    pub committed_requests: AtomicU64,
-    pub failed_commits: AtomicU64,
-    pub commit_micros: AtomicU64,
-    pub max_batch: AtomicU64,
-    pub audit_events: AtomicU64,
-    pub audit_export_failures: AtomicU64,
-    /// Set while committed audit events wait to be appended to the retained store.
-    pub audit_export_behind: AtomicBool,
-    /// Set when a commit failed (disk full, I/O error); cleared by the next successful one.
-    pub storage_fault: AtomicBool,
-    pub writer_alive: AtomicBool,
-}
-
-/// What start-up found and did, for the log.
-#[derive(Debug, Clone)]
-pub struct OpenReport {
-    pub db_path: PathBuf,
-    pub plans: u64,
-    pub audit_last_seq: u64,
-    pub audit_replayed: u64,
-    pub audit_repair: Option<String>,
-    /// Set when this start created the first admin token.
-    pub admin_token_path: Option<PathBuf>,
-}
-
-/// The SQLite store. Cheap to share behind an `Arc`.
-pub struct Store {
-    jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
-    readers: Arc<read::Readers>,
-    metrics: Arc<Metrics>,
-    queue_depth: usize,
-    _lock: File,
-}
-
-/// The data dir's exclusive lock, from [`Store::lock`].
-pub struct DataDirLock(File);
 
 /// A successful write, as it is kept for Idempotency-Key replays.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,381 +90,104 @@ pub enum Reply {
     Audited,
 }
 
-/// Plan creation after the server validated it.
-#[derive(Debug, Clone)]
-pub struct NewPlan {
-    pub id: String,
-    pub request: CreateRolloutRequest,
-    pub warnings: Vec<String>,
+/// Who a bearer token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub token_id: String,
+    pub operator: String,
+    pub role: Role,
 }
 
-impl Store {
-    /// Creates the data dir if needed and takes its exclusive lock (`<data-dir>/LOCK`, holding
-    /// our pid), so a second control plane on the same dir refuses to start and names the
-    /// holder. The lock lasts while the returned [`DataDirLock`] (then the store) lives.
-    pub fn lock(data_dir: &Path) -> Result<DataDirLock> {
-        fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Startup(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        lock_data_dir(data_dir).map(DataDirLock)
-    }
+/// Counters every backend keeps, for `/metrics` and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Write transactions committed.
+    pub commits: u64,
+    /// Write requests carried by committed transactions.
+    pub committed_requests: u64,
+    /// Write transactions that failed to commit (answered 503).
+    pub failed_commits: u64,
+    /// Time spent committing, including the audit fsync.
+    pub commit_micros: u64,
+    /// Largest group commit so far.
+    pub max_batch: u64,
+    /// Audit events committed.
+    pub audit_events: u64,
+    /// Failed appends to the retained audit store.
+    pub audit_export_failures: u64,
+}
 
-    /// Opens and checks SQLite under `lock`, applies migrations, opens the retained audit
-    /// store, replays any audit events it is missing, starts the writer, and makes the first
-    /// admin token if there is none.
-    pub fn open(config: &StoreConfig, lock: DataDirLock) -> Result<(Store, OpenReport)> {
-        let DataDirLock(lock) = lock;
-        let db_path = config.data_dir.join("autonomy.db");
-        let conn = writer::open_write_connection(&db_path)?;
-        let mut audit =
-            autonomy_audit::AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
-                .map_err(|e| StoreError::Startup(format!("cannot open the audit store: {e}")))?;
-        let audit_repair = audit.repaired().map(str::to_string);
-        let replayed = writer::reconcile_audit(&conn, &mut audit)?;
-        // Plans are never deleted, so the largest rowid is the count (and costs no scan).
-        let plans: u64 = conn
-            .query_row("SELECT coalesce(max(pk), 0) FROM plans", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(|e| StoreError::Startup(format!("cannot read {}: {e}", db_path.display())))?
-            as u64;
-        let has_tokens: bool = conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM tokens)", [], |r| r.get(0))
-            .map_err(|e| StoreError::Startup(format!("cannot read {}: {e}", db_path.display())))?;
-        let readers = Arc::new(read::Readers::new(db_path.clone()));
-        readers.check()?;
-        let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        let handle = writer::spawn(conn, audit, rx, metrics.clone(), config.max_batch)?;
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
-        let checkpointer = writer::spawn_checkpointer(&db_path, stop_rx)?;
-        let store = Store {
-            jobs: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
-            checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
-            readers,
-            metrics,
-            queue_depth: config.queue_depth,
-            _lock: lock,
-        };
-        let audit_last_seq = store.readers.last_audit_seq()?;
-        let mut report = OpenReport {
-            db_path,
-            plans,
-            audit_last_seq,
-            audit_replayed: replayed,
-            audit_repair,
-            admin_token_path: None,
-        };
-        if !has_tokens {
-            report.admin_token_path = Some(store.bootstrap_admin(&config.data_dir)?);
-        }
-        Ok((store, report))
-    }
+/// The store the server is generic over. Reads may run concurrently; writes are answered
+/// only once durable, with their audit event.
+pub trait Store: Send + Sync + 'static {
+    /// The backend's name, as `/v1/health` reports it (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
 
-    /// Stops the writer after it has finished every queued write. Idempotent.
-    pub fn close(&self) {
-        drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some((stop, h)) = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = stop.send(());
-            let _ = h.join();
-        }
-        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = h.join();
-        }
-    }
+    /// Ready means: writes can be made durable now, and reads answer.
+    fn ready(&self) -> impl Future<Output = Result<()>> + Send;
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
+    fn metrics(&self) -> StoreMetrics;
 
-    /// Ready means: the writer runs, the audit store is caught up, and the database answers.
-    pub async fn ready(&self) -> Result<()> {
-        if !self.metrics.writer_alive.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(
-                "the store writer has stopped".into(),
-            ));
-        }
-        let behind = self.metrics.audit_export_behind.load(Ordering::SeqCst);
-        if behind || self.metrics.storage_fault.load(Ordering::SeqCst) {
-            // After a storage fault only a write can tell whether it has cleared: the probe
-            // goes through the writer, which first retries appending the audit events it
-            // still owes the retained store, then writes PROBE_BYTES of headroom.
-            let ctx = Ctx {
-                actor: "system".into(),
-                request_id: "ready".into(),
-                idempotency: None,
-            };
-            self.write(&ctx, writer::Command::Probe)
-                .await
-                .map_err(|e| match e {
-                    StoreError::Unavailable(m) if behind => StoreError::Unavailable(format!(
-                        "committed audit events are waiting to be written to the audit store: {m}"
-                    )),
-                    other => other,
-                })?;
-        }
-        self.read(|r| r.ping()).await
-    }
+    /// Stops accepting writes after finishing the queued ones. Idempotent.
+    fn close(&self);
 
-    async fn write(&self, ctx: &Ctx, command: writer::Command) -> Result<Reply> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job = writer::Job {
-            ctx: ctx.clone(),
-            command,
-            reply: reply_tx,
-        };
-        {
-            let guard = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(tx) = guard.as_ref() else {
-                return Err(StoreError::Unavailable(
-                    "the control plane is shutting down".into(),
-                ));
-            };
-            tx.try_send(job).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(self.queue_depth),
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("the store writer has stopped".into())
-                }
-            })?;
-        }
-        reply_rx
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer stopped mid-request".into()))?
-    }
+    fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> impl Future<Output = Result<Reply>> + Send;
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&read::ReadConn) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(f))
-            .await
-            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
-    }
-
-    pub async fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> Result<Reply> {
-        self.write(ctx, writer::Command::Create(Box::new(plan)))
-            .await
-    }
-
-    pub async fn transition(
+    fn transition(
         &self,
         ctx: &Ctx,
         id: &str,
         verb: Verb,
         reason: String,
-    ) -> Result<Reply> {
-        self.write(
-            ctx,
-            writer::Command::Transition {
-                id: id.to_string(),
-                verb,
-                reason,
-            },
-        )
-        .await
-    }
+    ) -> impl Future<Output = Result<Reply>> + Send;
 
-    /// Executes (or, for a dry run, only evaluates) a recovery strategy.
-    pub async fn execute(&self, ctx: &Ctx, req: ExecuteRequest) -> Result<Reply> {
-        if req.dry_run {
-            let ctx = ctx.clone();
-            return self.read(move |r| r.dry_run(&ctx, &req)).await;
-        }
-        self.write(ctx, writer::Command::Execute(Box::new(req)))
-            .await
-    }
+    /// Executes (or, for a dry run, only evaluates: nothing is written or audited) a recovery
+    /// strategy.
+    fn execute(&self, ctx: &Ctx, req: ExecuteRequest)
+        -> impl Future<Output = Result<Reply>> + Send;
 
-    pub async fn create_token(&self, ctx: &Ctx, operator: String, role: Role) -> Result<Reply> {
-        self.write(
-            ctx,
-            writer::Command::TokenCreate {
-                operator,
-                role,
-                secret: None,
-            },
-        )
-        .await
-    }
+    fn create_token(
+        &self,
+        ctx: &Ctx,
+        operator: String,
+        role: Role,
+    ) -> impl Future<Output = Result<Reply>> + Send;
 
-    pub async fn revoke_token(&self, ctx: &Ctx, id: &str) -> Result<Reply> {
-        self.write(ctx, writer::Command::TokenRevoke { id: id.to_string() })
-            .await
-    }
+    fn revoke_token(&self, ctx: &Ctx, id: &str) -> impl Future<Output = Result<Reply>> + Send;
 
-    /// Records an event that changes nothing (a denied request).
-    pub async fn audit_only(&self, ctx: &Ctx, event: AuditOnly) -> Result<Reply> {
-        self.write(ctx, writer::Command::AuditOnly(Box::new(event)))
-            .await
-    }
+    /// Records an event that changes nothing (a denied request): a draft from
+    /// [`AuditEvent::draft`], stamped with the caller's actor and request id.
+    fn audit_only(
+        &self,
+        ctx: &Ctx,
+        event: AuditEvent,
+    ) -> impl Future<Output = Result<Reply>> + Send;
 
-    pub async fn get(&self, id: &str) -> Result<Rollout> {
-        let id = id.to_string();
-        self.read(move |r| r.get(&id)).await
-    }
+    fn get(&self, id: &str) -> impl Future<Output = Result<Rollout>> + Send;
 
-    pub async fn list(
+    /// A page of plans after the cursor `after` (0: from the start), and the next cursor.
+    fn list(
         &self,
         phase: Option<Phase>,
         limit: usize,
         after: i64,
-    ) -> Result<(Vec<Rollout>, Option<i64>)> {
-        self.read(move |r| r.list(phase, limit, after)).await
-    }
+    ) -> impl Future<Output = Result<(Vec<Rollout>, Option<i64>)>> + Send;
 
-    pub async fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
-        self.read(move |r| r.stuck(threshold_seconds, limit)).await
-    }
+    fn stuck(
+        &self,
+        threshold_seconds: f64,
+        limit: usize,
+    ) -> impl Future<Output = Result<StuckReport>> + Send;
 
-    pub async fn audit_events(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>> {
-        self.read(move |r| r.audit_events(&filter)).await
-    }
+    fn audit_events(
+        &self,
+        filter: AuditFilter,
+    ) -> impl Future<Output = Result<Vec<AuditEvent>>> + Send;
 
-    pub async fn identify(&self, secret: String) -> Result<Option<Identity>> {
-        self.read(move |r| r.identify(&secret)).await
-    }
+    fn identify(&self, secret: String) -> impl Future<Output = Result<Option<Identity>>> + Send;
 
-    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
-        self.read(|r| r.tokens()).await
-    }
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenInfo>>> + Send;
 
     /// Plans per phase, for `/metrics`.
-    pub async fn phase_counts(&self) -> Result<Vec<(String, u64)>> {
-        self.read(|r| r.phase_counts()).await
-    }
-
-    /// Makes the first admin token: the secret goes to `<data-dir>/admin.token` (mode 0600,
-    /// written and fsync'd before the hashed token is committed, so a crash in between only
-    /// means the next start makes another).
-    fn bootstrap_admin(&self, data_dir: &Path) -> Result<PathBuf> {
-        let secret = writer::new_secret();
-        let path = data_dir.join("admin.token");
-        write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(|e| {
-            StoreError::Startup(format!(
-                "cannot write the admin token to {}: {e}",
-                path.display()
-            ))
-        })?;
-        let ctx = Ctx {
-            actor: "system".into(),
-            request_id: "startup".into(),
-            idempotency: None,
-        };
-        let command = writer::Command::TokenCreate {
-            operator: "admin".into(),
-            role: Role::Admin,
-            secret: Some(secret),
-        };
-        // Start-up runs before the server exists, so blocking on the writer is fine here.
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job = writer::Job {
-            ctx,
-            command,
-            reply: reply_tx,
-        };
-        let tx = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        tx.ok_or_else(|| StoreError::Startup("writer stopped".into()))?
-            .blocking_send(job)
-            .map_err(|_| StoreError::Startup("writer stopped".into()))?;
-        reply_rx
-            .blocking_recv()
-            .map_err(|_| StoreError::Startup("writer stopped".into()))??;
-        Ok(path)
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// Takes the exclusive lock on `<data-dir>/LOCK` (holding our pid), so that a second control
-/// plane on the same data dir refuses to start and names the holder.
-fn lock_data_dir(dir: &Path) -> Result<File> {
-    autonomy_audit::lock_dir(dir, "LOCK").map_err(|e| match e {
-        autonomy_audit::AuditError::Locked { pid, .. } => {
-            let who = pid.map_or("another process".to_string(), |p| format!("pid {p}"));
-            StoreError::Startup(format!(
-                "data dir {} is in use by another control plane ({who} holds {}); stop it \
-                 first or choose another --data-dir",
-                dir.display(),
-                dir.join("LOCK").display()
-            ))
-        }
-        other => StoreError::Startup(format!("cannot lock data dir {}: {other}", dir.display())),
-    })
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// What the database records of the audit chain, for cross-checking the retained store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DbChain {
-    /// The newest event the database holds (0 when none).
-    pub last_seq: u64,
-    /// The hash the database holds for the asked-for seq, if it has that event.
-    pub hash_at: Option<String>,
-}
-
-/// Reads the audit chain head from `<data-dir>/autonomy.db`, read-only (safe while a CP runs).
-/// `autonomy audit verify` uses it to catch what the chain alone cannot: the newest events cut
-/// off the end of the retained store.
-pub fn audit_chain_in_db(data_dir: &Path, at_seq: u64) -> Result<DbChain> {
-    let path = data_dir.join("autonomy.db");
-    let conn = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-    let read = |e: rusqlite::Error| {
-        StoreError::Unavailable(format!("cannot read {}: {e}", path.display()))
-    };
-    let last_seq: i64 = conn
-        .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |r| {
-            r.get(0)
-        })
-        .map_err(read)?;
-    let hash_at: Option<String> = conn
-        .query_row(
-            "SELECT hash FROM audit_events WHERE seq = ?1",
-            [at_seq as i64],
-            |r| r.get(0),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })
-        .map_err(read)?;
-    Ok(DbChain {
-        last_seq: last_seq as u64,
-        hash_at,
-    })
+    fn phase_counts(&self) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send;
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use autonomy_server::{AppState, ArtifactPolicy, ServerConfig};
-use autonomy_store::{Store, StoreConfig};
+use autonomy_store::Store;
+use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 use clap::{Args, ValueEnum};
 
 /// Run the control plane (CP) on its embedded SQLite store.
@@ -106,11 +107,12 @@ impl ServeArgs {
 
         // Lock the data dir, then take the port, then open the database: a refusal for
         // either reason leaves a fresh data dir untouched (no database, no admin token).
-        let lock = Store::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        let lock =
+            SqliteStore::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         let (store, report) =
-            Store::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+            SqliteStore::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let store = Arc::new(store);
         tracing::info!(
             db = %report.db_path.display(),

@@ -116,7 +116,7 @@ impl VerifyArgs {
 
 /// Fails when the retained store lacks the database's newest events or disagrees with it.
 fn check_against_database(data_dir: &Path, last_seq: u64, last_hash: &str) -> anyhow::Result<()> {
-    let db = autonomy_store::audit_chain_in_db(data_dir, last_seq).map_err(|e| {
+    let db = autonomy_store_sqlite::audit_chain_in_db(data_dir, last_seq).map_err(|e| {
         exit::failure(
             Exit::Other,
             format!("cannot check the audit store against the database: {e}"),

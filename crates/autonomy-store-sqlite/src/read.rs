@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use autonomy_api::{
-    timefmt, AuditEvent, AuditFilter, ExecuteRequest, Phase, Role, Rollout, StuckItem, StuckReport,
+    timefmt, AuditEvent, AuditFilter, ExecuteRequest, Phase, Rollout, StuckItem, StuckReport,
     TokenInfo,
 };
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 
-use crate::writer::{evaluate, hash_secret, new_id, sql_error};
-use crate::{Ctx, Reply, Result, StoreError};
+use autonomy_store::ids::{hash_secret, new_id};
+use autonomy_store::{now_us, Identity, Reply, Result, StartupError, StoreError};
+
+use crate::writer::sql_error;
 
 /// Idle read connections are kept up to this many.
 const POOL: usize = 8;
@@ -24,14 +26,6 @@ pub(crate) struct Readers {
 /// A read connection, lent to one closure at a time.
 pub struct ReadConn {
     conn: Connection,
-}
-
-/// Who a bearer token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub token_id: String,
-    pub operator: String,
-    pub role: Role,
 }
 
 impl Readers {
@@ -54,10 +48,10 @@ impl Readers {
     }
 
     /// Opens one connection to prove reads work (start-up).
-    pub(crate) fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<(), StartupError> {
         let c = self
             .open()
-            .map_err(|e| StoreError::Startup(format!("cannot open a read connection: {e}")))?;
+            .map_err(|e| StartupError(format!("cannot open a read connection: {e}")))?;
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         Ok(())
     }
@@ -156,7 +150,7 @@ impl ReadConn {
     }
 
     pub(crate) fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
-        let now = timefmt::now_us();
+        let now = now_us();
         let cutoff = now - (threshold_seconds * 1e6) as i64;
         let phases = autonomy_core::STUCK_PHASES.map(|p| p.as_str());
         let mut stmt = self
@@ -215,11 +209,11 @@ impl ReadConn {
         })
     }
 
-    pub(crate) fn dry_run(&self, _ctx: &Ctx, req: &ExecuteRequest) -> Result<Reply> {
+    pub(crate) fn dry_run(&self, req: &ExecuteRequest) -> Result<Reply> {
         let rollout = self.get(&req.resource)?;
         let from = rollout.status.phase;
         let decision = autonomy_core::recovery(from, req.strategy);
-        let mut response = evaluate(req, from, &decision, new_id("dry"));
+        let mut response = autonomy_core::plan::evaluate(req, from, &decision, new_id("dry"));
         response.generation = Some(rollout.plan.metadata.generation);
         Ok(Reply::Executed(Box::new(response)))
     }

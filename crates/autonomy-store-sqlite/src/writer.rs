@@ -13,15 +13,17 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use autonomy_api::{
-    timefmt, ExecuteRequest, ExecuteResponse, HistoryEntry, Outcome, Phase, Plan, PlanMetadata,
-    PlanStatus, Role, Rollout, TokenCreated, TokenInfo, Verb,
+    timefmt, AuditEvent, EventType, ExecuteRequest, Outcome, Role, Rollout, Target, TokenCreated,
+    TokenInfo, Verb,
 };
-use autonomy_audit::{AuditLog, NewEvent};
-use autonomy_core::Recovery;
+use autonomy_audit::AuditLog;
+use autonomy_core::plan;
+use autonomy_store::ids::{hash_secret, new_id, new_secret};
+use autonomy_store::{now_us, Ctx, NewPlan, Reply, Result, StartupError, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{AuditOnly, Ctx, Metrics, NewPlan, Reply, Result, StoreError};
+use crate::Metrics;
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
@@ -68,17 +70,17 @@ pub(crate) enum Command {
     TokenRevoke {
         id: String,
     },
-    AuditOnly(Box<AuditOnly>),
+    /// A draft event that records no change (a denied request).
+    AuditOnly(Box<AuditEvent>),
     /// A write of `PROBE_BYTES` that proves the store has room again (readiness after a
     /// storage fault).
     Probe,
 }
 
 /// Opens the write connection and refuses a database that won't give WAL + synchronous=FULL.
-pub(crate) fn open_write_connection(path: &Path) -> Result<Connection> {
-    let startup = |what: &str, e: rusqlite::Error| {
-        StoreError::Startup(format!("{what} {}: {e}", path.display()))
-    };
+pub(crate) fn open_write_connection(path: &Path) -> Result<Connection, StartupError> {
+    let startup =
+        |what: &str, e: rusqlite::Error| StartupError(format!("{what} {}: {e}", path.display()));
     let conn = Connection::open(path).map_err(|e| startup("cannot open database", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| startup("cannot configure", e))?;
@@ -86,7 +88,7 @@ pub(crate) fn open_write_connection(path: &Path) -> Result<Connection> {
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| startup("cannot read database", e))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Startup(format!(
+        return Err(StartupError(format!(
             "database {} refused WAL mode (journal_mode={mode}); the control plane needs WAL",
             path.display()
         )));
@@ -102,7 +104,7 @@ pub(crate) fn open_write_connection(path: &Path) -> Result<Connection> {
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .map_err(|e| startup("cannot configure", e))?;
     if sync != 2 {
-        return Err(StoreError::Startup(format!(
+        return Err(StartupError(format!(
             "database {} did not accept synchronous=FULL (got {sync})",
             path.display()
         )));
@@ -123,8 +125,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Brings the retained audit store level with the database: refuses a retained store that
 /// is ahead of, or disagrees with, the database; appends the outbox rows it is missing.
-pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result<u64> {
-    let db_err = |e: rusqlite::Error| StoreError::Startup(format!("cannot read audit outbox: {e}"));
+pub(crate) fn reconcile_audit(
+    conn: &Connection,
+    audit: &mut AuditLog,
+) -> Result<u64, StartupError> {
+    let db_err = |e: rusqlite::Error| StartupError(format!("cannot read audit outbox: {e}"));
     let db_last: i64 = conn
         .query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |r| {
             r.get(0)
@@ -132,7 +137,7 @@ pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result
         .map_err(db_err)?;
     let log_last = audit.last_seq();
     if log_last as i64 > db_last {
-        return Err(StoreError::Startup(format!(
+        return Err(StartupError(format!(
             "the audit store {} has events up to seq {log_last} but the database only up to \
              seq {db_last}: the audit dir belongs to another database, or the database was \
              restored from an older copy",
@@ -148,7 +153,7 @@ pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result
             )
             .map_err(db_err)?;
         if hash != audit.last_hash() {
-            return Err(StoreError::Startup(format!(
+            return Err(StartupError(format!(
                 "the audit store {} disagrees with the database at seq {log_last} (hash {} vs \
                  {hash}): it belongs to another database",
                 audit.dir().display(),
@@ -175,7 +180,7 @@ pub(crate) fn reconcile_audit(conn: &Connection, audit: &mut AuditLog) -> Result
         };
         audit
             .append(&page)
-            .map_err(|e| StoreError::Startup(format!("cannot replay audit events: {e}")))?;
+            .map_err(|e| StartupError(format!("cannot replay audit events: {e}")))?;
         replayed += page.len() as u64;
         after = last;
     }
@@ -187,7 +192,7 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     max_batch: usize,
-) -> Result<JoinHandle<()>> {
+) -> Result<JoinHandle<()>, StartupError> {
     let (seq, hash) = conn
         .query_row(
             "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
@@ -195,7 +200,7 @@ pub(crate) fn spawn(
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
         )
         .optional()
-        .map_err(|e| StoreError::Startup(format!("cannot read audit chain head: {e}")))?
+        .map_err(|e| StartupError(format!("cannot read audit chain head: {e}")))?
         .unwrap_or((0, autonomy_audit::GENESIS_HASH.to_string()));
     let last_time_us: i64 = conn
         .query_row(
@@ -203,7 +208,7 @@ pub(crate) fn spawn(
             [],
             |r| r.get(0),
         )
-        .map_err(|e| StoreError::Startup(format!("cannot read audit chain head: {e}")))?;
+        .map_err(|e| StartupError(format!("cannot read audit chain head: {e}")))?;
     let mut writer = Writer {
         conn,
         audit,
@@ -223,7 +228,7 @@ pub(crate) fn spawn(
             }
             writer.metrics.writer_alive.store(false, Ordering::SeqCst);
         })
-        .map_err(|e| StoreError::Startup(format!("cannot start the writer thread: {e}")))
+        .map_err(|e| StartupError(format!("cannot start the writer thread: {e}")))
 }
 
 #[derive(Clone)]
@@ -247,7 +252,7 @@ struct Writer {
 /// job's own changes are rolled back).
 struct Failure {
     error: StoreError,
-    audit: Option<Box<NewEvent>>,
+    audit: Option<Box<AuditEvent>>,
 }
 
 impl From<StoreError> for Failure {
@@ -401,7 +406,7 @@ impl Writer {
                 self.undo(chain_before, pending_before);
                 // The rejection itself is audited, outside the rolled-back savepoint.
                 if let Some(event) = failure.audit {
-                    if let Err(e) = self.record(*event) {
+                    if let Err(e) = self.record(&job.ctx, *event) {
                         return Err(e.error);
                     }
                 }
@@ -443,12 +448,12 @@ impl Writer {
             .prepare_cached(
                 "INSERT INTO idempotency (key, fingerprint, reply, created_us) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![key, fingerprint, text, timefmt::now_us()])?;
+            .execute(params![key, fingerprint, text, self.last_time_us])?;
         Ok(reply)
     }
 
     fn apply(&mut self, ctx: &Ctx, command: &Command) -> Result<Reply, Failure> {
-        let now = timefmt::now_us().max(self.last_time_us);
+        let now = now_us().max(self.last_time_us);
         self.last_time_us = now;
         match command {
             Command::Create(plan) => self.create(ctx, plan, now),
@@ -473,26 +478,21 @@ impl Writer {
                 Ok(Reply::Audited)
             }
             Command::AuditOnly(event) => {
-                let e = event.as_ref().clone();
-                self.record(new_event(
-                    ctx,
-                    now,
-                    &e.event_type,
-                    &e.target,
-                    &e.resource,
-                    e.outcome,
-                    &e.reason,
-                    e.details,
-                ))?;
+                self.record(ctx, event.as_ref().clone())?;
                 Ok(Reply::Audited)
             }
         }
     }
 
-    /// Seals `event` into the chain and stores it in the outbox.
-    fn record(&mut self, event: NewEvent) -> Result<String, Failure> {
+    /// Stamps `event` (id, time, the caller) and seals it into the chain, then stores it in
+    /// the outbox. Its time is the job's `now` (`last_time_us`), so seq order is time order.
+    fn record(&mut self, ctx: &Ctx, mut event: AuditEvent) -> Result<String, Failure> {
         let seq = self.chain.seq + 1;
-        let time_us = timefmt::parse_rfc3339_us(&event.time).unwrap_or_else(|_| timefmt::now_us());
+        let time_us = self.last_time_us;
+        event.id = new_id("evt");
+        event.time = timefmt::format_us(time_us);
+        event.actor = ctx.actor.clone();
+        event.request_id = ctx.request_id.clone();
         let sealed = autonomy_audit::seal(event, seq, &self.chain.hash);
         let ev = &sealed.event;
         self.conn
@@ -533,6 +533,11 @@ impl Writer {
         .transpose()
     }
 
+    fn load_existing(&self, id: &str) -> Result<Rollout, Failure> {
+        self.load(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")).into())
+    }
+
     fn save(&self, r: &Rollout, insert: bool) -> Result<(), Failure> {
         let doc = serde_json::to_string(r).map_err(|e| StoreError::Internal(e.to_string()))?;
         let s = &r.status;
@@ -554,71 +559,16 @@ impl Writer {
     }
 
     fn create(&mut self, ctx: &Ctx, new: &NewPlan, now: i64) -> Result<Reply, Failure> {
-        let id = &new.id;
-        if self.load(id)?.is_some() {
+        if self.load(&new.id)?.is_some() {
+            let refusal = plan::duplicate(&new.id);
             return Err(Failure {
-                error: StoreError::Conflict(format!("a plan with id '{id}' already exists")),
-                audit: Some(Box::new(new_event(
-                    ctx,
-                    now,
-                    "plan.created",
-                    "rollout_plan",
-                    id,
-                    Outcome::Rejected,
-                    "duplicate id",
-                    serde_json::json!({}),
-                ))),
+                error: StoreError::Conflict(refusal.why),
+                audit: Some(refusal.event),
             });
         }
-        let at = timefmt::format_us(now);
-        let phase = if new.request.draft {
-            Phase::Draft
-        } else {
-            Phase::Published
-        };
-        let rollout = Rollout {
-            plan: Plan {
-                metadata: PlanMetadata {
-                    id: id.clone(),
-                    labels: new.request.metadata.labels.clone(),
-                    created_at: at.clone(),
-                    updated_at: at.clone(),
-                    created_by: ctx.actor.clone(),
-                    generation: 1,
-                },
-                spec: new.request.spec.clone(),
-            },
-            status: PlanStatus {
-                phase,
-                phase_changed_at: at.clone(),
-                last_progress_at: at.clone(),
-                warnings: new.warnings.clone(),
-                history: vec![HistoryEntry {
-                    generation: 1,
-                    at,
-                    action: "create".into(),
-                    from: None,
-                    to: phase,
-                    actor: ctx.actor.clone(),
-                    reason: String::new(),
-                }],
-            },
-        };
+        let (rollout, event) = plan::create(new, &ctx.actor, now);
         self.save(&rollout, true)?;
-        self.record(new_event(
-            ctx,
-            now,
-            "plan.created",
-            "rollout_plan",
-            id,
-            Outcome::Success,
-            "",
-            serde_json::json!({
-                "phase": phase,
-                "artifact_ref": rollout.plan.spec.artifact_ref,
-                "warnings": rollout.status.warnings,
-            }),
-        ))?;
+        self.record(ctx, event)?;
         Ok(Reply::Created(Box::new(rollout)))
     }
 
@@ -630,87 +580,29 @@ impl Writer {
         reason: &str,
         now: i64,
     ) -> Result<Reply, Failure> {
-        let mut rollout = self
-            .load(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")))?;
-        let from = rollout.status.phase;
-        let to = match autonomy_core::verb_transition(from, verb) {
-            Ok(to) => to,
-            Err(why) => {
-                return Err(Failure {
-                    audit: Some(Box::new(new_event(
-                        ctx,
-                        now,
-                        "rollout.phase_changed",
-                        "rollout_plan",
-                        id,
-                        Outcome::Rejected,
-                        reason,
-                        serde_json::json!({"verb": verb.as_str(), "from_phase": from, "why": why}),
-                    ))),
-                    error: StoreError::Conflict(why),
-                })
+        let mut rollout = self.load_existing(id)?;
+        match plan::transition(&mut rollout, verb, &ctx.actor, reason, now) {
+            Ok(event) => {
+                self.save(&rollout, false)?;
+                self.record(ctx, event)?;
+                Ok(Reply::Transitioned(Box::new(rollout)))
             }
-        };
-        move_phase(&mut rollout, verb.as_str(), to, &ctx.actor, reason, now);
-        self.save(&rollout, false)?;
-        self.record(new_event(
-            ctx,
-            now,
-            "rollout.phase_changed",
-            "rollout_plan",
-            id,
-            Outcome::Success,
-            reason,
-            serde_json::json!({
-                "verb": verb.as_str(),
-                "from_phase": from,
-                "to_phase": to,
-                "generation": rollout.plan.metadata.generation,
+            Err(refusal) => Err(Failure {
+                error: StoreError::Conflict(refusal.why),
+                audit: Some(refusal.event),
             }),
-        ))?;
-        Ok(Reply::Transitioned(Box::new(rollout)))
+        }
     }
 
     fn execute(&mut self, ctx: &Ctx, req: &ExecuteRequest, now: i64) -> Result<Reply, Failure> {
-        let id = &req.resource;
-        let mut rollout = self
-            .load(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")))?;
-        let from = rollout.status.phase;
-        let decision = autonomy_core::recovery(from, req.strategy);
-        let mut response = evaluate(req, from, &decision, new_id("exe"));
-        if let Recovery::Apply(to) = decision {
-            move_phase(
-                &mut rollout,
-                req.strategy.as_str(),
-                to,
-                &ctx.actor,
-                &req.reason,
-                now,
-            );
+        let mut rollout = self.load_existing(&req.resource)?;
+        let generation = rollout.plan.metadata.generation;
+        let (mut response, event) =
+            plan::recover(&mut rollout, req, &ctx.actor, new_id("exe"), now);
+        if rollout.plan.metadata.generation != generation {
             self.save(&rollout, false)?;
-            response.generation = Some(rollout.plan.metadata.generation);
-        } else {
-            response.generation = Some(rollout.plan.metadata.generation);
         }
-        let event_id = self.record(new_event(
-            ctx,
-            now,
-            "rollback.executed",
-            "rollout_plan",
-            id,
-            response.outcome,
-            &req.reason,
-            serde_json::json!({
-                "execution_id": response.execution_id,
-                "strategy": req.strategy,
-                "from_phase": response.from_phase,
-                "to_phase": response.to_phase,
-                "generation": response.generation,
-            }),
-        ))?;
-        response.audit_event_id = Some(event_id);
+        response.audit_event_id = Some(self.record(ctx, event)?);
         Ok(Reply::Executed(Box::new(response)))
     }
 
@@ -729,16 +621,17 @@ impl Writer {
                 "INSERT INTO tokens (id, hash, operator, role, created_us) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![id, hash_secret(&secret), operator, role.as_str(), now])?;
-        self.record(new_event(
+        self.record(
             ctx,
-            now,
-            "token.created",
-            "token",
-            &id,
-            Outcome::Success,
-            "",
-            serde_json::json!({"operator": operator, "role": role}),
-        ))?;
+            AuditEvent::draft(
+                EventType::TokenCreated,
+                Target::Token,
+                &id,
+                Outcome::Success,
+                "",
+                serde_json::json!({"operator": operator, "role": role}),
+            ),
+        )?;
         Ok(Reply::TokenCreated(TokenCreated {
             id,
             operator: operator.to_string(),
@@ -766,16 +659,17 @@ impl Writer {
                 self.conn
                     .prepare_cached("UPDATE tokens SET revoked_us = ?2 WHERE id = ?1")?
                     .execute(params![id, now])?;
-                self.record(new_event(
+                self.record(
                     ctx,
-                    now,
-                    "token.revoked",
-                    "token",
-                    id,
-                    Outcome::Success,
-                    "",
-                    serde_json::json!({"operator": operator, "role": role}),
-                ))?;
+                    AuditEvent::draft(
+                        EventType::TokenRevoked,
+                        Target::Token,
+                        id,
+                        Outcome::Success,
+                        "",
+                        serde_json::json!({"operator": operator, "role": role}),
+                    ),
+                )?;
                 now
             }
         };
@@ -789,138 +683,17 @@ impl Writer {
     }
 }
 
-/// Applies a phase change: bumps generation, stamps times, appends history.
-fn move_phase(r: &mut Rollout, action: &str, to: Phase, actor: &str, reason: &str, now: i64) {
-    let at = timefmt::format_us(now);
-    let from = r.status.phase;
-    r.plan.metadata.generation += 1;
-    r.plan.metadata.updated_at = at.clone();
-    r.status.phase = to;
-    r.status.phase_changed_at = at.clone();
-    if autonomy_core::is_progress(to) {
-        r.status.last_progress_at = at.clone();
-    }
-    r.status.history.push(HistoryEntry {
-        generation: r.plan.metadata.generation,
-        at,
-        action: action.to_string(),
-        from: Some(from),
-        to,
-        actor: actor.to_string(),
-        reason: reason.to_string(),
-    });
-}
-
-/// The answer to a recovery request, before anything is written (shared with dry runs).
-pub(crate) fn evaluate(
-    req: &ExecuteRequest,
-    from: Phase,
-    decision: &Recovery,
-    execution_id: String,
-) -> ExecuteResponse {
-    let (outcome, to, message) = match decision {
-        Recovery::Apply(to) => (
-            Outcome::Success,
-            *to,
-            format!(
-                "{} {}: {from} → {to}",
-                if req.dry_run {
-                    "would apply"
-                } else {
-                    "applied"
-                },
-                req.strategy
-            ),
-        ),
-        Recovery::Noop => (
-            Outcome::Noop,
-            from,
-            format!("plan is already {from}; nothing to do"),
-        ),
-        Recovery::Reject(why) => (Outcome::Rejected, from, why.clone()),
-    };
-    ExecuteResponse {
-        outcome,
-        execution_id,
-        target: req.target.clone(),
-        resource: req.resource.clone(),
-        strategy: req.strategy,
-        from_phase: from,
-        to_phase: to,
-        dry_run: req.dry_run,
-        audit_event_id: None,
-        message,
-        generation: None,
-        error: None,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn new_event(
-    ctx: &Ctx,
-    now: i64,
-    event_type: &str,
-    target: &str,
-    resource: &str,
-    outcome: Outcome,
-    reason: &str,
-    details: serde_json::Value,
-) -> NewEvent {
-    NewEvent {
-        id: new_id("evt"),
-        time: timefmt::format_us(now),
-        event_type: event_type.to_string(),
-        actor: ctx.actor.clone(),
-        target: target.to_string(),
-        resource: resource.to_string(),
-        outcome,
-        reason: reason.to_string(),
-        request_id: ctx.request_id.clone(),
-        details,
-    }
-}
-
-/// `prefix_` + 20 random hex digits.
-pub(crate) fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", random_hex(10))
-}
-
-/// A bearer token secret: 128 random bits.
-pub(crate) fn new_secret() -> String {
-    format!("aut_{}", random_hex(16))
-}
-
-/// Secrets are 128-bit random strings, so a fast hash is enough: there is nothing to guess.
-pub(crate) fn hash_secret(secret: &str) -> String {
-    blake3::hash(secret.as_bytes()).to_hex().to_string()
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    if getrandom::fill(&mut buf).is_err() {
-        // The OS RNG failing is not recoverable in any useful way; fall back to time + counter
-        // entropy so ids stay unique, and say so.
-        tracing::warn!("OS random source failed; using time-based ids");
-        let t = timefmt::now_us().to_le_bytes();
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = t[i % 8] ^ (i as u8);
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs PASSIVE checkpoints every [`CHECKPOINT_EVERY`] on its own connection (they never block
 /// the writer or readers), escalating to RESTART when the WAL grows past
 /// [`WAL_RESTART_FRAMES`]. Stops when `stop` is dropped or sent to.
 pub(crate) fn spawn_checkpointer(
     path: &Path,
     stop: std::sync::mpsc::Receiver<()>,
-) -> Result<JoinHandle<()>> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Startup(format!("checkpointer: cannot open {}: {e}", path.display()))
-    })?;
+) -> Result<JoinHandle<()>, StartupError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StartupError(format!("checkpointer: cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(|e| StoreError::Startup(format!("checkpointer: {e}")))?;
+        .map_err(|e| StartupError(format!("checkpointer: {e}")))?;
     std::thread::Builder::new()
         .name("store-checkpointer".into())
         .spawn(move || {
@@ -939,5 +712,5 @@ pub(crate) fn spawn_checkpointer(
                 }
             }
         })
-        .map_err(|e| StoreError::Startup(format!("cannot start the checkpointer: {e}")))
+        .map_err(|e| StartupError(format!("cannot start the checkpointer: {e}")))
 }

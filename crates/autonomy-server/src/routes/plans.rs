@@ -1,0 +1,153 @@
+//! `/v1/rollouts`: create, list, get, the operator verbs, the stuck scan.
+
+use autonomy_api::{
+    CreateRolloutRequest, ErrorCode, ListQuery, Phase, RolloutList, StuckQuery, TransitionRequest,
+    Verb,
+};
+use autonomy_store::{NewPlan, Store};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::plan_id;
+use crate::auth::{Caller, ChangePhase, CreatePlan, ListPlans, ReadPlan, ScanStuck};
+use crate::respond::{idempotency, reply};
+use crate::{input, rand_u64, ApiError, AppState, ArtifactPolicy};
+
+pub async fn create<S: Store>(
+    State(state): State<AppState<S>>,
+    Caller { mut ctx, .. }: Caller<CreatePlan>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (body, req): (Bytes, CreateRolloutRequest) = input::required_json(&headers, body)?;
+    let id = match &req.metadata.id {
+        Some(id) => {
+            autonomy_core::validate_id(id)
+                .map_err(|m| ApiError::invalid(format!("invalid metadata.id: {m}")))?;
+            id.clone()
+        }
+        None => format!("plan-{:012x}", rand_u64() >> 16),
+    };
+    autonomy_core::validate_labels(req.metadata.labels.iter()).map_err(ApiError::field)?;
+    autonomy_core::validate_spec(&req.spec).map_err(ApiError::field)?;
+    let warnings = autonomy_core::artifact_warnings(
+        &req.spec.artifact_ref,
+        req.spec.target_lock_fingerprint.as_deref(),
+    );
+    if state.config.artifact_policy == ArtifactPolicy::Strict && !warnings.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Unprocessable,
+            format!("artifact policy is strict: {}", warnings.join("; ")),
+        ));
+    }
+    idempotency(&mut ctx, &headers, "POST", "/v1/rollouts", &body)?;
+    let plan = NewPlan {
+        id,
+        request: req,
+        warnings,
+    };
+    Ok(reply(state.store.create_plan(&ctx, plan).await?))
+}
+
+pub async fn list<S: Store>(
+    State(state): State<AppState<S>>,
+    _: Caller<ListPlans>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<RolloutList>, ApiError> {
+    let q: ListQuery = input::query(q.as_deref())?;
+    let phase = q
+        .phase
+        .as_deref()
+        .map(|p| {
+            p.parse::<Phase>()
+                .map_err(|m| ApiError::invalid(format!("invalid phase: {m}")))
+        })
+        .transpose()?;
+    let limit =
+        autonomy_api::parse_limit(q.limit.as_deref(), 100, 1000).map_err(ApiError::field)?;
+    let after = match q.cursor.as_deref() {
+        None => 0,
+        Some(c) => c.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "invalid cursor: '{c}' is not a cursor from next_cursor"
+            ))
+        })?,
+    };
+    let (items, next) = state.store.list(phase, limit, after).await?;
+    Ok(Json(RolloutList {
+        items,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+pub async fn get<S: Store>(
+    State(state): State<AppState<S>>,
+    _: Caller<ReadPlan>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = plan_id(id)?;
+    Ok(Json(state.store.get(&id).await?).into_response())
+}
+
+macro_rules! verb_handlers {
+    ($($name:ident => $verb:ident),+) => {$(
+        pub async fn $name<S: Store>(
+            state: State<AppState<S>>,
+            caller: Caller<ChangePhase>,
+            headers: HeaderMap,
+            id: Result<Path<String>, PathRejection>,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Result<Response, ApiError> {
+            transition(state, caller, headers, id, body, Verb::$verb).await
+        }
+    )+};
+}
+
+verb_handlers!(publish => Publish, start => Start, pause => Pause, resume => Resume);
+
+async fn transition<S: Store>(
+    State(state): State<AppState<S>>,
+    Caller { mut ctx, .. }: Caller<ChangePhase>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+    verb: Verb,
+) -> Result<Response, ApiError> {
+    let id = plan_id(id)?;
+    let body = input::body_bytes(body)?;
+    let req: TransitionRequest = input::json(&headers, &body, true)?.unwrap_or_default();
+    if req.reason.len() > 1024 {
+        return Err(ApiError::invalid("invalid reason: at most 1024 characters"));
+    }
+    let path = format!("/v1/rollouts/{id}/{}", verb.as_str());
+    idempotency(&mut ctx, &headers, "POST", &path, &body)?;
+    Ok(reply(
+        state.store.transition(&ctx, &id, verb, req.reason).await?,
+    ))
+}
+
+/// `/v1/rollouts/{id}/{verb}` for a word that is not a verb.
+pub async fn unknown_verb(Path((_, verb)): Path<(String, String)>) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: /v1/rollouts/{{id}}/{verb} (verbs: publish, start, pause, resume)"
+    ))
+}
+
+pub async fn stuck<S: Store>(
+    State(state): State<AppState<S>>,
+    _: Caller<ScanStuck>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let q: StuckQuery = input::query(q.as_deref())?;
+    let threshold = match q.threshold_seconds.as_deref() {
+        Some(s) => autonomy_core::parse_threshold(s).map_err(ApiError::field)?,
+        None => 300.0,
+    };
+    let limit =
+        autonomy_api::parse_limit(q.limit.as_deref(), 1000, 10_000).map_err(ApiError::field)?;
+    Ok(Json(state.store.stuck(threshold, limit).await?).into_response())
+}

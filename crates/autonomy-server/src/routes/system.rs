@@ -1,0 +1,93 @@
+//! Health, readiness and `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use autonomy_api::Health;
+use autonomy_store::Store;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::{ApiError, AppState};
+
+pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        store: state.store.backend().into(),
+    })
+}
+
+pub async fn ready<S: Store>(
+    State(state): State<AppState<S>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.ready().await?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
+    let m = state.store.metrics();
+    let mut out = String::new();
+    let counters = [
+        (
+            "autonomy_store_commits_total",
+            "Write transactions committed (each one fsync).",
+            m.commits,
+        ),
+        (
+            "autonomy_store_committed_requests_total",
+            "Write requests carried by committed transactions.",
+            m.committed_requests,
+        ),
+        (
+            "autonomy_store_failed_commits_total",
+            "Write transactions that failed to commit (answered 503).",
+            m.failed_commits,
+        ),
+        (
+            "autonomy_store_commit_microseconds_total",
+            "Time spent committing, including the audit fsync.",
+            m.commit_micros,
+        ),
+        (
+            "autonomy_audit_events_total",
+            "Audit events committed.",
+            m.audit_events,
+        ),
+        (
+            "autonomy_audit_export_failures_total",
+            "Failed appends to the retained audit store.",
+            m.audit_export_failures,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP autonomy_store_max_batch Largest group commit so far.\n# TYPE autonomy_store_max_batch gauge\nautonomy_store_max_batch {}",
+        m.max_batch
+    );
+    let _ = writeln!(out, "# HELP autonomy_http_responses_total Responses by status class.\n# TYPE autonomy_http_responses_total counter");
+    for (i, c) in state.http.by_class.iter().enumerate().skip(1) {
+        let _ = writeln!(
+            out,
+            "autonomy_http_responses_total{{class=\"{i}xx\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP autonomy_plans Plans by phase.\n# TYPE autonomy_plans gauge"
+    );
+    for (phase, n) in state.store.phase_counts().await? {
+        let _ = writeln!(out, "autonomy_plans{{phase=\"{phase}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP autonomy_time_seconds Server clock.\n# TYPE autonomy_time_seconds gauge\nautonomy_time_seconds {}", autonomy_store::now_us() as f64 / 1e6);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
