@@ -1,0 +1,298 @@
+//! The fast tier: the router over a real SQLite store in a temp dir, driven in-process with
+//! tower's `oneshot` (no socket, no child process). The black-box tier in
+//! `crates/autonomy/tests/` spawns the real binary; this one checks the API's contract —
+//! statuses, error codes, RBAC, audit of denials — in milliseconds.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use autonomy_server::{router, AppState, ArtifactPolicy, ServerConfig};
+use autonomy_store::Store;
+use autonomy_store_sqlite::{SqliteStore, StoreConfig};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct App {
+    router: Router,
+    store: Arc<SqliteStore>,
+    dir: PathBuf,
+    admin: String,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.store.close();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+async fn app(rbac: bool, policy: ArtifactPolicy) -> App {
+    let dir = std::env::temp_dir().join(format!(
+        "autonomy-inproc-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.clone();
+    // Opening blocks on the writer thread (the first admin token), so not on the runtime.
+    let store = tokio::task::spawn_blocking(move || {
+        let config = StoreConfig::new(d.clone(), d.join("audit"));
+        let lock = SqliteStore::lock(&d).unwrap();
+        SqliteStore::open(&config, lock).unwrap().0
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(store);
+    let admin = std::fs::read_to_string(dir.join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let config = ServerConfig {
+        rbac,
+        artifact_policy: policy,
+    };
+    App {
+        router: router(AppState::new(store.clone(), config)),
+        store,
+        dir,
+        admin,
+    }
+}
+
+impl App {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, v)
+    }
+
+    async fn events(&self, query: &str) -> Vec<Value> {
+        let (s, v) = self
+            .call(
+                "GET",
+                &format!("/v1/audit/events?{query}"),
+                Some(&self.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["items"].as_array().unwrap().clone()
+    }
+}
+
+fn plan(id: &str) -> Value {
+    json!({"metadata": {"id": id}, "spec": {"artifact_ref": format!("oci://r/a@sha256:{}", "a".repeat(64))}})
+}
+
+#[tokio::test]
+async fn health_names_the_backend_and_ready_answers() {
+    let app = app(true, ArtifactPolicy::Warn).await;
+    let (s, v) = app.call("GET", "/v1/health", None, None).await;
+    assert_eq!((s, v["store"].as_str()), (StatusCode::OK, Some("sqlite")));
+    let (s, _) = app.call("GET", "/v1/ready", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn plan_lifecycle_and_error_codes() {
+    let app = app(true, ArtifactPolicy::Warn).await;
+    let t = Some(app.admin.as_str());
+    let (s, v) = app.call("POST", "/v1/rollouts", t, Some(plan("p1"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"]["phase"], "published");
+    let (s, v) = app.call("POST", "/v1/rollouts", t, Some(plan("p1"))).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (s, v) = app.call("POST", "/v1/rollouts/p1/start", t, None).await;
+    assert_eq!(
+        (s, v["status"]["phase"].as_str()),
+        (StatusCode::OK, Some("active"))
+    );
+    let (s, v) = app.call("POST", "/v1/rollouts/p1/publish", t, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (s, v) = app.call("POST", "/v1/rollouts/p1/bogus", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("verbs: publish"),
+        "{v}"
+    );
+    let (s, _) = app.call("GET", "/v1/rollouts/nope", t, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = app.call("GET", "/v1/rollouts/Bad%20Id", t, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (s, v) = app.call("DELETE", "/v1/rollouts", t, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+    let exec =
+        json!({"target": "rollout_plan", "resource": "p1", "strategy": "retry", "reason": "r"});
+    let (s, v) = app
+        .call("POST", "/v1/rollback/execute", t, Some(exec))
+        .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("success"))
+    );
+    let abort =
+        json!({"target": "rollout_plan", "resource": "p1", "strategy": "abort", "reason": "r"});
+    app.call("POST", "/v1/rollback/execute", t, Some(abort))
+        .await;
+    let retry =
+        json!({"target": "rollout_plan", "resource": "p1", "strategy": "retry", "reason": "r"});
+    let (s, v) = app
+        .call("POST", "/v1/rollback/execute", t, Some(retry))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(
+        (v["outcome"].as_str(), v["error"]["code"].as_str()),
+        (Some("rejected"), Some("conflict"))
+    );
+    // One event per change, each made by the core's rules.
+    let created = app.events("event_type=plan.created&resource=p1").await;
+    assert_eq!(created.len(), 2, "success and the duplicate's rejection");
+    let executed = app.events("event_type=rollback.executed").await;
+    assert_eq!(executed.len(), 3);
+}
+
+#[tokio::test]
+async fn strict_policy_is_422_and_bad_bodies_are_4xx() {
+    let app = app(false, ArtifactPolicy::Strict).await;
+    let bad_ref = json!({"spec": {"artifact_ref": "corrupt://x"}});
+    let (s, v) = app.call("POST", "/v1/rollouts", None, Some(bad_ref)).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unprocessable"))
+    );
+    let unknown = json!({"spec": {"artifact_ref": "oci://x", "nope": 1}});
+    let (s, v) = app.call("POST", "/v1/rollouts", None, Some(unknown)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("spec"),
+        "{v}"
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/rollouts")
+        .header("content-type", "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/rollouts")
+        .header("content-type", "application/json")
+        .body(Body::from(vec![b' '; 1024 * 1024 + 1]))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn rbac_denials_are_401_403_and_audited_against_the_path_id() {
+    let app = app(true, ArtifactPolicy::Warn).await;
+    let (s, v) = app.call("GET", "/v1/rollouts/p9", None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let body = json!({"operator": "vera", "role": "viewer"});
+    let (s, v) = app
+        .call("POST", "/v1/tokens", Some(&app.admin), Some(body))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let viewer = v["token"].as_str().unwrap().to_string();
+    let (s, v) = app
+        .call("POST", "/v1/rollouts/p9/start", Some(&viewer), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let (s, _) = app.call("GET", "/v1/rollouts", Some(&viewer), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let denied = app.events("outcome=denied").await;
+    let seen: Vec<(&str, &str, &str)> = denied
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+                e["resource"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("plan.read", "unauthenticated", "p9"),
+            ("rollout.phase_changed", "vera", "p9"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_answer() {
+    let app = app(false, ArtifactPolicy::Warn).await;
+    let send = || {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/rollouts")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "k1")
+            .body(Body::from(plan("idem").to_string()))
+            .unwrap();
+        app.router.clone().oneshot(req)
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let a = first.into_body().collect().await.unwrap().to_bytes();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let b = again.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(a, b, "the replay is the first answer, byte for byte");
+    assert_eq!(app.events("event_type=plan.created").await.len(), 1);
+}
