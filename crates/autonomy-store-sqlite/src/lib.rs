@@ -15,6 +15,7 @@
 //! [`StoreError::Unavailable`] and changes nothing. What a request does is decided by
 //! `autonomy_core::plan`; this crate loads, asks the core, and persists the answer.
 
+pub mod limit;
 mod read;
 mod writer;
 
