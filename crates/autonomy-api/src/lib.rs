@@ -543,12 +543,16 @@ pub struct CreateTokenRequest {
     pub role: Role,
 }
 
-/// Answer of `POST /v1/tokens`: the only time the secret is shown.
+/// Answer of `POST /v1/tokens`: the only time the secret is shown. A replay of the same
+/// request (same `Idempotency-Key`) answers the metadata without `token`: secrets are never
+/// stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub id: String,
     pub operator: String,
     pub role: Role,
+    /// Empty (and not serialised) in a replay.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     pub created_at: String,
 }

@@ -28,6 +28,10 @@ pub fn reply(r: Reply) -> Response {
         Reply::TokenCreated(t) => (StatusCode::CREATED, Json(t)).into_response(),
         Reply::TokenRevoked(t) => (StatusCode::OK, Json(t)).into_response(),
         Reply::Audited => StatusCode::NO_CONTENT.into_response(),
+        Reply::PlanRef { id, .. } => {
+            ApiError::internal(format!("a store answered with a plan reference ({id})"))
+                .into_response()
+        }
     }
 }
 

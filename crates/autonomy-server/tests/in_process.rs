@@ -296,3 +296,180 @@ async fn idempotency_key_replays_the_first_answer() {
     assert_eq!(a, b, "the replay is the first answer, byte for byte");
     assert_eq!(app.events("event_type=plan.created").await.len(), 1);
 }
+
+/// Every file under `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_replayed_token_creation_never_shows_or_stores_the_secret() {
+    let app = app(true, ArtifactPolicy::Warn).await;
+    let send = || {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/tokens")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", app.admin))
+            .header("idempotency-key", "tok-1")
+            .body(Body::from(r#"{"operator":"ci","role":"viewer"}"#))
+            .unwrap();
+        app.router.clone().oneshot(req)
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value =
+        serde_json::from_slice(&first.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let secret = first["token"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("aut_"));
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let again: Value =
+        serde_json::from_slice(&again.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(again["id"], first["id"], "the replay names the same token");
+    assert!(
+        again.get("token").is_none(),
+        "a replay never shows the secret: {again}"
+    );
+    // The secret works, and is in no file of the data dir (database, WAL, audit).
+    let (s, _) = app.call("GET", "/v1/rollouts", Some(&secret), None).await;
+    assert_eq!(s, StatusCode::OK);
+    for f in files(&app.dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in {}",
+            f.display()
+        );
+    }
+    // The database files are the operator's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for f in files(&app.dir) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("autonomy.db") {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_per_actor() {
+    let app = app(false, ArtifactPolicy::Warn).await;
+    let send = |who: &'static str, id: &'static str| {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/rollouts")
+            .header("content-type", "application/json")
+            .header("x-autonomy-operator", who)
+            .header("idempotency-key", "shared-key")
+            .body(Body::from(plan(id).to_string()))
+            .unwrap();
+        app.router.clone().oneshot(req)
+    };
+    assert_eq!(
+        send("alice", "pa").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Bob's use of the same key is his own: no 422, no replay of Alice's answer.
+    assert_eq!(
+        send("bob", "pb").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let (s, _) = app.call("GET", "/v1/rollouts/pb", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    // Alice reusing her key for another request is refused.
+    assert_eq!(
+        send("alice", "pc").await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn the_last_active_admin_token_cannot_be_revoked() {
+    let app = app(true, ArtifactPolicy::Warn).await;
+    let t = Some(app.admin.as_str());
+    let (_, v) = app.call("GET", "/v1/tokens", t, None).await;
+    let first = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (s, v) = app
+        .call("POST", &format!("/v1/tokens/{first}/revoke"), t, None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last active admin"),
+        "{v}"
+    );
+    // With a second admin, the first can go.
+    let body = json!({"operator": "root2", "role": "admin"});
+    let (s, v) = app.call("POST", "/v1/tokens", t, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let second = v["token"].as_str().unwrap().to_string();
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/v1/tokens/{first}/revoke"),
+            Some(&second),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("GET", "/v1/tokens", t, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_list_page_is_bounded_in_bytes_and_the_cursor_carries_on() {
+    let app = app(false, ArtifactPolicy::Warn).await;
+    // Six plans of ~900 KiB each: a page of limit 1000 must stop before 4 MiB.
+    let big = "x".repeat(900 * 1024);
+    for i in 0..6 {
+        let body = json!({"metadata": {"id": format!("big-{i}")}, "spec": {"artifact_ref": "oci://r/a", "targets": {"blob": big}}});
+        let (s, v) = app.call("POST", "/v1/rollouts", None, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/rollouts?limit=1000&cursor={c}"),
+            None => "/v1/rollouts?limit=1000".to_string(),
+        };
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let resp = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            bytes.len() <= 4 * 1024 * 1024 + 64 * 1024,
+            "page of {} bytes",
+            bytes.len()
+        );
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        for item in v["items"].as_array().unwrap() {
+            seen.push(item["plan"]["metadata"]["id"].as_str().unwrap().to_string());
+        }
+        pages += 1;
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "the cursor must end");
+    }
+    assert!(pages >= 2, "six 900 KiB plans cannot fit one 4 MiB page");
+    assert_eq!(seen, (0..6).map(|i| format!("big-{i}")).collect::<Vec<_>>());
+}

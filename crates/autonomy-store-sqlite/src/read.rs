@@ -139,10 +139,17 @@ impl ReadConn {
             })
             .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(sql_error)?;
-        let more = rows.len() > limit;
+        let mut more = rows.len() > limit;
         let mut items = Vec::with_capacity(limit.min(rows.len()));
-        let mut last = None;
+        let (mut last, mut bytes) = (None, 0usize);
         for (pk, id, doc) in rows.into_iter().take(limit) {
+            // A page is bounded in bytes too: it always carries at least one plan, and stops
+            // before the one that would take it past MAX_PAGE_BYTES.
+            if !items.is_empty() && bytes + doc.len() > autonomy_store::MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += doc.len();
             items.push(parse_doc(&id, &doc)?);
             last = Some(pk);
         }
@@ -150,7 +157,15 @@ impl ReadConn {
     }
 
     pub(crate) fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
-        let now = now_us();
+        // Staleness is measured on the wall clock (it must survive restarts), but never behind
+        // the newest time the store has recorded: a clock stepped backwards cannot make a
+        // stale plan look fresh. (A forward step makes plans stale early; see ARCHITECTURE.md.)
+        let high_water: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(max(time_us), 0) FROM audit_events")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(sql_error)?;
+        let now = now_us().max(high_water);
         let cutoff = now - (threshold_seconds * 1e6) as i64;
         let phases = autonomy_core::STUCK_PHASES.map(|p| p.as_str());
         let mut stmt = self

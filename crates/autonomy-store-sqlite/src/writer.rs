@@ -19,7 +19,10 @@ use autonomy_api::{
 use autonomy_audit::AuditLog;
 use autonomy_core::plan;
 use autonomy_store::ids::{hash_secret, new_id, new_secret};
-use autonomy_store::{now_us, Ctx, NewPlan, Reply, Result, StartupError, StoreError};
+use autonomy_store::{
+    now_us, Ctx, NewPlan, Reply, Result, StartupError, StoreError, IDEMPOTENCY_MAX_REPLY,
+    IDEMPOTENCY_TTL_US,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,7 +39,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/sqlite/0004_audit_id_not_indexed.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_idempotency_per_actor.sql"),
+    ),
 ];
+
+/// Expired idempotency records are purged at most this often, a bounded number at a time.
+const PURGE_EVERY_US: i64 = 60 * 1_000_000;
+const PURGE_ROWS: i64 = 1000;
 
 /// The checkpointer folds the WAL into the database this often, off the writer's path.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -81,6 +92,7 @@ pub(crate) enum Command {
 pub(crate) fn open_write_connection(path: &Path) -> Result<Connection, StartupError> {
     let startup =
         |what: &str, e: rusqlite::Error| StartupError(format!("{what} {}: {e}", path.display()));
+    make_private(path)?;
     let conn = Connection::open(path).map_err(|e| startup("cannot open database", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| startup("cannot configure", e))?;
@@ -111,6 +123,37 @@ pub(crate) fn open_write_connection(path: &Path) -> Result<Connection, StartupEr
     }
     migrate(&conn).map_err(|e| startup("cannot migrate database", e))?;
     Ok(conn)
+}
+
+/// The database and its WAL/SHM files are the operator's alone (mode 0600): creates the
+/// database file that way before SQLite opens it (SQLite gives its WAL and SHM files the
+/// database's mode), and tightens files an older version left readable.
+fn make_private(path: &Path) -> Result<(), StartupError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| {
+        StartupError(format!(
+            "cannot make {} private (mode 0600): {e}",
+            p.display()
+        ))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        match std::fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| err(&p, e))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -216,6 +259,7 @@ pub(crate) fn spawn(
         pending: Vec::new(),
         metrics,
         last_time_us,
+        last_purge_us: 0,
     };
     writer.metrics.writer_alive.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
@@ -246,6 +290,28 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Event times never go backwards, even if the clock does: seq order is time order.
     last_time_us: i64,
+    /// When expired idempotency records were last purged.
+    last_purge_us: i64,
+}
+
+/// What an idempotency record keeps of an answer: never a secret, and at most
+/// [`IDEMPOTENCY_MAX_REPLY`] bytes (a larger plan is kept by id and replayed as it is now).
+fn kept_reply(reply: &Reply) -> Reply {
+    match reply {
+        Reply::TokenCreated(t) => Reply::TokenCreated(TokenCreated {
+            token: String::new(),
+            ..t.clone()
+        }),
+        Reply::Created(p) | Reply::Transitioned(p)
+            if serde_json::to_vec(p).map_or(0, |v| v.len()) > IDEMPOTENCY_MAX_REPLY =>
+        {
+            Reply::PlanRef {
+                id: p.plan.metadata.id.clone(),
+                created: matches!(reply, Reply::Created(_)),
+            }
+        }
+        other => other.clone(),
+    }
 }
 
 /// A job's failure, and the audit event that records the rejection (kept even though the
@@ -308,10 +374,15 @@ impl Writer {
         let started = Instant::now();
         let chain_before = self.chain.clone();
         let results = match self.conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => batch
-                .iter()
-                .map(|job| self.run_job(job))
-                .collect::<Vec<_>>(),
+            Ok(()) => {
+                if let Err(e) = self.purge_idempotency(now_us()) {
+                    tracing::warn!(error = %e, "purging expired idempotency records failed; will retry");
+                }
+                batch
+                    .iter()
+                    .map(|job| self.run_job(job))
+                    .collect::<Vec<_>>()
+            }
             Err(e) => {
                 let err = sql_error(e);
                 for job in batch {
@@ -421,14 +492,25 @@ impl Writer {
         self.pending.truncate(pending_before);
     }
 
+    /// Runs the job once per (actor, Idempotency-Key) within [`IDEMPOTENCY_TTL_US`]: a retry
+    /// gets the first answer back (never a secret: a token creation replays without it), a
+    /// reuse with another request is refused.
     fn apply_idempotent(&mut self, job: &Job) -> Result<Reply, Failure> {
         let Some((key, fingerprint)) = &job.ctx.idempotency else {
             return self.apply(&job.ctx, &job.command);
         };
+        let actor = &job.ctx.actor;
+        let fresh_after = now_us().max(self.last_time_us) - IDEMPOTENCY_TTL_US;
         let seen: Option<(String, String)> = self
             .conn
-            .prepare_cached("SELECT fingerprint, reply FROM idempotency WHERE key = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "SELECT fingerprint, reply FROM idempotency_v2 \
+                 WHERE key = ?1 AND actor IN (?2, '') AND created_us > ?3 \
+                 ORDER BY actor DESC LIMIT 1",
+            )?
+            .query_row(params![key, actor, fresh_after], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         if let Some((first, reply)) = seen {
             if &first != fingerprint {
@@ -438,18 +520,45 @@ impl Writer {
                 ))
                 .into());
             }
-            return serde_json::from_str(&reply)
-                .map_err(|e| StoreError::Internal(format!("stored idempotent reply: {e}")).into());
+            let reply: Reply = serde_json::from_str(&reply)
+                .map_err(|e| StoreError::Internal(format!("stored idempotent reply: {e}")))?;
+            return match reply {
+                Reply::PlanRef { id, created } => {
+                    let plan = Box::new(self.load_existing(&id)?);
+                    Ok(if created {
+                        Reply::Created(plan)
+                    } else {
+                        Reply::Transitioned(plan)
+                    })
+                }
+                other => Ok(other),
+            };
         }
         let reply = self.apply(&job.ctx, &job.command)?;
-        let text = serde_json::to_string(&reply)
+        let text = serde_json::to_string(&kept_reply(&reply))
             .map_err(|e| StoreError::Internal(format!("encode reply: {e}")))?;
         self.conn
             .prepare_cached(
-                "INSERT INTO idempotency (key, fingerprint, reply, created_us) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT OR REPLACE INTO idempotency_v2 (actor, key, fingerprint, reply, created_us) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![key, fingerprint, text, self.last_time_us])?;
+            .execute(params![actor, key, fingerprint, text, self.last_time_us])?;
         Ok(reply)
+    }
+
+    /// Deletes expired idempotency records, a bounded number, at most once a minute.
+    fn purge_idempotency(&mut self, now: i64) -> rusqlite::Result<()> {
+        if now - self.last_purge_us < PURGE_EVERY_US {
+            return Ok(());
+        }
+        self.last_purge_us = now;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM idempotency_v2 WHERE rowid IN \
+                 (SELECT rowid FROM idempotency_v2 WHERE created_us <= ?1 LIMIT ?2)",
+            )?
+            .execute(params![now - IDEMPOTENCY_TTL_US, PURGE_ROWS])?;
+        Ok(())
     }
 
     fn apply(&mut self, ctx: &Ctx, command: &Command) -> Result<Reply, Failure> {
@@ -656,6 +765,31 @@ impl Writer {
         let revoked = match revoked {
             Some(at) => at, // already revoked: same answer, no second event
             None => {
+                if role == Role::Admin {
+                    let admins: i64 = self
+                        .conn
+                        .prepare_cached(
+                            "SELECT count(*) FROM tokens WHERE role = 'admin' AND revoked_us IS NULL",
+                        )?
+                        .query_row([], |r| r.get(0))?;
+                    if admins <= 1 {
+                        let why = format!(
+                            "token '{id}' is the last active admin token: revoking it would leave \
+                             nobody able to manage tokens; create another admin token first"
+                        );
+                        return Err(Failure {
+                            audit: Some(Box::new(AuditEvent::draft(
+                                EventType::TokenRevoked,
+                                Target::Token,
+                                id,
+                                Outcome::Rejected,
+                                "",
+                                serde_json::json!({"operator": operator, "role": role, "why": why}),
+                            ))),
+                            error: StoreError::Conflict(why),
+                        });
+                    }
+                }
                 self.conn
                     .prepare_cached("UPDATE tokens SET revoked_us = ?2 WHERE id = ?1")?
                     .execute(params![id, now])?;

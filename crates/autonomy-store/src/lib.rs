@@ -28,6 +28,17 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// The most bytes of stored documents one list page carries (SPEC §5.11); a page that would
+/// pass it stops early and gives `next_cursor`.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL_US: i64 = 24 * 3600 * 1_000_000;
+
+/// The most bytes of answer an idempotency record keeps; a larger answer is replayed as the
+/// resource's current state (see [`Reply::Replay`]).
+pub const IDEMPOTENCY_MAX_REPLY: usize = 64 * 1024;
+
 /// Why a store operation failed. The server maps each variant to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +99,12 @@ pub enum Reply {
     TokenCreated(TokenCreated),
     TokenRevoked(TokenInfo),
     Audited,
+    /// Kept by an idempotency record instead of a plan answer over
+    /// [`IDEMPOTENCY_MAX_REPLY`]; a replay answers the plan as it is now. Never leaves a store.
+    PlanRef {
+        id: String,
+        created: bool,
+    },
 }
 
 /// Who a bearer token belongs to.
