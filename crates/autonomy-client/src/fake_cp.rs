@@ -3,7 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -56,6 +57,53 @@ impl FakeCp {
         FakeCp { url, received }
     }
 
+    /// Answers up to `total` requests with 200 and `body`, over as many kept-alive
+    /// connections as clients open; each connection is served by its own thread.
+    pub fn answer_many(total: usize, body: &'static str) -> FakeCp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, received) = mpsc::channel();
+        let left = Arc::new(AtomicUsize::new(total));
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        thread::spawn(move || {
+            // Accepts until every answer is given or the deadline passes.
+            while left.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                stream.set_nonblocking(false).unwrap();
+                let (tx, left) = (tx.clone(), left.clone());
+                thread::spawn(move || {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let mut reader = BufReader::new(&stream);
+                    while left.load(Ordering::SeqCst) > 0 {
+                        let Some(req) = read_from(&mut reader) else {
+                            return;
+                        };
+                        left.fetch_sub(1, Ordering::SeqCst);
+                        if (&stream).write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                        let _ = tx.send(req);
+                    }
+                });
+            }
+        });
+        FakeCp { url, received }
+    }
+
     /// The request it answered.
     pub fn received(&self) -> Received {
         self.received
@@ -65,9 +113,14 @@ impl FakeCp {
 }
 
 fn read_request(stream: &TcpStream) -> Option<Received> {
-    let mut reader = BufReader::new(stream);
+    read_from(&mut BufReader::new(stream))
+}
+
+fn read_from(reader: &mut BufReader<&TcpStream>) -> Option<Received> {
     let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();

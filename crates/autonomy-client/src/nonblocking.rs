@@ -27,8 +27,7 @@ pub struct Transport {
 
 impl Transport {
     /// `server` is `http://host[:port]` without a trailing slash; `timeout` bounds each
-    /// exchange, connect included. Must be called within a tokio runtime's context only when
-    /// sending, not to build it.
+    /// exchange, connect included. Building needs no runtime; sending runs on tokio.
     pub fn new(server: impl Into<String>, timeout: Duration) -> Transport {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
@@ -207,6 +206,34 @@ mod tests {
         assert!(e.is_unavailable());
         assert_eq!(e.retry_after_secs(), Some(2));
         assert_eq!(cp.received().line, "GET /v1/tokens HTTP/1.1");
+    }
+
+    /// Many callers, each with its own identity, share one transport (and its pool).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_transport() {
+        const CALLERS: usize = 64;
+        let cp = FakeCp::answer_many(CALLERS, r#"{"status":"ready"}"#);
+        let t = Transport::new(&cp.url, Duration::from_secs(10));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..CALLERS {
+            let t = t.clone();
+            let api = Api::new().with_operator(Some(format!("agent-{i:03}")));
+            tasks.spawn(async move { t.fetch(&api.ready()).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            assert_eq!(result.unwrap().unwrap().status, "ready");
+        }
+        let mut operators: Vec<String> = (0..CALLERS)
+            .map(|_| {
+                cp.received()
+                    .header("x-autonomy-operator")
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        operators.sort();
+        operators.dedup();
+        assert_eq!(operators.len(), CALLERS);
     }
 
     #[tokio::test]
