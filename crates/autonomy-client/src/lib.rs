@@ -22,9 +22,9 @@
 //! address and the OS error, or "timed out"), classified by the same core functions:
 //!
 //! - `blocking` (feature `blocking`): ureq 3, plain HTTP, no TLS, no async runtime, which
-//!   keeps the CLI's start-up cheap. [`blocking::Transport`].
+//!   keeps the CLI's start-up cheap: `blocking::Transport`.
 //! - `async` (feature `async`): hyper 1 with hyper-util's pooled client on tokio, HTTP/1
-//!   only (axum already brings hyper into the build). One [`nonblocking::Transport`] is cheap
+//!   only (axum already brings hyper into the build). One `nonblocking::Transport` is cheap
 //!   to clone and shares its connection pool, so many agents — each with its own [`Api`] and
 //!   token — can share it.
 //!
