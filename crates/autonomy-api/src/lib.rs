@@ -583,6 +583,12 @@ pub struct Health {
     pub store: String,
 }
 
+/// `GET /v1/ready`: `{"status":"ready"}` once the store answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub status: String,
+}
+
 /// `{"error":{"code":…,"message":…}}`, the body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

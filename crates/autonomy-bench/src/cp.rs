@@ -117,15 +117,13 @@ impl Cp {
         Ok(cp)
     }
 
-    /// Polls `path` until it answers 200 or `limit` passes; returns the time since spawn.
+    /// Polls `path` until it answers 2xx or `limit` passes; returns the time since spawn.
     pub fn wait_for(&mut self, path: &str, limit: Duration) -> anyhow::Result<Duration> {
         let http = Http::new(&self.base, Duration::from_secs(5))?;
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(a) = http.get(path, &[]) {
-                if a.status == 200 {
-                    return Ok(self.spawned_at.elapsed());
-                }
+            if http.call(&http.api().get::<()>(path, &[])).is_ok() {
+                return Ok(self.spawned_at.elapsed());
             }
             if let Some(status) = self.child.try_wait()? {
                 bail!(
@@ -135,7 +133,7 @@ impl Cp {
                 );
             }
             if Instant::now() >= deadline {
-                bail!("{path} did not answer 200 within {limit:?}");
+                bail!("{path} did not answer 2xx within {limit:?}");
             }
             std::thread::sleep(POLL);
         }

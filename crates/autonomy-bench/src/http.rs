@@ -1,45 +1,17 @@
-//! A blocking HTTP client for the CP under test: plain HTTP to 127.0.0.1 only, one `ureq`
-//! agent (so one kept-alive connection) per [`Http`], every exchange bounded by a timeout.
+//! The bench's client of the CP under test: `autonomy-client`'s blocking transport (one
+//! `ureq` agent, so one kept-alive connection, per [`Http`]), plain HTTP to 127.0.0.1 only,
+//! every exchange bounded by a timeout. Building requests, decoding answers and classifying
+//! errors are the client crate's; this adds the loopback check and the timing.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
-/// Largest answer body the bench reads (a page of 1000 plans is about 1 MB).
-const MAX_BODY: u64 = 256 * 1024 * 1024;
-
-pub const OPERATOR_HEADER: &str = autonomy_api::OPERATOR_HEADER;
-
-/// One answer and how long it took, from sending the request to having read the whole body.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub elapsed: Duration,
-    pub retry_after: Option<u64>,
-}
-
-impl Answer {
-    pub fn ok(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            let text = self.text();
-            let cut: String = text.chars().take(200).collect();
-            format!("unexpected answer (HTTP {}): {cut}", self.status)
-        })
-    }
-}
+use anyhow::bail;
+use autonomy_client::blocking::Transport;
+use autonomy_client::{Api, Call, ClientError, Reply};
 
 pub struct Http {
-    agent: ureq::Agent,
-    base: String,
+    transport: Transport,
+    api: Api,
 }
 
 impl Http {
@@ -48,67 +20,29 @@ impl Http {
         if !base.starts_with("http://127.0.0.1:") {
             bail!("the bench only talks to 127.0.0.1 over plain HTTP, not {base}");
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_redirects(0)
-            .user_agent("autonomy-bench")
-            .build();
         Ok(Http {
-            agent: ureq::Agent::new_with_config(config),
-            base: base.to_string(),
+            transport: Transport::new(base, timeout),
+            api: Api::new().with_user_agent("autonomy-bench"),
         })
     }
 
-    /// `GET path` with `query` pairs (percent-encoded here).
-    pub fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.agent.get(&url).header("accept", "application/json");
-        for (k, v) in query {
-            req = req.query(*k, *v);
-        }
-        let started = Instant::now();
-        let resp = req.call();
-        finish(started, resp).with_context(|| format!("GET {path}"))
+    /// Builds the bench's requests (no token, no operator).
+    pub fn api(&self) -> &Api {
+        &self.api
     }
 
-    /// `POST path` with a JSON body, as `operator` (X-Autonomy-Operator).
-    pub fn post_json(&self, path: &str, body: &str, operator: &str) -> anyhow::Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let started = Instant::now();
-        let resp = self
-            .agent
-            .post(&url)
-            .header("accept", "application/json")
-            .header("content-type", "application/json")
-            .header(OPERATOR_HEADER, operator)
-            .send(body);
-        finish(started, resp).with_context(|| format!("POST {path}"))
+    /// Sends `call`: its 2xx reply, else the typed error.
+    pub fn call<T>(&self, call: &Call<T>) -> Result<Reply<T>, ClientError> {
+        self.transport.call(call)
     }
-}
 
-fn finish(
-    started: Instant,
-    resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> anyhow::Result<Answer> {
-    let mut resp = resp?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY)
-        .read_to_vec()?;
-    Ok(Answer {
-        status,
-        body,
-        elapsed: started.elapsed(),
-        retry_after,
-    })
+    /// [`Http::call`] and how long it took, from sending the request to having read the
+    /// whole body.
+    pub fn timed<T>(&self, call: &Call<T>) -> Result<(Reply<T>, Duration), ClientError> {
+        let started = Instant::now();
+        let reply = self.transport.call(call)?;
+        Ok((reply, started.elapsed()))
+    }
 }
 
 /// Prometheus text → the value of `name` (an unlabelled sample).

@@ -1,12 +1,16 @@
 //! Load generators over HTTP: a count-bounded seeder (to build the data sets) and a
-//! duration-bounded closed loop (B1). Every worker thread has its own `ureq` agent, so its own
-//! kept-alive connection; every create is a real `POST /v1/rollouts` answered only once durable.
+//! duration-bounded closed loop (B1). Every worker thread has its own blocking transport
+//! (`autonomy-client`, one `ureq` agent), so its own kept-alive connection; every create is a
+//! real `POST /v1/rollouts` answered only once durable. Only the 2xx check is made on a
+//! success: its body is never decoded, which keeps the generator cheap.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use autonomy_api::Rollout;
+use autonomy_client::Call;
 use serde::Serialize;
 
 use crate::http::Http;
@@ -14,7 +18,8 @@ use crate::stats::{round1, Latency};
 
 /// One request may take at most this long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Retries of one create answered 503 (overload, storage fault) before it counts as an error.
+/// Retries of one create answered `unavailable` (503: overload, storage fault) before it
+/// counts as an error.
 const MAX_RETRIES: u32 = 50;
 /// Requests one closed-loop worker makes at most, whatever the duration.
 const MAX_PER_WORKER: u64 = 5_000_000;
@@ -22,6 +27,14 @@ const MAX_PER_WORKER: u64 = 5_000_000;
 /// The operator (`X-Autonomy-Operator`) of the `i`-th plan: `bench-op-000` … round robin.
 pub fn operator(i: u64, operators: usize) -> String {
     format!("bench-op-{:03}", i % operators.max(1) as u64)
+}
+
+/// `POST /v1/rollouts` with `body` as `operator` (`X-Autonomy-Operator`).
+fn create(http: &Http, body: String, operator: String) -> Call<Rollout> {
+    http.api()
+        .clone()
+        .with_operator(Some(operator))
+        .create_rollout_json(body.into_bytes(), None)
 }
 
 /// The body of `POST /v1/rollouts` for plan `id`: a realistic plan (digest-pinned artifact,
@@ -111,25 +124,22 @@ pub fn seed(
                     let id = format!("{prefix}-{n:07}");
                     let body = plan_body(&id, n);
                     let who = operator(n, operators);
+                    let call = create(&http, body, who);
                     let mut attempt = 0;
                     loop {
                         attempt += 1;
-                        match http.post_json("/v1/rollouts", &body, &who) {
-                            Ok(a) if a.status == 201 => {
+                        match http.call(&call) {
+                            Ok(_) => {
                                 created.fetch_add(1, Ordering::Relaxed);
                                 break;
                             }
-                            Ok(a) if a.status == 503 && attempt < MAX_RETRIES => {
+                            Err(e) if e.is_unavailable() && attempt < MAX_RETRIES => {
                                 retried.fetch_add(1, Ordering::Relaxed);
-                                let wait = a.retry_after.unwrap_or(0).min(2);
+                                let wait = e.retry_after_secs().unwrap_or(0).min(2);
                                 std::thread::sleep(Duration::from_millis(20 + wait * 1000));
                             }
-                            Ok(a) => {
-                                note(format!("create {id}: HTTP {}: {}", a.status, a.text()));
-                                break;
-                            }
                             Err(e) => {
-                                note(format!("create {id}: {e:#}"));
+                                note(format!("create {id}: {e}"));
                                 break;
                             }
                         }
@@ -228,24 +238,21 @@ pub fn closed_loop(
                         let seq = (w as u64) << 32 | n;
                         let body = plan_body(&id, seq);
                         let who = operator(n + w as u64, operators);
+                        let call = create(&http, body, who);
                         let sent = Instant::now();
-                        let result = http.post_json("/v1/rollouts", &body, &who);
+                        let result = http.call(&call);
                         let done = Instant::now();
                         match result {
-                            Ok(a) if a.status == 201 => {
+                            Ok(_) => {
                                 if done >= window_start && done <= end {
                                     lat.push(done - sent);
                                 }
                             }
-                            other => {
+                            Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                let what = match other {
-                                    Ok(a) => format!("HTTP {}: {}", a.status, a.text()),
-                                    Err(e) => format!("{e:#}"),
-                                };
                                 let mut f = first_errors.lock().unwrap_or_else(|e| e.into_inner());
                                 if f.len() < 5 {
-                                    f.push(what);
+                                    f.push(e.to_string());
                                 }
                                 // Do not spin on a broken CP.
                                 std::thread::sleep(Duration::from_millis(10));

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use autonomy_api::{timefmt, AuditEventList, RolloutList, StuckReport};
+use autonomy_api::{timefmt, AuditEventList, AuditQuery, ListQuery, StuckQuery};
 use serde::Serialize;
 
 use crate::cp::{self, Cp, Stopped};
@@ -162,11 +162,10 @@ struct StoreSnap {
 }
 
 fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
-    let a = http.get("/metrics", &[])?;
-    if !a.ok() {
-        bail!("/metrics answered {}", a.status);
-    }
-    let t = a.text();
+    let t = http
+        .call(&http.api().get::<()>("/metrics", &[]))?
+        .text()
+        .into_owned();
     let m = |name: &str| metric(&t, name).unwrap_or(0.0);
     Ok(StoreSnap {
         commits: m("autonomy_store_commits_total"),
@@ -434,12 +433,12 @@ pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
     let mut items = 0;
     let mut bytes = 0;
     while lat.len() < cfg.b2_scans && scan_start.elapsed() < budget {
-        let a = http.get("/v1/rollouts/stuck", &[("threshold_seconds", &t)])?;
-        if !a.ok() {
-            bail!("stuck scan answered {}: {}", a.status, a.text());
-        }
-        let r: StuckReport = a.json()?;
-        lat.push(a.elapsed);
+        let (a, elapsed) = http.timed(&http.api().stuck_rollouts(&StuckQuery {
+            threshold_seconds: Some(t.clone()),
+            limit: None,
+        }))?;
+        let r = a.value()?;
+        lat.push(elapsed);
         if r.stuck_count != stale {
             wrong += 1;
         }
@@ -447,7 +446,7 @@ pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
             seen.push(r.stuck_count);
         }
         items = r.items.len();
-        bytes = a.body.len();
+        bytes = a.body().len();
     }
     let peak = cp.peak_rss_kib();
     env.stop(cp)?;
@@ -521,16 +520,12 @@ pub fn run_b3(env: &Env, ds: &Dataset) -> anyhow::Result<B3Report> {
     let mut cursor: Option<String> = None;
     let mut last_print = Instant::now();
     while fetched < target && pages < ds.plans + 10 {
-        let limit = (target - fetched).clamp(1, 1000).to_string();
-        let mut q = vec![("limit", limit.as_str())];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.as_str()));
-        }
-        let a = http.get("/v1/rollouts", &q)?;
-        if !a.ok() {
-            bail!("list answered {}: {}", a.status, a.text());
-        }
-        let page: RolloutList = a.json()?;
+        let q = ListQuery {
+            phase: None,
+            limit: Some((target - fetched).clamp(1, 1000).to_string()),
+            cursor: cursor.take(),
+        };
+        let page = http.call(&http.api().list_rollouts(&q))?.value()?;
         pages += 1;
         fetched += page.items.len() as u64;
         cursor = page.next_cursor;
@@ -547,17 +542,19 @@ pub fn run_b3(env: &Env, ds: &Dataset) -> anyhow::Result<B3Report> {
     let mut first = Vec::new();
     let mut deep_lat = Vec::new();
     let (mut first_bytes, mut deep_bytes, mut items) = (0, 0, 0);
+    let first_page = http.api().list_rollouts(&ListQuery::default());
+    let deep_page = http.api().list_rollouts(&ListQuery {
+        cursor: Some(deep),
+        ..ListQuery::default()
+    });
     for _ in 0..env.cfg.b3_fetches {
-        let a = http.get("/v1/rollouts", &[])?;
-        let b = http.get("/v1/rollouts", &[("cursor", deep.as_str())])?;
-        if !a.ok() || !b.ok() {
-            bail!("list answered {} / {}", a.status, b.status);
-        }
-        first.push(a.elapsed);
-        deep_lat.push(b.elapsed);
-        first_bytes = a.body.len();
-        deep_bytes = b.body.len();
-        items = b.json::<RolloutList>()?.items.len();
+        let (a, a_elapsed) = http.timed(&first_page)?;
+        let (b, b_elapsed) = http.timed(&deep_page)?;
+        first.push(a_elapsed);
+        deep_lat.push(b_elapsed);
+        first_bytes = a.body().len();
+        deep_bytes = b.body().len();
+        items = b.value()?.items.len();
     }
     let peak = cp.peak_rss_kib();
     env.stop(cp)?;
@@ -684,19 +681,17 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
     let event_type = "plan.created";
     let limit = "100";
     let query = |actor: &str| {
-        http.get(
-            "/v1/audit/events",
-            &[
-                ("actor", actor),
-                ("event_type", event_type),
-                ("start_time", &start),
-                ("end_time", &end),
-                ("limit", limit),
-            ],
-        )
+        http.timed(&http.api().audit_events(&AuditQuery {
+            actor: Some(actor.to_string()),
+            event_type: Some(event_type.to_string()),
+            start_time: Some(start.clone()),
+            end_time: Some(end.clone()),
+            limit: Some(limit.to_string()),
+            ..AuditQuery::default()
+        }))
     };
     let reference_actor = load::operator(0, env.cfg.operators);
-    let reference: AuditEventList = query(&reference_actor)?.json()?;
+    let reference = query(&reference_actor)?.0.value()?;
     for e in &reference.items {
         if e.actor != reference_actor || e.event_type != event_type {
             bail!("the audit API answered an event that does not match the filter: {e:?}");
@@ -709,12 +704,9 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
             (q as u64 * 37) % env.cfg.operators as u64,
             env.cfg.operators,
         );
-        let a = query(&actor)?;
-        if !a.ok() {
-            bail!("audit query answered {}: {}", a.status, a.text());
-        }
-        lat.push(a.elapsed);
-        let n = a.json::<AuditEventList>()?.items.len();
+        let (a, elapsed) = query(&actor)?;
+        lat.push(elapsed);
+        let n = a.value()?.items.len();
         min_items = min_items.min(n);
         max_items = max_items.max(n);
     }

@@ -1,13 +1,12 @@
 //! The clap root: global flags (each with an `AUTONOMY_*` env var) and the command tree.
 
-use std::fmt;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::time::Duration;
 
+use autonomy_client::blocking::Transport;
+use autonomy_client::{Api, Token};
 use clap::{Args, Parser};
 
-use crate::client::Client;
 use crate::command::{Command, Ctx};
 use crate::exit::EXIT_CODES_HELP;
 use crate::output::{Format, Output};
@@ -114,39 +113,15 @@ impl Cli {
             operator,
             command,
         } = self;
-        let client = Client::new(global.server, global.token, operator, global.timeout);
         let ctx = Ctx {
-            client,
+            api: Api::new()
+                .with_token(global.token)
+                .with_operator(operator)
+                .with_user_agent(concat!("autonomy-cli/", env!("CARGO_PKG_VERSION"))),
+            transport: Transport::new(global.server, global.timeout),
             out: Output::new(global.output),
         };
         command.run(&ctx)
-    }
-}
-
-/// An API token. `Debug` never shows it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl Token {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-impl FromStr for Token {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("the token is empty".into());
-        }
-        Ok(Token(s.to_string()))
     }
 }
 

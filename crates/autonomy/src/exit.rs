@@ -4,32 +4,11 @@ use std::fmt;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use crate::client::ClientError;
+use autonomy_client::ClientError;
 
-/// Exit codes of every `autonomy` command (also printed by `autonomy --help`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// 1: any other error (including a bad request the CP rejected with 400/413/415/422).
-    Other = 1,
-    /// 2: usage error caught before anything was sent (bad flag, bad value, bad file).
-    Usage = 2,
-    /// 3: the CP could not be reached or did not answer within `--timeout`.
-    Unreachable = 3,
-    /// 4: not found.
-    NotFound = 4,
-    /// 5: conflict or invalid transition (including a rejected rollback).
-    Conflict = 5,
-    /// 6: unauthenticated or forbidden.
-    Denied = 6,
-    /// 7: the CP answered 5xx.
-    Server = 7,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> Self {
-        ExitCode::from(e as u8)
-    }
-}
+/// Exit codes of every `autonomy` command (also printed by `autonomy --help`). Defined, and
+/// mapped from HTTP answers, in one place: the client crate.
+pub use autonomy_client::Exit;
 
 /// The exit-code table for `--help`.
 pub const EXIT_CODES_HELP: &str = "\

@@ -6,7 +6,6 @@
 //! codes (see [`exit::Exit`]) and the one-line `error: …` message, once.
 
 mod cli;
-mod client;
 mod command;
 mod exit;
 mod output;

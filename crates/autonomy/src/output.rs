@@ -3,9 +3,8 @@
 
 use std::io::{self, Write};
 
+use autonomy_client::Reply;
 use serde::de::DeserializeOwned;
-
-use crate::client::Answer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -30,15 +29,29 @@ impl Output {
     /// else `text(parsed body)`.
     pub fn answer<T: DeserializeOwned>(
         &self,
-        answer: &Answer,
+        reply: &Reply<T>,
         text: impl FnOnce(&T) -> String,
     ) -> anyhow::Result<()> {
         if self.is_json() {
-            answer.json::<serde_json::Value>()?;
-            self.print(answer.body.trim())
+            reply.json::<serde_json::Value>()?;
+            self.print(reply.text().trim())
         } else {
-            let value: T = answer.json()?;
-            self.print(&text(&value))
+            self.print(&text(&reply.value()?))
+        }
+    }
+
+    /// Prints an answer already decoded as `value`: `body` unchanged in json mode, else
+    /// `text(value)`.
+    pub fn decoded<T>(
+        &self,
+        body: &[u8],
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        if self.is_json() {
+            self.print(String::from_utf8_lossy(body).trim())
+        } else {
+            self.print(&text(value))
         }
     }
 

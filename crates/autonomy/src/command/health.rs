@@ -21,14 +21,14 @@ pub struct HealthArgs {}
 
 impl HealthArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let answer = ctx.client.get("/v1/health", &[])?.success()?;
-        let server = ctx.client.server().to_string();
-        ctx.out.answer(&answer, |h: &Health| {
+        let reply = ctx.call(ctx.api.health())?;
+        let server = ctx.transport.server();
+        ctx.out.answer(&reply, |h: &Health| {
             logfmt(&[
                 ("status", h.status.as_str()),
                 ("version", &h.version),
                 ("store", &h.store),
-                ("server", &server),
+                ("server", server),
             ])
         })?;
         Ok(ExitCode::SUCCESS)

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::client::Client;
+use autonomy_client::blocking::Transport;
+use autonomy_client::{Api, Call, ClientError, Reply};
+
 use crate::output::Output;
 
 pub mod audit;
@@ -14,10 +16,19 @@ pub mod rollout;
 pub mod serve;
 pub mod token;
 
-/// What every client command gets: the HTTP client and the output renderer.
+/// What every client command gets: who asks (token, operator), the blocking transport to
+/// the CP, and the output renderer.
 pub struct Ctx {
-    pub client: Client,
+    pub api: Api,
+    pub transport: Transport,
     pub out: Output,
+}
+
+impl Ctx {
+    /// Sends `call` and checks the answer (a 2xx [`Reply`], else the typed error).
+    pub fn call<T>(&self, call: Call<T>) -> Result<Reply<T>, ClientError> {
+        self.transport.call(&call)
+    }
 }
 
 #[derive(Debug, Subcommand)]

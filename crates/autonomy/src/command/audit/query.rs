@@ -91,17 +91,8 @@ impl QueryArgs {
                 }
             }
             None => {
-                let pairs = serde_json::to_value(&query)?;
-                let mut params = Vec::new();
-                if let Some(map) = pairs.as_object() {
-                    for (k, v) in map {
-                        if let Some(v) = v.as_str() {
-                            params.push((k.as_str(), v.to_string()));
-                        }
-                    }
-                }
-                let answer = ctx.client.get("/v1/audit/events", &params)?.success()?;
-                ctx.out.answer(&answer, table)?;
+                let reply = ctx.call(ctx.api.audit_events(&query))?;
+                ctx.out.answer(&reply, table)?;
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use autonomy_api::{ExecuteRequest, ExecuteResponse, Strategy};
+use autonomy_client::ClientError;
 use clap::{Args, ValueEnum};
 
 use crate::command::Ctx;
@@ -75,20 +76,23 @@ impl ExecuteArgs {
             reason: self.reason,
             dry_run: self.dry_run,
         };
-        let answer = ctx.client.post_json(
-            "/v1/rollback/execute",
-            &body,
-            self.idempotency_key.as_deref(),
-        )?;
-        if answer.status == 409 {
-            // A rejected execution still carries the full answer: show it, then fail with 5.
-            if answer.json::<ExecuteResponse>().is_ok() {
-                ctx.out.answer(&answer, execute_line)?;
+        let call = ctx
+            .api
+            .execute_rollback(&body, self.idempotency_key.as_deref());
+        match ctx.call(call) {
+            Ok(reply) => {
+                ctx.out.answer(&reply, execute_line)?;
+                Ok(ExitCode::SUCCESS)
             }
-            return Err(answer.into_error().into());
+            Err(ClientError::Rejected(rejected)) => {
+                // A rejected execution still carries the full answer: show it, then fail
+                // (exit 5).
+                ctx.out
+                    .decoded(&rejected.error.body, &rejected.execution, execute_line)?;
+                Err(ClientError::Rejected(rejected).into())
+            }
+            Err(e) => Err(e.into()),
         }
-        ctx.out.answer(&answer.success()?, execute_line)?;
-        Ok(ExitCode::SUCCESS)
     }
 }
 

@@ -66,14 +66,14 @@ pub struct CreateArgs {
 
 impl CreateArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let body = match &self.file {
-            Some(path) => read_plan(path)?,
-            None => serde_json::to_string(&self.request_from_flags()?)?,
+        let key = self.idempotency_key.as_deref();
+        let call = match &self.file {
+            Some(path) => ctx
+                .api
+                .create_rollout_json(read_plan(path)?.into_bytes(), key),
+            None => ctx.api.create_rollout(&self.request_from_flags()?, key),
         };
-        let answer =
-            ctx.client
-                .post("/v1/rollouts", Some(&body), self.idempotency_key.as_deref())?;
-        ctx.out.answer(&answer.success()?, rollout_line)?;
+        ctx.out.answer(&ctx.call(call)?, rollout_line)?;
         Ok(ExitCode::SUCCESS)
     }
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::rollout_line;
-use crate::client::segment;
 use crate::command::Ctx;
 
 /// Show one rollout plan: GET /v1/rollouts/{id}
@@ -26,9 +25,8 @@ pub struct GetArgs {
 
 impl GetArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let path = format!("/v1/rollouts/{}", segment(&self.id));
-        let answer = ctx.client.get(&path, &[])?.success()?;
-        ctx.out.answer(&answer, rollout_line)?;
+        ctx.out
+            .answer(&ctx.call(ctx.api.get_rollout(&self.id))?, rollout_line)?;
         Ok(ExitCode::SUCCESS)
     }
 }

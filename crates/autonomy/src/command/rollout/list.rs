@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use autonomy_api::{Phase, RolloutList};
+use autonomy_api::{ListQuery, Phase, RolloutList};
 use clap::Args;
 
 use crate::command::Ctx;
@@ -41,18 +41,13 @@ pub struct ListArgs {
 
 impl ListArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let mut query = Vec::new();
-        if let Some(phase) = self.phase {
-            query.push(("phase", phase.to_string()));
-        }
-        if let Some(limit) = self.limit {
-            query.push(("limit", limit.to_string()));
-        }
-        if let Some(cursor) = self.cursor {
-            query.push(("cursor", cursor));
-        }
-        let answer = ctx.client.get("/v1/rollouts", &query)?.success()?;
-        ctx.out.answer(&answer, |list: &RolloutList| {
+        let query = ListQuery {
+            phase: self.phase.map(|p| p.to_string()),
+            limit: self.limit.map(|l| l.to_string()),
+            cursor: self.cursor,
+        };
+        let reply = ctx.call(ctx.api.list_rollouts(&query))?;
+        ctx.out.answer(&reply, |list: &RolloutList| {
             let mut table = Table::new(&["ID", "PHASE", "GENERATION", "ARTIFACT", "UPDATED"]);
             for r in &list.items {
                 table.row(vec![

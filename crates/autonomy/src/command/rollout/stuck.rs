@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use autonomy_api::StuckReport;
+use autonomy_api::{StuckQuery, StuckReport};
 use clap::Args;
 
 use crate::command::Ctx;
@@ -38,15 +38,12 @@ pub struct StuckArgs {
 
 impl StuckArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let mut query = Vec::new();
-        if let Some(t) = self.threshold_seconds {
-            query.push(("threshold_seconds", t.to_string()));
-        }
-        if let Some(limit) = self.limit {
-            query.push(("limit", limit.to_string()));
-        }
-        let answer = ctx.client.get("/v1/rollouts/stuck", &query)?.success()?;
-        ctx.out.answer(&answer, |report: &StuckReport| {
+        let query = StuckQuery {
+            threshold_seconds: self.threshold_seconds.map(|t| t.to_string()),
+            limit: self.limit.map(|l| l.to_string()),
+        };
+        let reply = ctx.call(ctx.api.stuck_rollouts(&query))?;
+        ctx.out.answer(&reply, |report: &StuckReport| {
             let mut lines = vec![logfmt(&[
                 ("stuck_count", report.stuck_count.to_string()),
                 ("threshold_seconds", report.threshold_seconds.to_string()),

@@ -6,7 +6,6 @@ use autonomy_api::{TransitionRequest, Verb};
 use clap::Args;
 
 use super::rollout_line;
-use crate::client::segment;
 use crate::command::Ctx;
 
 pub const PUBLISH_EXAMPLES: &str = "\
@@ -43,12 +42,11 @@ pub struct TransitionArgs {
 
 impl TransitionArgs {
     pub fn run(self, verb: Verb, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let path = format!("/v1/rollouts/{}/{}", segment(&self.id), verb.as_str());
         let body = TransitionRequest {
             reason: self.reason.unwrap_or_default(),
         };
-        let answer = ctx.client.post_json(&path, &body, None)?.success()?;
-        ctx.out.answer(&answer, rollout_line)?;
+        let reply = ctx.call(ctx.api.transition(&self.id, verb, &body))?;
+        ctx.out.answer(&reply, rollout_line)?;
         Ok(ExitCode::SUCCESS)
     }
 }

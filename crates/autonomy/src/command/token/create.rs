@@ -38,8 +38,8 @@ impl CreateArgs {
             operator: self.operator,
             role: self.role,
         };
-        let answer = ctx.client.post_json("/v1/tokens", &body, None)?.success()?;
-        ctx.out.answer(&answer, |t: &TokenCreated| {
+        let reply = ctx.call(ctx.api.create_token(&body))?;
+        ctx.out.answer(&reply, |t: &TokenCreated| {
             logfmt(&[
                 ("id", t.id.as_str()),
                 ("operator", &t.operator),

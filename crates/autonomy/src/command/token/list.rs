@@ -21,8 +21,8 @@ pub struct ListArgs {}
 
 impl ListArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let answer = ctx.client.get("/v1/tokens", &[])?.success()?;
-        ctx.out.answer(&answer, |list: &TokenList| {
+        let reply = ctx.call(ctx.api.list_tokens())?;
+        ctx.out.answer(&reply, |list: &TokenList| {
             let mut table = Table::new(&["ID", "OPERATOR", "ROLE", "CREATED", "REVOKED"]);
             for t in &list.items {
                 table.row(vec![

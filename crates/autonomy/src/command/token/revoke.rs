@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::token_line;
-use crate::client::segment;
 use crate::command::Ctx;
 
 /// Revoke an API token (admin only): POST /v1/tokens/{id}/revoke
@@ -24,9 +23,8 @@ pub struct RevokeArgs {
 
 impl RevokeArgs {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-        let path = format!("/v1/tokens/{}/revoke", segment(&self.id));
-        let answer = ctx.client.post(&path, None, None)?.success()?;
-        ctx.out.answer(&answer, token_line)?;
+        ctx.out
+            .answer(&ctx.call(ctx.api.revoke_token(&self.id))?, token_line)?;
         Ok(ExitCode::SUCCESS)
     }
 }
