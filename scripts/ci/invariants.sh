@@ -74,6 +74,13 @@ n=$(grep -c 'set_len(' crates/autonomy-audit/src/lib.rs || true)
 mapfile -t hits < <(rs_grep 'autonomy_store_sqlite|rusqlite' crates/autonomy-server/src)
 [ "${#hits[@]}" -eq 0 ] || fail "autonomy-server depends on the Store trait, not a backend" "${hits[@]}"
 
+# 8. The client maps HTTP statuses to exit codes in one place (autonomy_client::exit_for_status);
+#    the binary compares no status numbers.
+n=$(grep -rn --include='*.rs' 'fn exit_for_status' crates | wc -l)
+[ "$n" -eq 1 ] || fail "exit_for_status is defined once, in autonomy-client" "found $n"
+mapfile -t hits < <(rs_grep '(status|code)\(?\)?\s*(==|!=|>=|<=|<|>)\s*[1-5][0-9][0-9]\b|=>\s*[1-5][0-9][0-9]\b|\b[1-5][0-9][0-9]\s*=>' crates/autonomy/src)
+[ "${#hits[@]}" -eq 0 ] || fail "the binary maps no HTTP status by hand" "${hits[@]}"
+
 if [ "$failed" -ne 0 ]; then
   exit 1
 fi
