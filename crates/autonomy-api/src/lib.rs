@@ -156,6 +156,9 @@ string_enum! {
         TokenCreated = "token.created",
         TokenListed = "token.listed",
         TokenRevoked = "token.revoked",
+        /// Requests refused for want of a valid token, aggregated per source address and
+        /// window (never one event per request: an attacker must not write at will).
+        AuthDenied = "auth.denied",
     }
 }
 
@@ -165,6 +168,8 @@ string_enum! {
         RolloutPlan = "rollout_plan",
         Token = "token",
         Audit = "audit",
+        /// The API's authentication (`auth.denied`: `resource` is the source address).
+        Auth = "auth",
     }
 }
 
@@ -392,8 +397,38 @@ pub struct AuditEvent {
     pub hash: String,
 }
 
+/// The most bytes of `resource` an audit event keeps (SPEC §4).
+pub const AUDIT_MAX_RESOURCE_BYTES: usize = 128;
+/// The most characters of `reason` an audit event keeps.
+pub const AUDIT_MAX_REASON_CHARS: usize = 1024;
+/// What marks a field that was cut to its bound.
+pub const CUT_MARKER: &str = "…[cut]";
+
+/// `s` cut to at most `max_bytes` bytes (on a character boundary) with [`CUT_MARKER`] when cut.
+pub fn cut_bytes(s: &str, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s.to_string();
+    }
+    let mut end = max_bytes.saturating_sub(CUT_MARKER.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT_MARKER}", &s[..end])
+}
+
+/// `s` cut to at most `max_chars` characters with [`CUT_MARKER`] when cut.
+pub fn cut_chars(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
+        return s.to_string();
+    }
+    let keep = max_chars.saturating_sub(CUT_MARKER.chars().count());
+    format!("{}{CUT_MARKER}", s.chars().take(keep).collect::<String>())
+}
+
 impl AuditEvent {
     /// What happened, before it is stamped (`id`, `time`, `actor`, `request_id`) and sealed.
+    /// `resource` and `reason` are bounded here ([`AUDIT_MAX_RESOURCE_BYTES`],
+    /// [`AUDIT_MAX_REASON_CHARS`]), so no caller can make an event of unbounded size.
     pub fn draft(
         event_type: EventType,
         target: Target,
@@ -409,9 +444,9 @@ impl AuditEvent {
             event_type: event_type.as_str().to_string(),
             actor: String::new(),
             target: target.as_str().to_string(),
-            resource: resource.into(),
+            resource: cut_bytes(&resource.into(), AUDIT_MAX_RESOURCE_BYTES),
             outcome,
-            reason: reason.into(),
+            reason: cut_chars(&reason.into(), AUDIT_MAX_REASON_CHARS),
             request_id: String::new(),
             details,
             prev_hash: String::new(),
@@ -646,3 +681,39 @@ impl std::error::Error for FieldError {}
 pub const OPERATOR_HEADER: &str = "x-autonomy-operator";
 /// The header that makes a retried POST return its first answer.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_drafts_are_bounded() {
+        let e = AuditEvent::draft(
+            EventType::PlanRead,
+            Target::RolloutPlan,
+            "a".repeat(60_000),
+            Outcome::Denied,
+            "é".repeat(5000),
+            serde_json::json!({}),
+        );
+        assert!(e.resource.len() <= AUDIT_MAX_RESOURCE_BYTES && e.resource.ends_with(CUT_MARKER));
+        assert_eq!(e.reason.chars().count(), AUDIT_MAX_REASON_CHARS);
+        assert!(e.reason.ends_with(CUT_MARKER));
+        assert_eq!(cut_bytes("short", 128), "short");
+        assert!(cut_bytes(&"é".repeat(100), 128).len() <= 128);
+    }
+
+    #[test]
+    fn string_enums_round_trip_and_list_names_on_error() {
+        for &p in Phase::ALL {
+            assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        let err = "nope".parse::<Role>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown role 'nope' (expected viewer, operator or admin)"
+        );
+        assert!(serde_json::from_str::<Strategy>("\"x\"").is_err());
+    }
+}

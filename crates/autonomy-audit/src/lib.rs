@@ -690,6 +690,32 @@ impl AuditLog {
         sync_dir(&self.dir)
     }
 
+    /// Checks that the ground is still under the log: the current segment's path still names
+    /// the file this log appends to (not deleted, not replaced). An append to a deleted file
+    /// would "succeed" into nothing, so the writer asks before every batch (SPEC §5.7).
+    pub fn check_ground(&self) -> Result<(), AuditError> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.seg_file.metadata().map_err(io_err(&self.seg_path))?;
+        match fs::metadata(&self.seg_path) {
+            Ok(named) if named.dev() == open.dev() && named.ino() == open.ino() => Ok(()),
+            Ok(_) => Err(AuditError::Io {
+                path: self.seg_path.clone(),
+                source: io::Error::other(
+                    "the audit segment was replaced by another file while the control plane ran",
+                ),
+            }),
+            Err(e) => Err(AuditError::Io {
+                path: self.seg_path.clone(),
+                source: io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the audit segment is gone (deleted while the control plane ran?): {e}"
+                    ),
+                ),
+            }),
+        }
+    }
+
     /// Truncates each `(segment, length)` of `plan` and fsyncs it and the dir.
     fn roll_back(&mut self, plan: &[(u64, u64)]) -> Result<(), AuditError> {
         for &(number, len) in plan {

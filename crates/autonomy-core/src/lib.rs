@@ -86,8 +86,40 @@ pub fn is_progress(phase: Phase) -> bool {
 /// Phases the stuck scan looks at.
 pub const STUCK_PHASES: [Phase; 2] = [Phase::Published, Phase::Active];
 
-/// Plan ids: lowercase `[a-z0-9][a-z0-9._-]{0,62}`.
+/// Ids that are route words (`GET /v1/rollouts/stuck` is the scan): creating them is refused.
+pub const RESERVED_IDS: [&str; 1] = ["stuck"];
+
+/// A character that must never be accepted in an id, label, reference or fingerprint because a
+/// terminal or a browser would not show it as it is: C0/C1 controls, bidirectional overrides
+/// and isolates, and zero-width characters (a displayed digest could be spoofed with them).
+pub fn is_hidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{061C}'
+                | '\u{00AD}'
+                | '\u{FEFF}'
+        )
+}
+
+/// The first hidden character of `s` (see [`is_hidden_char`]), described for an error message.
+pub fn hidden_char(s: &str) -> Option<String> {
+    s.chars()
+        .find(|&c| is_hidden_char(c))
+        .map(|c| format!("U+{:04X}", c as u32))
+}
+
+/// Plan ids: lowercase `[a-z0-9][a-z0-9._-]{0,62}`, not a route word ([`RESERVED_IDS`]).
 pub fn validate_id(id: &str) -> Result<(), String> {
+    if RESERVED_IDS.contains(&id) {
+        return Err(format!(
+            "'{id}' is reserved (it is a route word: GET /v1/rollouts/{id}); choose another id"
+        ));
+    }
     let mut chars = id.chars();
     let ok_first = chars
         .next()
@@ -123,10 +155,11 @@ pub fn validate_labels<'a>(
                 "label keys are 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-'",
             ));
         }
-        if v.len() > 253 || v.chars().any(char::is_control) {
+        if v.len() > 253 || v.chars().any(is_hidden_char) {
             return Err(FieldError::new(
                 format!("metadata.labels.{k}"),
-                "label values are at most 253 characters, without control characters",
+                "label values are at most 253 characters, without control, bidi-override or \
+                 zero-width characters",
             ));
         }
     }
@@ -142,17 +175,22 @@ pub fn validate_spec(spec: &autonomy_api::PlanSpec) -> Result<(), FieldError> {
             "is required and must not be empty",
         ));
     }
-    if r.len() > 2048 || r.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if r.len() > 2048 || r.chars().any(|c| is_hidden_char(c) || c.is_whitespace()) {
         return Err(FieldError::new(
             "spec.artifact_ref",
-            "must be at most 2048 characters without whitespace or control characters",
+            "must be at most 2048 characters without whitespace, control, bidi-override or \
+             zero-width characters",
         ));
     }
     if let Some(f) = &spec.target_lock_fingerprint {
-        if f.is_empty() || f.len() > 256 || f.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if f.is_empty()
+            || f.len() > 256
+            || f.chars().any(|c| is_hidden_char(c) || c.is_whitespace())
+        {
             return Err(FieldError::new(
                 "spec.target_lock_fingerprint",
-                "must be 1 to 256 characters without whitespace or control characters",
+                "must be 1 to 256 characters without whitespace, control, bidi-override or \
+                 zero-width characters",
             ));
         }
     }
@@ -285,10 +323,60 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// The most characters a `reason` may have (it goes to the audit store).
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// Checks a free-text reason: at most [`MAX_REASON_CHARS`] characters (not bytes).
+pub fn validate_reason(reason: &str, required: bool) -> Result<(), FieldError> {
+    if required && reason.trim().is_empty() {
+        return Err(FieldError::new(
+            "reason",
+            format!("say why, in 1 to {MAX_REASON_CHARS} characters (it goes to the audit store)"),
+        ));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(FieldError::new(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use Phase::*;
+
+    #[test]
+    fn hidden_characters_and_reserved_ids_are_refused() {
+        assert!(validate_id("stuck").unwrap_err().contains("reserved"));
+        assert!(validate_id("stuck-1").is_ok());
+        for bad in [
+            "a\u{200B}b",
+            "a\u{202E}b",
+            "a\u{1b}[2J",
+            "\u{FEFF}x",
+            "a\u{2066}b",
+        ] {
+            assert!(hidden_char(bad).is_some(), "{bad:?}");
+            let spec = autonomy_api::PlanSpec {
+                artifact_ref: format!("oci://r/{bad}"),
+                target_lock_fingerprint: None,
+                targets: Default::default(),
+                stages: vec![],
+            };
+            assert!(validate_spec(&spec).is_err(), "{bad:?}");
+            let labels = std::collections::BTreeMap::from([("k".to_string(), bad.to_string())]);
+            assert!(validate_labels(labels.iter()).is_err(), "{bad:?}");
+        }
+        assert_eq!(hidden_char("plain é ü"), None);
+        // Reasons are counted in characters: 1024 two-byte characters pass.
+        assert!(validate_reason(&"é".repeat(1024), true).is_ok());
+        assert!(validate_reason(&"é".repeat(1025), true).is_err());
+        assert!(validate_reason(" ", true).is_err());
+        assert!(validate_reason("", false).is_ok());
+    }
 
     /// Every (phase, strategy) pair, written out, so a change to the table is a visible diff.
     #[test]

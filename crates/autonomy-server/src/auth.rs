@@ -1,13 +1,16 @@
 //! Who is asking (RBAC, SPEC §4), as an extractor: a handler that takes [`Caller<P>`] runs
 //! only for a caller allowed to do `P`, and gets the [`Ctx`] its writes are made under. With
 //! RBAC on, the actor is the token's operator whatever the headers say; denials are audited
-//! with `outcome=denied` and the event type of the action that was attempted.
+//! with `outcome=denied` and the event type of the action that was attempted — one by one for
+//! a known operator without the role, in aggregate (`denials.rs`) for requests without a valid
+//! token. A path id is validated before anything is recorded.
 
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 
 use autonomy_api::{AuditEvent, EventType, Outcome, Role, Target, OPERATOR_HEADER};
 use autonomy_store::{Ctx, Store};
-use axum::extract::{FromRequestParts, RawPathParams};
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
@@ -18,6 +21,26 @@ pub trait Permission: Send + Sync + 'static {
     const ROLE: Role;
     const EVENT: EventType;
     const TARGET: Target;
+
+    /// Checks the `{id}` of the route before anything is recorded about the request.
+    fn check_id(id: &str) -> Result<(), String> {
+        match Self::TARGET {
+            Target::Token => token_id(id),
+            _ => autonomy_core::validate_id(id),
+        }
+    }
+}
+
+/// Token ids: `tok_` and hex, in general 1 to 64 characters of `[A-Za-z0-9_]`.
+fn token_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "'{}' is not a token id (1 to 64 characters of A-Z, a-z, 0-9, '_')",
+            autonomy_api::cut_bytes(&id.escape_debug().to_string(), 80)
+        ));
+    }
+    Ok(())
 }
 
 macro_rules! permissions {
@@ -65,17 +88,32 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        // The resource a denial is recorded against: the path's id, when the route has one.
-        let resource = RawPathParams::from_request_parts(parts, state)
-            .await
-            .ok()
-            .and_then(|p| {
-                p.iter()
-                    .find(|(k, _)| *k == "id")
-                    .map(|(_, v)| v.to_string())
-            })
-            .unwrap_or_default();
-        let ctx = authorize::<S, P>(state, &parts.headers, request_id, resource).await?;
+        // The resource a denial is recorded against: the path's id, when the route has one,
+        // validated first — a bad id is a 400 and nothing about the request is recorded.
+        let resource = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => match params.iter().find(|(k, _)| *k == "id") {
+                Some((_, id)) => {
+                    P::check_id(id).map_err(|m| ApiError::invalid(format!("invalid id: {m}")))?;
+                    id.to_string()
+                }
+                None => String::new(),
+            },
+            Err(e) => return Err(ApiError::invalid(format!("invalid path: {e}"))),
+        };
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_string());
+        let what = format!("{} {} {}", parts.method, parts.uri.path(), P::EVENT);
+        let asking = Asking {
+            headers: &parts.headers,
+            request_id,
+            resource,
+            source,
+            what,
+        };
+        let ctx = authorize::<S, P>(state, asking).await?;
         Ok(Caller {
             ctx,
             _permission: PhantomData,
@@ -83,15 +121,25 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
     }
 }
 
-async fn authorize<S: Store, P: Permission>(
-    state: &AppState<S>,
-    headers: &HeaderMap,
+/// What is known of a request before it is authorised.
+struct Asking<'a> {
+    headers: &'a HeaderMap,
     request_id: String,
     resource: String,
+    /// The peer's address (`unknown` in-process).
+    source: String,
+    /// Method, path and attempted action, for the aggregated denial's samples.
+    what: String,
+}
+
+async fn authorize<S: Store, P: Permission>(
+    state: &AppState<S>,
+    asking: Asking<'_>,
 ) -> Result<Ctx, ApiError> {
+    let headers = asking.headers;
     let mut ctx = Ctx {
         actor: String::new(),
-        request_id,
+        request_id: asking.request_id,
         idempotency: None,
     };
     if !state.config.rbac {
@@ -103,52 +151,67 @@ async fn authorize<S: Store, P: Permission>(
         };
         return Ok(ctx);
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 256);
-    let identity = match bearer {
-        Some(secret) => state.store.identify(secret.to_string()).await?,
-        None => None,
-    };
     let need = P::ROLE;
-    let (denial, actor) = match &identity {
-        None => (
-            ApiError::unauthorized(if bearer.is_some() {
-                "the bearer token is unknown or revoked"
-            } else {
-                "authentication required: send Authorization: Bearer <token> (autonomy --token / AUTONOMY_TOKEN)"
-            }),
-            "unauthenticated".to_string(),
-        ),
-        Some(who) if who.role < need => (
-            ApiError::forbidden(format!(
-                "operator '{}' has role {}; this needs role {need}",
-                who.operator, who.role
-            )),
-            who.operator.clone(),
-        ),
-        Some(who) => {
-            ctx.actor = who.operator.clone();
-            return Ok(ctx);
+    let identity = match bearer(headers) {
+        Bearer::Missing => Err("authentication required: send Authorization: Bearer <token> (autonomy --token / AUTONOMY_TOKEN)"),
+        Bearer::Malformed => Err("the Authorization header is not of the form 'Bearer <token>'"),
+        Bearer::TooLong => Err("the bearer token is longer than any token this control plane issues (256 characters)"),
+        Bearer::Token(secret) => match state.store.identify(secret).await? {
+            Some(who) => Ok(who),
+            None => Err("the bearer token is unknown or revoked"),
+        },
+    };
+    let who = match identity {
+        Ok(who) => who,
+        Err(why) => {
+            // Counted and audited in aggregate (denials.rs), never one write per request.
+            state.denials.record(&asking.source, &asking.what);
+            return Err(ApiError::unauthorized(why));
         }
     };
-    ctx.actor = actor;
+    if who.role >= need {
+        ctx.actor = who.operator;
+        return Ok(ctx);
+    }
+    // A known operator without the role: audited individually (the actor is known).
+    let denial = ApiError::forbidden(format!(
+        "operator '{}' has role {}; this needs role {need}",
+        who.operator, who.role
+    ));
+    ctx.actor = who.operator;
     let event = AuditEvent::draft(
         P::EVENT,
         P::TARGET,
-        resource,
+        asking.resource,
         Outcome::Denied,
         denial.message.clone(),
         serde_json::json!({"status": denial.status().as_u16(), "needed_role": need}),
     );
     state.store.audit_only(&ctx, event).await?;
     Err(denial)
+}
+
+enum Bearer {
+    Missing,
+    Malformed,
+    TooLong,
+    Token(String),
+}
+
+fn bearer(headers: &HeaderMap) -> Bearer {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Bearer::Missing;
+    };
+    let token = v.to_str().ok().and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(str::trim)
+    });
+    match token {
+        None | Some("") => Bearer::Malformed,
+        Some(t) if t.len() > 256 => Bearer::TooLong,
+        Some(t) => Bearer::Token(t.to_string()),
+    }
 }
 
 /// An operator name: 1 to 128 printable characters.

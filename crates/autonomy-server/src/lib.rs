@@ -12,6 +12,7 @@
 //! `respond` (replies and idempotency), `routes::*` (one module per resource).
 
 mod auth;
+mod denials;
 mod error;
 mod input;
 mod respond;
@@ -48,6 +49,19 @@ pub struct ServerConfig {
     /// `AUTONOMY_RBAC_ENFORCEMENT`: bearer tokens required when true.
     pub rbac: bool,
     pub artifact_policy: ArtifactPolicy,
+    /// How often refusals for want of a token are written, as one `auth.denied` event per
+    /// source address (SPEC §4: a minute).
+    pub denied_window: std::time::Duration,
+}
+
+impl ServerConfig {
+    pub fn new(rbac: bool, artifact_policy: ArtifactPolicy) -> Self {
+        ServerConfig {
+            rbac,
+            artifact_policy,
+            denied_window: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,6 +74,7 @@ pub struct AppState<S> {
     store: Arc<S>,
     config: Arc<ServerConfig>,
     http: Arc<HttpMetrics>,
+    denials: Arc<denials::Denials>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -68,17 +83,26 @@ impl<S> Clone for AppState<S> {
             store: self.store.clone(),
             config: self.config.clone(),
             http: self.http.clone(),
+            denials: self.denials.clone(),
         }
     }
 }
 
 impl<S: Store> AppState<S> {
     pub fn new(store: Arc<S>, config: ServerConfig) -> Self {
+        let denials = Arc::new(denials::Denials::new(config.denied_window));
         AppState {
             store,
             config: Arc::new(config),
             http: Arc::default(),
+            denials,
         }
+    }
+
+    /// Writes the refusals counted so far (one `auth.denied` event per source address). [`run`]
+    /// calls it every window and once more when it stops; call it after serving by other means.
+    pub async fn flush_denied(&self) {
+        self.denials.flush(self.store.as_ref()).await;
     }
 }
 
@@ -128,9 +152,24 @@ pub async fn run<S: Store>(
     state: AppState<S>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(state.denials.every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.flush_denied().await;
+            }
+        })
+    };
+    let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    flusher.abort();
+    state.flush_denied().await;
+    served
 }
 
 async fn observe<S: Store>(

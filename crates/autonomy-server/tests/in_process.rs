@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 struct App {
     router: Router,
+    state: AppState<SqliteStore>,
     store: Arc<SqliteStore>,
     dir: PathBuf,
     admin: String,
@@ -54,12 +55,10 @@ async fn app(rbac: bool, policy: ArtifactPolicy) -> App {
         .unwrap()
         .trim()
         .to_string();
-    let config = ServerConfig {
-        rbac,
-        artifact_policy: policy,
-    };
+    let state = AppState::new(store.clone(), ServerConfig::new(rbac, policy));
     App {
-        router: router(AppState::new(store.clone(), config)),
+        router: router(state.clone()),
+        state,
         store,
         dir,
         admin,
@@ -232,7 +231,7 @@ async fn strict_policy_is_422_and_bad_bodies_are_4xx() {
 }
 
 #[tokio::test]
-async fn rbac_denials_are_401_403_and_audited_against_the_path_id() {
+async fn rbac_denials_are_401_403_and_audited_individually_or_in_aggregate() {
     let app = app(true, ArtifactPolicy::Warn).await;
     let (s, v) = app.call("GET", "/v1/rollouts/p9", None, None).await;
     assert_eq!(
@@ -265,13 +264,28 @@ async fn rbac_denials_are_401_403_and_audited_against_the_path_id() {
             )
         })
         .collect();
+    assert_eq!(seen, vec![("rollout.phase_changed", "vera", "p9")]);
+    // The unauthenticated read is counted, then written as one aggregated event.
+    app.state.flush_denied().await;
+    let agg = app.events("event_type=auth.denied").await;
+    assert_eq!(agg.len(), 1);
+    assert_eq!(agg[0]["details"]["count"], 1);
     assert_eq!(
-        seen,
-        vec![
-            ("plan.read", "unauthenticated", "p9"),
-            ("rollout.phase_changed", "vera", "p9"),
-        ]
+        agg[0]["resource"], "unknown",
+        "in-process there is no peer address"
     );
+    // A bad path id is refused before anything is recorded.
+    let (s, _) = app
+        .call(
+            "GET",
+            &format!("/v1/rollouts/{}", "x".repeat(5000)),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    app.state.flush_denied().await;
+    assert_eq!(app.events("event_type=auth.denied").await.len(), 1);
 }
 
 #[tokio::test]

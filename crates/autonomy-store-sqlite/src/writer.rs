@@ -252,8 +252,20 @@ pub(crate) fn spawn(
             |r| r.get(0),
         )
         .map_err(|e| StartupError(format!("cannot read audit chain head: {e}")))?;
+    let db_path = conn
+        .path()
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| StartupError("the database has no file path".into()))?;
+    let db_id = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&db_path)
+            .map_err(|e| StartupError(format!("cannot stat {}: {e}", db_path.display())))?;
+        (m.dev(), m.ino())
+    };
     let mut writer = Writer {
         conn,
+        db_path,
+        db_id,
         audit,
         chain: Chain { seq, hash },
         pending: Vec::new(),
@@ -283,6 +295,9 @@ struct Chain {
 
 struct Writer {
     conn: Connection,
+    /// The database file and its (device, inode) at open, for [`Writer::check_ground`].
+    db_path: std::path::PathBuf,
+    db_id: (u64, u64),
     audit: AuditLog,
     chain: Chain,
     /// Sealed lines of this batch (and of earlier batches whose export failed).
@@ -361,7 +376,43 @@ impl Writer {
         }
     }
 
+    /// Refuses to write when the ground moved: the database file deleted or replaced (with the
+    /// data dir, say), or the audit segment gone. SQLite and the audit log would otherwise
+    /// keep writing into files that no longer exist and acknowledge it (SPEC §5.7).
+    fn check_ground(&self) -> std::result::Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.db_path) {
+            Ok(m) if (m.dev(), m.ino()) == self.db_id => {}
+            Ok(_) => {
+                return Err(format!(
+                    "the database {} was replaced by another file while the control plane ran; \
+                     no write is accepted — stop the control plane and restore the data dir",
+                    self.db_path.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the database {} is gone ({e}): the data dir was deleted or moved while the \
+                     control plane ran; no write is accepted — stop the control plane and \
+                     restore the data dir",
+                    self.db_path.display()
+                ))
+            }
+        }
+        self.audit.check_ground().map_err(|e| {
+            format!("the audit store cannot be written, so no change is accepted: {e}")
+        })
+    }
+
     fn run_batch(&mut self, batch: Vec<Job>) {
+        if let Err(why) = self.check_ground() {
+            self.metrics.storage_fault.store(true, Ordering::SeqCst);
+            tracing::error!(error = %why, jobs = batch.len(), "storage fault; nothing changed");
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));
+            }
+            return;
+        }
         // Committed events that could not reach the retained store block new changes until
         // they do: the retained store never falls more than one batch behind.
         if let Err(e) = self.export() {

@@ -120,9 +120,7 @@ async fn transition<S: Store>(
     let id = plan_id(id)?;
     let body = input::body_bytes(body)?;
     let req: TransitionRequest = input::json(&headers, &body, true)?.unwrap_or_default();
-    if req.reason.len() > 1024 {
-        return Err(ApiError::invalid("invalid reason: at most 1024 characters"));
-    }
+    autonomy_core::validate_reason(&req.reason, false).map_err(ApiError::field)?;
     let path = format!("/v1/rollouts/{id}/{}", verb.as_str());
     idempotency(&mut ctx, &headers, "POST", &path, &body)?;
     Ok(reply(

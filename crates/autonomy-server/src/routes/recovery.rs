@@ -27,11 +27,7 @@ pub async fn execute<S: Store>(
     }
     autonomy_core::validate_id(&req.resource)
         .map_err(|m| ApiError::invalid(format!("invalid resource: {m}")))?;
-    if req.reason.trim().is_empty() || req.reason.len() > 1024 {
-        return Err(ApiError::invalid(
-            "invalid reason: say why, in 1 to 1024 characters (it goes to the audit store)",
-        ));
-    }
+    autonomy_core::validate_reason(&req.reason, true).map_err(ApiError::field)?;
     idempotency(&mut ctx, &headers, "POST", "/v1/rollback/execute", &body)?;
     Ok(reply(state.store.execute(&ctx, req).await?))
 }

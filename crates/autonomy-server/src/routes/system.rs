@@ -83,6 +83,11 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
     }
     let _ = writeln!(
         out,
+        "# HELP autonomy_auth_denied_total Requests refused for want of a valid bearer token.\n# TYPE autonomy_auth_denied_total counter\nautonomy_auth_denied_total {}",
+        state.denials.total()
+    );
+    let _ = writeln!(
+        out,
         "# HELP autonomy_plans Plans by phase.\n# TYPE autonomy_plans gauge"
     );
     for (phase, n) in state.store.phase_counts().await? {

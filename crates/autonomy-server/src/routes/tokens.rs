@@ -42,10 +42,7 @@ pub async fn revoke<S: Store>(
     Caller { ctx, .. }: Caller<RevokeToken>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // The Caller extractor has validated the id.
     let Path(id) = id.map_err(|e| ApiError::invalid(format!("invalid id in path: {e}")))?;
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(ApiError::invalid(format!("invalid token id '{id}'")));
-    }
     Ok(reply(state.store.revoke_token(&ctx, &id).await?))
 }

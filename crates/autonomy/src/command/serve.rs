@@ -143,13 +143,13 @@ impl ServeArgs {
 
         let state = AppState::new(
             store.clone(),
-            ServerConfig {
-                rbac: self.rbac_enforcement,
-                artifact_policy: match self.artifact_policy {
+            ServerConfig::new(
+                self.rbac_enforcement,
+                match self.artifact_policy {
                     Policy::Warn => ArtifactPolicy::Warn,
                     Policy::Strict => ArtifactPolicy::Strict,
                 },
-            },
+            ),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -1,0 +1,141 @@
+//! Requests refused for want of a valid token are counted, not written one by one: an attacker
+//! without a token must not be able to write to the permanent audit store at will (SPEC §4).
+//! Each source address gets one `auth.denied` event per window (default a minute) carrying the
+//! count and a few samples; the count is also in `/metrics`, and the log says so at most once a
+//! second.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use autonomy_api::{timefmt, AuditEvent, EventType, Outcome, Target};
+use autonomy_store::{now_us, Ctx, Store};
+
+/// Sources tracked in one window at most; the rest are counted under `other`.
+const MAX_SOURCES: usize = 10_000;
+/// Samples kept per source and window.
+const MAX_SAMPLES: usize = 5;
+/// Bytes of one sample (method, path, event type) kept.
+const SAMPLE_BYTES: usize = 160;
+
+#[derive(Default)]
+struct Window {
+    count: u64,
+    first_us: i64,
+    last_us: i64,
+    samples: Vec<String>,
+}
+
+/// The refusals of the current window, by source address.
+pub struct Denials {
+    window: Mutex<HashMap<String, Window>>,
+    total: AtomicU64,
+    log: Mutex<(Instant, u64)>,
+    pub(crate) every: Duration,
+}
+
+impl Denials {
+    pub fn new(every: Duration) -> Self {
+        Denials {
+            window: Mutex::default(),
+            total: AtomicU64::new(0),
+            log: Mutex::new((Instant::now() - Duration::from_secs(2), 0)),
+            every,
+        }
+    }
+
+    /// Every unauthenticated refusal since start.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts one refusal from `source` (`what`: method, path and the attempted action).
+    pub fn record(&self, source: &str, what: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let now = now_us();
+        {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            let key = if w.len() >= MAX_SOURCES && !w.contains_key(source) {
+                "other"
+            } else {
+                source
+            };
+            let entry = w.entry(key.to_string()).or_default();
+            if entry.count == 0 {
+                entry.first_us = now;
+            }
+            entry.count += 1;
+            entry.last_us = now;
+            if entry.samples.len() < MAX_SAMPLES {
+                entry
+                    .samples
+                    .push(autonomy_api::cut_bytes(&escape(what), SAMPLE_BYTES));
+            }
+        }
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.1 += 1;
+        if log.0.elapsed() >= Duration::from_secs(1) {
+            tracing::warn!(
+                refused = log.1,
+                last_source = %source,
+                "refused requests without a valid bearer token (counted; audited as auth.denied once per source and window)"
+            );
+            *log = (Instant::now(), 0);
+        }
+    }
+
+    /// Writes one `auth.denied` event per source of the window that ends now. A failed write
+    /// puts the counts back for the next flush.
+    pub async fn flush<S: Store>(&self, store: &S) {
+        let taken: Vec<(String, Window)> = {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            w.drain().collect()
+        };
+        let ctx = Ctx {
+            actor: "unauthenticated".into(),
+            request_id: "auth-denied".into(),
+            idempotency: None,
+        };
+        for (source, win) in taken {
+            let event = AuditEvent::draft(
+                EventType::AuthDenied,
+                Target::Auth,
+                &source,
+                Outcome::Denied,
+                format!("{} requests without a valid bearer token", win.count),
+                serde_json::json!({
+                    "count": win.count,
+                    "source": source,
+                    "first_at": timefmt::format_us(win.first_us),
+                    "last_at": timefmt::format_us(win.last_us),
+                    "samples": win.samples,
+                }),
+            );
+            if let Err(e) = store.audit_only(&ctx, event).await {
+                tracing::warn!(error = %e, %source, "cannot audit refused requests yet; will retry");
+                let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = w.entry(source).or_default();
+                if entry.count == 0 {
+                    entry.first_us = win.first_us;
+                    entry.samples = win.samples;
+                }
+                entry.count += win.count;
+                entry.last_us = entry.last_us.max(win.last_us);
+            }
+        }
+    }
+}
+
+/// Control and other hidden characters shown as `\u{…}`, so a sample can be printed safely.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if autonomy_core::is_hidden_char(c) {
+                format!("\\u{{{:x}}}", c as u32).chars().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,207 @@
+//! Black-box tests of the probe's findings (issue 14) that live in the server and the store:
+//! a flood of unauthenticated requests cannot write the audit store at will, the ground
+//! vanishing under a running CP is a storage fault, and bad input the probe found is a 4xx.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+fn events(cp: &Cp, token: &str, query: &str) -> Vec<Value> {
+    let (s, body) = cp.get(
+        &format!("/v1/audit/events?{query}&limit=10000"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn unauthenticated_floods_are_counted_and_audited_in_aggregate() {
+    let mut cp = Cp::start(&[], &[("AUTONOMY_RBAC_ENFORCEMENT", "1")]);
+    let admin = cp.admin_token();
+    let before = dir_bytes(cp.data_dir());
+    let huge = "a".repeat(60_000);
+    for i in 0..100 {
+        // A huge path id is a 400 before anything is recorded; a valid one without a token is
+        // a 401 that is only counted.
+        let (s, _) = cp.post(&format!("/v1/rollouts/{huge}/start"), &[], "");
+        assert_eq!(s, 400);
+        let (s, _) = cp.post(
+            &format!("/v1/rollouts/plan-{i}/start"),
+            &[("Authorization", "Bearer aut_forged")],
+            "",
+        );
+        assert_eq!(s, 401);
+    }
+    let grown = dir_bytes(cp.data_dir()).saturating_sub(before);
+    assert!(
+        grown < 2 * 1024 * 1024,
+        "200 refused requests grew the data dir by {grown} bytes"
+    );
+    let (_, metrics) = cp.get("/metrics", &[]);
+    assert!(
+        metrics.contains("autonomy_auth_denied_total 100"),
+        "the refusals are counted:\n{metrics}"
+    );
+    assert!(
+        events(&cp, &admin, "outcome=denied").is_empty(),
+        "nothing is audited per request"
+    );
+    // A clean stop writes the window: one event for the source, with the count.
+    cp.restart();
+    let denied = events(&cp, &admin, "event_type=auth.denied");
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    assert_eq!(denied[0]["resource"], "127.0.0.1");
+    assert_eq!(denied[0]["details"]["count"], 100);
+    assert!(denied[0]["details"]["samples"].as_array().unwrap().len() <= 5);
+}
+
+#[test]
+fn an_operator_without_the_role_is_audited_one_by_one_with_a_bounded_resource() {
+    let cp = Cp::start(&[], &[("AUTONOMY_RBAC_ENFORCEMENT", "1")]);
+    let admin = cp.admin_token();
+    let out = cp.cli(&[
+        "--token",
+        &admin,
+        "token",
+        "create",
+        "--operator",
+        "vera",
+        "--role",
+        "viewer",
+        "-o",
+        "json",
+    ]);
+    out.assert_code(0);
+    let viewer = out.json()["token"].as_str().unwrap().to_string();
+    let auth = format!("Bearer {viewer}");
+    let id = "p".repeat(63);
+    let (s, _) = cp.post(
+        &format!("/v1/rollouts/{id}/start"),
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(s, 403);
+    let denied = events(&cp, &admin, "outcome=denied");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["actor"], "vera");
+    assert_eq!(denied[0]["resource"], id.as_str());
+}
+
+#[test]
+fn a_deleted_data_dir_is_a_storage_fault_not_a_silent_success() {
+    let mut cp = Cp::start(&[], &[]);
+    let create = |cp: &Cp, id: &str| {
+        cp.post(
+            "/v1/rollouts",
+            &[("Content-Type", "application/json")],
+            &format!(r#"{{"metadata":{{"id":"{id}"}},"spec":{{"artifact_ref":"oci://r/a"}}}}"#),
+        )
+    };
+    assert_eq!(create(&cp, "before").0, 201);
+    std::fs::remove_dir_all(cp.data_dir()).unwrap();
+    let (s, body) = create(&cp, "after");
+    assert_eq!(
+        s, 503,
+        "a write into a deleted data dir must not be acknowledged: {body}"
+    );
+    assert!(body.contains("deleted") || body.contains("gone"), "{body}");
+    let (s, _) = cp.get("/v1/ready", &[]);
+    assert_eq!(s, 503);
+    cp.sigkill();
+}
+
+#[test]
+fn a_deleted_audit_dir_is_a_storage_fault() {
+    let mut cp = Cp::start(&[], &[]);
+    let body = r#"{"spec":{"artifact_ref":"oci://r/a"}}"#;
+    let json = [("Content-Type", "application/json")];
+    assert_eq!(cp.post("/v1/rollouts", &json, body).0, 201);
+    std::fs::remove_dir_all(cp.audit_dir()).unwrap();
+    let (s, body) = cp.post("/v1/rollouts", &json, body);
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("audit"), "{body}");
+    assert_eq!(cp.get("/v1/ready", &[]).0, 503);
+    let (_, metrics) = cp.get("/metrics", &[]);
+    assert!(!metrics.is_empty());
+    cp.sigkill();
+}
+
+#[test]
+fn bad_input_the_probe_found_is_a_4xx_naming_the_field() {
+    let cp = Cp::start(&[], &[]);
+    let json = [("Content-Type", "application/json")];
+    let post = |body: &str| cp.post("/v1/rollouts", &json, body);
+    // A route word cannot be an id: `stuck` could be created but never read back.
+    let (s, body) = post(r#"{"metadata":{"id":"stuck"},"spec":{"artifact_ref":"oci://r/a"}}"#);
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("reserved"), "{body}");
+    // Duplicate keys at any depth, labels included.
+    let (s, body) = post(
+        r#"{"metadata":{"labels":{"site":"a","site":"b"}},"spec":{"artifact_ref":"oci://r/a"}}"#,
+    );
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        body.contains("duplicate field `site`") && body.contains("metadata.labels"),
+        "{body}"
+    );
+    let (s, body) = post(r#"{"spec":{"artifact_ref":"oci://r/a","targets":{"x":1,"x":2}}}"#);
+    assert_eq!(s, 400, "{body}");
+    // Zero-width and bidi characters in refs and labels.
+    for bad in ["\\u200b", "\\u202e", "\\ufeff"] {
+        let (s, body) = post(&format!(
+            r#"{{"spec":{{"artifact_ref":"oci://r/a@sha256:{bad}aa"}}}}"#
+        ));
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert!(body.contains("spec.artifact_ref"), "{body}");
+        let (s, _) = post(&format!(
+            r#"{{"metadata":{{"labels":{{"k":"v{bad}"}}}},"spec":{{"artifact_ref":"oci://r/a"}}}}"#
+        ));
+        assert_eq!(s, 400, "{bad}");
+    }
+    // Reasons are limited in characters, as the message says.
+    assert_eq!(
+        post(r#"{"metadata":{"id":"r1"},"spec":{"artifact_ref":"oci://r/a"}}"#).0,
+        201
+    );
+    let exec = |reason: &str| {
+        cp.post(
+            "/v1/rollback/execute",
+            &json,
+            &serde_json::json!({"target":"rollout_plan","resource":"r1","strategy":"abort","reason":reason,"dry_run":true})
+                .to_string(),
+        )
+    };
+    assert_eq!(exec(&"é".repeat(1024)).0, 200);
+    let (s, body) = exec(&"é".repeat(1025));
+    assert_eq!(s, 400);
+    assert!(body.contains("1024 characters"), "{body}");
+}
+
+#[test]
+fn a_long_bearer_token_is_named_as_such_not_as_missing() {
+    let cp = Cp::start(&[], &[("AUTONOMY_RBAC_ENFORCEMENT", "1")]);
+    let long = format!("Bearer {}", "x".repeat(300));
+    let (s, body) = cp.get("/v1/rollouts", &[("Authorization", &long)]);
+    assert_eq!(s, 401);
+    assert!(!body.contains("authentication required"), "{body}");
+    assert!(body.contains("longer"), "{body}");
+}
