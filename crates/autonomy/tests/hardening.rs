@@ -205,3 +205,79 @@ fn a_long_bearer_token_is_named_as_such_not_as_missing() {
     assert!(!body.contains("authentication required"), "{body}");
     assert!(body.contains("longer"), "{body}");
 }
+
+#[test]
+fn a_refused_start_leaves_no_file_behind() {
+    let root = TestDir::new("refused");
+    // A taken port: a fresh data dir is not even created, an existing empty one stays empty.
+    let (taken, url) = silent_listener();
+    let addr = url.trim_start_matches("http://").to_string();
+    let fresh = root.path().join("fresh");
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            fresh.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr_str().contains("cannot listen"),
+        "{}",
+        out.stderr_str()
+    );
+    assert!(
+        !fresh.exists(),
+        "the refused start created {}",
+        fresh.display()
+    );
+    let empty = root.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            empty.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_ne!(out.code(), 0);
+    let left: Vec<_> = std::fs::read_dir(&empty)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the refused start left {left:?}");
+    drop(taken);
+    // An audit dir held by another CP: no database is made on the way to the refusal.
+    let a = Cp::start(&[], &[]);
+    let audit = a.audit_dir();
+    let other = root.path().join("other");
+    let out = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--audit-dir",
+            audit.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_ne!(out.code(), 0, "{}", out.stderr_str());
+    assert!(out.stderr_str().contains("audit"), "{}", out.stderr_str());
+    assert!(
+        !other.exists(),
+        "the refused start left {}",
+        other.display()
+    );
+}

@@ -1,7 +1,7 @@
 //! `autonomy serve`: runs the control plane.
 //!
 //! Order of start-up: lock the data dir, bind the port, open the store (SQLite checks,
-//! migrations, audit replay), print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
+//! migrations, audit replay) — a refused start removes what it created — print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
 //! requests, stop the writer after its last commit, exit 0.
 
 use std::path::PathBuf;
@@ -105,15 +105,18 @@ impl ServeArgs {
         let mut config = StoreConfig::new(self.data_dir.clone(), audit_dir.clone());
         config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
 
-        // Lock the data dir, then take the port, then open the database: a refusal for
-        // either reason leaves a fresh data dir untouched (no database, no admin token).
+        // Lock the data dir, then take the port, then open the database. A refused start
+        // leaves no file behind (SPEC §5.10): the guard removes what this start created.
+        let mut guard = StartGuard::new(&self.data_dir, &audit_dir);
         let lock =
             SqliteStore::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        guard.locked = true;
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         let (store, report) =
             SqliteStore::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let store = Arc::new(store);
+        guard.disarm();
         tracing::info!(
             db = %report.db_path.display(),
             audit_dir = %audit_dir.display(),
@@ -188,6 +191,71 @@ impl ServeArgs {
         served.context("the server failed")?;
         tracing::info!("control plane stopped cleanly");
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Removes what a refused start created: the data dir and audit dir if they did not exist,
+/// else the entries of the data dir that are new — but only once this start holds the data
+/// dir's lock (before that, another CP may be creating them).
+struct StartGuard {
+    data_dir: PathBuf,
+    audit_dir: PathBuf,
+    data_existed: bool,
+    audit_existed: bool,
+    data_before: std::collections::HashSet<std::ffi::OsString>,
+    locked: bool,
+    armed: bool,
+}
+
+impl StartGuard {
+    fn new(data_dir: &std::path::Path, audit_dir: &std::path::Path) -> Self {
+        let entries = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .map(|it| it.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default()
+        };
+        StartGuard {
+            data_dir: data_dir.to_path_buf(),
+            audit_dir: audit_dir.to_path_buf(),
+            data_existed: data_dir.exists(),
+            audit_existed: audit_dir.exists(),
+            data_before: entries(data_dir),
+            locked: false,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if !self.audit_existed && self.locked {
+            let _ = std::fs::remove_dir_all(&self.audit_dir);
+        }
+        if !self.data_existed {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        } else if self.locked {
+            for e in std::fs::read_dir(&self.data_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !self.data_before.contains(&e.file_name()) {
+                    let p = e.path();
+                    let _ = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                }
+            }
+        }
     }
 }
 
