@@ -318,19 +318,25 @@ impl Load {
     }
 }
 
-/// splitmix64: a small seeded generator for the writers' choices.
-struct Rng(u64);
+/// splitmix64: a small seeded generator (the writers' choices, a lab's kill moments).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -343,7 +349,7 @@ fn epoch_now() -> f64 {
 
 fn writer(spec: &Writers, w: usize, deadline: Instant, shared: &Shared) {
     let name = format!("w{w:02}");
-    let mut rng = Rng(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
+    let mut rng = Rng::new(spec.seed.wrapping_mul(1000).wrapping_add(w as u64));
     let mut file = spec.ledger_dir.as_ref().and_then(|dir| {
         let path = dir.join(format!("ledger-{name}.txt"));
         match File::options().create(true).append(true).open(&path) {
@@ -381,7 +387,7 @@ fn writer(spec: &Writers, w: usize, deadline: Instant, shared: &Shared) {
     let (mut acked, mut n, mut fails) = (Vec::<String>::new(), 0u64, 0u32);
     while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
         let (kind, id, path, body) = if !acked.is_empty() && rng.unit() < spec.retry_share {
-            let id = acked[(rng.next() % acked.len() as u64) as usize].clone();
+            let id = acked[(rng.next_u64() % acked.len() as u64) as usize].clone();
             let body = serde_json::json!({"target": "rollout_plan", "resource": id,
                 "strategy": "retry", "reason": spec.retry_reason})
             .to_string();
@@ -880,9 +886,9 @@ mod tests {
     #[test]
     fn the_generator_is_seeded() {
         let (mut a, mut b, mut c) = (Rng(7), Rng(7), Rng(8));
-        let xs: Vec<u64> = (0..4).map(|_| a.next()).collect();
-        assert_eq!(xs, (0..4).map(|_| b.next()).collect::<Vec<_>>());
-        assert_ne!(xs, (0..4).map(|_| c.next()).collect::<Vec<_>>());
+        let xs: Vec<u64> = (0..4).map(|_| a.next_u64()).collect();
+        assert_eq!(xs, (0..4).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_ne!(xs, (0..4).map(|_| c.next_u64()).collect::<Vec<_>>());
         assert!((0..1000).all(|_| (0.0..1.0).contains(&a.unit())));
     }
 }
