@@ -169,8 +169,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn say(&self, msg: &str) {
-        let now = utc_now();
-        eprintln!("[lab {}] {}: {msg}", &now[11..19], self.name);
+        crate::report::say(self.name, msg);
     }
 
     /// The environment of every CLI run of the lab.
@@ -419,32 +418,24 @@ impl Lab {
         self.cli(out, err, args, CLI_TIMEOUT)
     }
 
-    /// Records a check and says PASS/FAIL.
-    pub fn check(
-        &mut self,
-        id: &str,
-        name: &str,
-        file: CheckFile,
-        evidence: &str,
-        kvs: Vec<(String, String)>,
-    ) -> bool {
-        let pass = match self.report.check(id, name, file, evidence, kvs) {
-            Ok(pass) => pass,
-            Err(e) => {
-                self.say(&format!("cannot write the check file of {id}: {e}"));
-                false
+    /// GETs `url` (into `out`) every 0.1 s, at most 100 times, until it answers 200; the last
+    /// code and the time it took.
+    pub fn poll_200(&mut self, url: &str, out: &Path) -> (String, u128) {
+        let t0 = Instant::now();
+        let mut code = "000".to_string();
+        for _ in 0..100 {
+            code = self.http("GET", url, out, None).code;
+            if code == "200" {
+                break;
             }
-        };
-        self.say(&format!(
-            "{} {id} {name}",
-            if pass { "PASS" } else { "FAIL" }
-        ));
-        pass
+            std::thread::sleep(CP_POLL);
+        }
+        (code, ms(t0.elapsed()))
     }
 
     /// A check that could not run (a failure, with why).
     pub fn not_run(&mut self, id: &str, name: &str, why: &str) {
-        self.check(
+        self.report.check(
             id,
             name,
             CheckFile::None,
@@ -469,7 +460,7 @@ impl Lab {
         let status = a.at("/status");
         let pass = started && a.code == "200" && status == "ok";
         let (ready, err) = (self.ready_ms.clone(), self.start_error.clone());
-        self.check(
+        self.report.check(
             id,
             name,
             CheckFile::None,

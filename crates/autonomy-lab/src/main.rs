@@ -105,7 +105,10 @@ fn main() -> anyhow::Result<ExitCode> {
                 data_dir,
                 audit_dir,
                 operator: "val12-chaos-op".into(),
-                report: report::Report::default(),
+                report: report::Report {
+                    lab: "val12",
+                    ..report::Report::default()
+                },
                 cp: None,
                 start_error: String::new(),
                 ready_ms: String::new(),

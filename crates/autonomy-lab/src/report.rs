@@ -15,6 +15,12 @@ pub enum CheckFile {
     Append(PathBuf),
 }
 
+/// A progress line on stderr: `[lab HH:MM:SS] LAB: MSG`.
+pub fn say(lab: &str, msg: &str) {
+    let now = crate::lab::utc_now();
+    eprintln!("[lab {}] {lab}: {msg}", &now[11..19]);
+}
+
 /// One recorded check.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -29,12 +35,15 @@ pub struct Check {
 /// The checks and notes of one lab run.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// The lab's name, for the progress lines.
+    pub lab: &'static str,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    /// Records a check. `kvs` must hold `pass=true|false` (anything else is a failure).
+    /// Records a check and says PASS/FAIL. `kvs` must hold `pass=true|false` (anything else,
+    /// or a check file that cannot be written, is a failure).
     pub fn check(
         &mut self,
         id: &str,
@@ -42,7 +51,7 @@ impl Report {
         file: CheckFile,
         evidence: &str,
         kvs: Vec<(String, String)>,
-    ) -> std::io::Result<bool> {
+    ) -> bool {
         let mut pass = false;
         let mut lines = String::new();
         let mut measured = Vec::new();
@@ -55,17 +64,24 @@ impl Report {
             }
             let _ = writeln!(lines, "{k}={v}");
         }
-        match file {
-            CheckFile::None => {}
-            CheckFile::Write(p) => std::fs::write(p, &lines)?,
+        let written = match file {
+            CheckFile::None => Ok(()),
+            CheckFile::Write(p) => std::fs::write(p, &lines),
             CheckFile::Append(p) => {
                 use std::io::Write;
                 std::fs::File::options()
                     .create(true)
                     .append(true)
-                    .open(p)?
-                    .write_all(lines.as_bytes())?
+                    .open(p)
+                    .and_then(|mut f| f.write_all(lines.as_bytes()))
             }
+        };
+        if let Err(e) = written {
+            say(
+                self.lab,
+                &format!("cannot write the check file of {id}: {e}"),
+            );
+            pass = false;
         }
         self.checks.push(Check {
             id: id.into(),
@@ -78,7 +94,11 @@ impl Report {
                 .collect(),
             measured,
         });
-        Ok(pass)
+        say(
+            self.lab,
+            &format!("{} {id} {name}", if pass { "PASS" } else { "FAIL" }),
+        );
+        pass
     }
 
     /// Writes the report files; returns (pass_count, total, PASS|FAIL).
@@ -376,23 +396,21 @@ mod tests {
         let dir = autonomy_testkit::TestDir::create("report").unwrap();
         let mut r = Report::default();
         let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
-        r.check(
+        assert!(r.check(
             "X-10",
             "ten",
             CheckFile::None,
             "a b",
             vec![kv("n", "3"), kv("pass", "true")],
-        )
-        .unwrap();
+        ));
         let f = dir.path().join("x.txt");
-        r.check(
+        assert!(!r.check(
             "X-2",
             "two",
             CheckFile::Write(f.clone()),
             "",
             vec![kv("ok", "false"), kv("pass", "no")],
-        )
-        .unwrap();
+        ));
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "ok=false\npass=no\n");
         let (p, t, res) = r
             .write("x", "T", dir.path(), "s", "f", &[kv("port", "1")])

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use autonomy_testkit::ledger::{self, Event, Ledger, Listing, Load, PlanState, Rng, Writers};
 use autonomy_testkit::process::{self, Signal};
 use serde_json::{json, Value};
 
 use crate::kvs;
-use crate::lab::{csv, epoch_now, ms, one_line, CliRun, Lab, Started, StopInfo};
+use crate::lab::{csv, epoch_now, one_line, CliRun, Lab, Started, StopInfo};
 use crate::report::CheckFile;
 
 pub const PORT: u16 = 18997;
@@ -149,6 +149,12 @@ fn sh(program: &str, args: &[&str]) -> (i32, String) {
         }
         Err(e) => (127, format!("{program}: {e}\n")),
     }
+}
+
+/// `dd if=/dev/zero of=FILE bs=BS`: fills the filesystem of `file` (until ENOSPC).
+fn fill(file: &Path, bs: &str) -> (i32, String) {
+    let of = format!("of={}", file.display());
+    sh("dd", &["if=/dev/zero", &of, &format!("bs={bs}")])
 }
 
 fn df(path: &Path) -> String {
@@ -603,7 +609,7 @@ fn kill_under_load(lab: &mut Lab, seed: u64, rng: &mut Rng) {
         && n_windows == (KILL_CYCLES + 1).to_string()
         && min_acks > 0;
     let check_file = ev.join("val12-kill-check.txt");
-    lab.check(
+    lab.report.check(
         "VAL12-02",
         &format!("{WRITERS} writers, {KILL_CYCLES} x SIGKILL at a random moment + restart; load acknowledged between every two kills"),
         CheckFile::Write(check_file.clone()),
@@ -648,7 +654,7 @@ fn kill_under_load(lab: &mut Lab, seed: u64, rng: &mut Rng) {
     };
     m.extend(p_kv.iter().chain(&v_kv).filter(|(k, _)| picked(k)).cloned());
     m.push(("pass".into(), pass.to_string()));
-    lab.check(
+    lab.report.check(
         "VAL12-03",
         "after the last restart: every acknowledged create present, every acknowledged retry reflected, nothing never attempted",
         CheckFile::Append(check_file.clone()),
@@ -658,7 +664,7 @@ fn kill_under_load(lab: &mut Lab, seed: u64, rng: &mut Rng) {
 
     let panics = count_lines(&log, "panic", true);
     let pass = kv_get(&v_kv, "pass_answers") == "true" && panics == 0;
-    lab.check(
+    lab.report.check(
         "VAL12-04",
         "every answer under load is a 2xx or a 503 (never a 500 or an unexpected 4xx); no panic",
         CheckFile::Append(check_file.clone()),
@@ -685,11 +691,13 @@ fn kill_under_load(lab: &mut Lab, seed: u64, rng: &mut Rng) {
     let pass = kv_get(&a_kv, "pass_audit") == "true" && v.rc == 0;
     let mut m: Vec<(String, String)> = a_kv
         .iter()
-        .filter(|(k, _)| !k.starts_with("pass_"))
+        .filter(|(k, _)| {
+            !k.starts_with("pass_") && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
         .cloned()
         .collect();
     m.extend(kvs!["verify_exit" => v.rc, "verify_output" => one_line(&verify_out), "pass" => pass]);
-    lab.check(
+    lab.report.check(
         "VAL12-05",
         "audit verify passes; success audit events match committed changes one to one",
         CheckFile::Append(check_file),
@@ -914,7 +922,7 @@ fn hung_cp(lab: &mut Lab) {
     }
     let pass = created.code == "201" && state == "T" && all_ok;
     let check_file = ev.join("val12-hung-check.txt");
-    lab.check(
+    lab.report.check(
         "VAL12-06",
         &format!("SIGSTOPped CP: CLI get/execute/health exit 3 within --timeout {HUNG_TIMEOUT} (+2 s), naming the timeout and the address"),
         CheckFile::Write(check_file.clone()),
@@ -930,23 +938,10 @@ fn hung_cp(lab: &mut Lab) {
     if let Some(cp) = lab.cp.as_ref() {
         let _ = cp.signal(Signal::Cont);
     }
-    let t1 = Instant::now();
-    let mut h_code = "000".to_string();
-    for _ in 0..100 {
-        h_code = lab
-            .http(
-                "GET",
-                &format!("{base}/v1/health"),
-                &ev.join("health-after-cont.json"),
-                None,
-            )
-            .code;
-        if h_code == "200" {
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
-    let h_ms = ms(t1.elapsed());
+    let (h_code, h_ms) = lab.poll_200(
+        &format!("{base}/v1/health"),
+        &ev.join("health-after-cont.json"),
+    );
     let mut args: Vec<String> = ["-o", "json", "--timeout", "10"]
         .iter()
         .map(|s| s.to_string())
@@ -990,7 +985,7 @@ fn hung_cp(lab: &mut Lab) {
         && ph_after == "active"
         && ev_n == "1"
         && ev_ids == r_ex;
-    lab.check(
+    lab.report.check(
         "VAL12-07",
         "after SIGCONT: health 200; the same execute with the same Idempotency-Key succeeds and was applied exactly once",
         CheckFile::Append(check_file),
@@ -1202,7 +1197,7 @@ fn full_disk(lab: &mut Lab) {
     }
     let check_file = ev.join("val12-disk-check.txt");
     if !started {
-        lab.check(
+        lab.report.check(
             "VAL12-08",
             &format!("full disk: a CP on a {FS_SIZE} tmpfs; writes go from 201 to 503 as it fills"),
             CheckFile::Write(check_file),
@@ -1242,14 +1237,7 @@ fn full_disk(lab: &mut Lab) {
 
     // 1. Fill the filesystem completely; the next write is refused.
     let filler = mnt.join("filler");
-    let (dd_rc, dd_out) = sh(
-        "dd",
-        &[
-            "if=/dev/zero",
-            &format!("of={}", filler.display()),
-            "bs=64k",
-        ],
-    );
+    let (dd_rc, dd_out) = fill(&filler, "64k");
     write(&ev.join("fill-dd.txt"), &dd_out);
     let enospc = dd_out.to_lowercase().contains("no space left");
     append(&fs_txt, &df(&mnt));
@@ -1302,14 +1290,7 @@ fn full_disk(lab: &mut Lab) {
     }
     // 3. Take the rest of the space: the disk is completely full again.
     let filler2 = mnt.join("filler2");
-    let (_, dd2_out) = sh(
-        "dd",
-        &[
-            "if=/dev/zero",
-            &format!("of={}", filler2.display()),
-            "bs=4k",
-        ],
-    );
+    let (_, dd2_out) = fill(&filler2, "4k");
     write(&ev.join("fill2-dd.txt"), &dd2_out);
     append(&fs_txt, &df(&mnt));
     append(
@@ -1325,7 +1306,7 @@ fn full_disk(lab: &mut Lab) {
         && first_code == "503"
         && consec == 3
         && w.other.is_empty();
-    lab.check(
+    lab.report.check(
         "VAL12-08",
         &format!("full disk: a CP on a {FS_SIZE} tmpfs; the filled disk refuses a write; padded creates go from 201 to 503 as it fills"),
         CheckFile::Write(check_file.clone()),
@@ -1385,7 +1366,7 @@ fn full_disk(lab: &mut Lab) {
         && list.code == "200"
         && h.code == "200"
         && alive;
-    lab.check(
+    lab.report.check(
         "VAL12-09",
         "disk full: writes 503 unavailable + Retry-After; GET plan, list, health 200; the CP stays up",
         CheckFile::Append(check_file.clone()),
@@ -1402,7 +1383,7 @@ fn full_disk(lab: &mut Lab) {
     // VAL12-10: /v1/ready answers 503 while the disk is full, both right after the first refused
     // write and after the disk filled up under writes (while every write is being refused).
     let pass = ready_first == "503,503,503" && ready_full == "503,503,503";
-    lab.check(
+    lab.report.check(
         "VAL12-10",
         "disk full: /v1/ready answers 503 while writes are refused",
         CheckFile::Append(check_file.clone()),
@@ -1418,23 +1399,10 @@ fn full_disk(lab: &mut Lab) {
     let _ = std::fs::remove_file(&filler);
     let _ = std::fs::remove_file(&filler2);
     append(&fs_txt, &df(&mnt));
-    let t0 = Instant::now();
-    let mut rd = "000".to_string();
-    for _ in 0..100 {
-        rd = lab
-            .http(
-                "GET",
-                &format!("{base}/v1/ready"),
-                &ev.join("recovered-ready.json"),
-                None,
-            )
-            .code;
-        if rd == "200" {
-            break;
-        }
-        sleep(Duration::from_millis(100));
-    }
-    let rd_ms = ms(t0.elapsed());
+    let (rd, rd_ms) = lab.poll_200(
+        &format!("{base}/v1/ready"),
+        &ev.join("recovered-ready.json"),
+    );
     let a1 = lab.http(
         "POST",
         &format!("{base}/v1/rollouts"),
@@ -1456,7 +1424,7 @@ fn full_disk(lab: &mut Lab) {
         && a2_out == "success"
         && alive
         && listens == 1;
-    lab.check(
+    lab.report.check(
         "VAL12-12",
         "space freed: /v1/ready 200 again and writes succeed (201, retry 200) without a restart",
         CheckFile::Append(check_file.clone()),
@@ -1553,7 +1521,7 @@ fn full_disk(lab: &mut Lab) {
     };
     m.extend(a_kv.iter().filter(|(k, _)| picked(k)).cloned());
     m.extend(kvs!["verify_exit" => v.rc, "verify_output" => one_line(&verify_out), "pass" => pass]);
-    lab.check(
+    lab.report.check(
         "VAL12-11",
         "no half-written plan: every plan present got a 201, every 503'd id is absent; audit verify passes, events 1:1",
         CheckFile::Append(check_file),
@@ -1707,7 +1675,7 @@ fn corrupt_store(lab: &mut Lab, source: &StopInfo) {
     } else {
         lab.start_error.clone()
     };
-    lab.check(
+    lab.report.check(
         "VAL12-13",
         "control: the store SIGTERM-stopped (exit 0); an undamaged copy starts and serves its plans",
         CheckFile::Write(check_file.clone()),
@@ -1785,7 +1753,7 @@ fn corrupt_store(lab: &mut Lab, source: &StopInfo) {
             ));
         }
         let head: String = text.lines().take(3).map(|l| format!("{l} ")).collect();
-        lab.check(
+        lab.report.check(
             &format!("VAL12-{}", 14 + n),
             &format!("corrupt store ({mode}): serve refuses fast, twice, naming the file; never listens"),
             CheckFile::Append(check_file.clone()),

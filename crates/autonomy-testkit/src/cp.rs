@@ -267,12 +267,9 @@ impl Cp {
     }
 
     fn fail(mut self, first: Option<String>, why: String) -> StartError {
-        let status = self.reap_or_kill();
         StartError {
-            status,
             stdout_first_line: first,
-            stderr: self.stderr(),
-            why,
+            ..self.fail_in_place(why)
         }
     }
 

@@ -35,11 +35,7 @@ pub struct Response {
 impl Response {
     /// The first header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
@@ -122,30 +118,6 @@ impl Conn {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Result<Response, HttpError> {
-        let result = self.exchange(method, path, headers, body);
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
-
-    fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<Response, HttpError> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
-            stream.set_read_timeout(Some(self.timeout))?;
-            stream.set_write_timeout(Some(self.timeout))?;
-            let _ = stream.set_nodelay(true);
-            self.stream = Some(BufReader::new(stream));
-        }
-        let Some(reader) = self.stream.as_mut() else {
-            return Err(HttpError::Malformed("no connection".into()));
-        };
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.authority);
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -159,9 +131,27 @@ impl Conn {
         head.push_str("\r\n");
         let mut request = head.into_bytes();
         request.extend_from_slice(body.unwrap_or_default());
-        reader.get_mut().write_all(&request)?;
+        let result = self.exchange(&request, method == "HEAD");
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self, request: &[u8], head_only: bool) -> Result<Response, HttpError> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+            stream.set_read_timeout(Some(self.timeout))?;
+            stream.set_write_timeout(Some(self.timeout))?;
+            let _ = stream.set_nodelay(true);
+            self.stream = Some(BufReader::new(stream));
+        }
+        let Some(reader) = self.stream.as_mut() else {
+            return Err(HttpError::Malformed("no connection".into()));
+        };
+        reader.get_mut().write_all(request)?;
         reader.get_mut().flush()?;
-        let (response, reusable) = read_response(reader, method == "HEAD")?;
+        let (response, reusable) = read_response(reader, head_only)?;
         if !reusable || self.close_after {
             self.stream = None;
         }
@@ -321,13 +311,18 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The first header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
+}
+
+/// The first of `headers` (names lowercased) called `name` (any case).
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Answers every request on 127.0.0.1 with the same canned response (then closes the
@@ -353,9 +348,7 @@ impl FakeCp {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                if let Some(req) = serve_one(stream, &answer) {
-                    seen2.lock().unwrap_or_else(|e| e.into_inner()).push(req);
-                }
+                serve_one(stream, &answer, &seen2);
             }
         });
         Ok(FakeCp {
@@ -380,7 +373,9 @@ impl Drop for FakeCp {
     }
 }
 
-fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
+/// Reads one request, records it (before answering, so a client that has its answer finds
+/// it recorded), answers.
+fn serve_one(stream: TcpStream, answer: &Canned, seen: &Mutex<Vec<Seen>>) -> Option<()> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
@@ -390,8 +385,7 @@ fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut headers = Vec::new();
-    loop {
-        let Ok(h) = read_line(&mut reader) else { break };
+    while let Ok(h) = read_line(&mut reader) {
         if h.is_empty() {
             break;
         }
@@ -406,6 +400,12 @@ fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
         .unwrap_or(0);
     let mut body = vec![0; len.min(MAX_BODY)];
     reader.read_exact(&mut body).ok()?;
+    seen.lock().unwrap_or_else(|e| e.into_inner()).push(Seen {
+        method,
+        target,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    });
     let mut out = stream;
     let mut response = format!("HTTP/1.1 {} Canned\r\n", answer.status);
     for (k, v) in &answer.headers {
@@ -418,12 +418,7 @@ fn serve_one(stream: TcpStream, answer: &Canned) -> Option<Seen> {
     ));
     let _ = out.write_all(response.as_bytes());
     let _ = out.flush();
-    Some(Seen {
-        method,
-        target,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    Some(())
 }
 
 #[cfg(test)]

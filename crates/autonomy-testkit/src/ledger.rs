@@ -266,12 +266,7 @@ impl Load {
     /// A copy of the ledger so far.
     pub fn ledger(&self) -> Ledger {
         Ledger {
-            lines: self
-                .shared
-                .lines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            lines: locked(&self.shared.lines),
         }
     }
 
@@ -290,32 +285,22 @@ impl Load {
                 still += 1;
             }
         }
-        let ledger = Ledger {
-            lines: self
-                .shared
-                .lines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        };
         Summary {
             writers: self.writers,
             threads_still_running: still,
-            per_writer: self
-                .shared
-                .counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            ledger_file_errors: self
-                .shared
-                .file_errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            ledger,
+            per_writer: locked(&self.shared.counts),
+            ledger_file_errors: locked(&self.shared.file_errors),
+            ledger: Ledger {
+                lines: locked(&self.shared.lines),
+            },
         }
     }
+}
+
+/// A copy of what a mutex holds (a writer that panicked holding it does not matter: its
+/// data is only ever pushed to).
+fn locked<T: Clone>(m: &Mutex<T>) -> T {
+    m.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// splitmix64: a small seeded generator (the writers' choices, a lab's kill moments).
