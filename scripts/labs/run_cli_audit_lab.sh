@@ -1985,7 +1985,6 @@ run_val12_lab() {
       lab_bin="$target/debug/autonomy-lab"
     fi
   fi
-  say "$LAB: starting (evidence: $LAB_DIR)"
   if [[ -n $lab_bin && -x $lab_bin ]]; then
     # Unmounted on exit should the run be cut short (nothing happens if it is not mounted).
     MOUNTS+=("$WORK_DIR/val12/work/val12-fullfs")
@@ -2001,7 +2000,7 @@ run_val12_lab() {
   LAB_RESULT[$LAB]=$result
   LAB_LINE[$LAB]=$(printf '%-5s %-5s %s/%s checks  %6ss  report: %s' "$LAB" "$result" \
     "$pass_count" "$total" "$secs" "$LAB_DIR/$LAB-report.txt")
-  say "$LAB: $result ($pass_count/$total checks, ${secs}s)"
+  if ((lab_rc != 0)); then say "$LAB: $result (autonomy-lab exit $lab_rc)"; fi
 }
 
 # ------------------------------------------------------------------------------------------
