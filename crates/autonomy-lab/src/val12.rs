@@ -360,6 +360,29 @@ fn audit_lines(audit_dir: &Path, plans: &BTreeMap<String, PlanState>, prefix: &s
     ]
 }
 
+/// The audit store against the `val12-<name>-` plans (`val12-<name>-audit.txt`) and
+/// `autonomy audit verify ARGS` (`val12-<name>-audit-verify.txt`), both in `ev`: the audit
+/// check's pairs, the verify run and its output file.
+fn audit_and_verify(
+    lab: &Lab,
+    ev: &Path,
+    name: &str,
+    audit: &Path,
+    plans: &BTreeMap<String, PlanState>,
+    args: &[String],
+) -> (Vec<(String, String)>, CliRun, PathBuf) {
+    let lines = audit_lines(audit, plans, &format!("val12-{name}-"));
+    write(
+        &ev.join(format!("val12-{name}-audit.txt")),
+        &(lines.join("\n") + "\n"),
+    );
+    let out = ev.join(format!("val12-{name}-audit-verify.txt"));
+    let mut all = vec!["audit".to_string(), "verify".to_string()];
+    all.extend_from_slice(args);
+    let run = lab.cli(&out, None, &all, crate::lab::CLI_TIMEOUT);
+    (kv_lines(&lines), run, out)
+}
+
 /// A JSON scalar as a counting key (Python's `None` for null/absent).
 fn py_key(v: &Value) -> String {
     match v {
@@ -675,19 +698,8 @@ fn kill_under_load(lab: &mut Lab, seed: u64, rng: &mut Rng) {
         ],
     );
 
-    let a_lines = audit_lines(&lab.audit_dir, &listing.plans, "val12-kill-");
-    write(
-        &ev.join("val12-kill-audit.txt"),
-        &(a_lines.join("\n") + "\n"),
-    );
-    let a_kv = kv_lines(&a_lines);
-    let verify_out = ev.join("val12-kill-audit-verify.txt");
-    let v = lab.cli(
-        &verify_out,
-        None,
-        &["audit".into(), "verify".into()],
-        crate::lab::CLI_TIMEOUT,
-    );
+    let audit_dir = lab.audit_dir.clone();
+    let (a_kv, v, verify_out) = audit_and_verify(lab, &ev, "kill", &audit_dir, &listing.plans, &[]);
     let pass = kv_get(&a_kv, "pass_audit") == "true" && v.rc == 0;
     let mut m: Vec<(String, String)> = a_kv
         .iter()
@@ -1475,23 +1487,13 @@ fn full_disk(lab: &mut Lab) {
         .get("val12-disk-base-1")
         .map(|p| p.generation.to_string())
         .unwrap_or_default();
-    let a_lines = audit_lines(&audit, &listing.plans, "val12-disk-");
-    write(
-        &ev.join("val12-disk-audit.txt"),
-        &(a_lines.join("\n") + "\n"),
-    );
-    let a_kv = kv_lines(&a_lines);
-    let verify_out = ev.join("val12-disk-audit-verify.txt");
-    let v = lab.cli(
-        &verify_out,
-        None,
-        &[
-            "audit".into(),
-            "verify".into(),
-            "--audit-dir".into(),
-            audit.display().to_string(),
-        ],
-        crate::lab::CLI_TIMEOUT,
+    let (a_kv, v, verify_out) = audit_and_verify(
+        lab,
+        &ev,
+        "disk",
+        &audit,
+        &listing.plans,
+        &["--audit-dir".into(), audit.display().to_string()],
     );
     let pass = present == expected
         && absent_bad.is_empty()
