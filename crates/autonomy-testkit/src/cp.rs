@@ -485,11 +485,3 @@ impl Drop for Cp {
         }
     }
 }
-
-/// The last `n` lines of a file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
