@@ -72,12 +72,12 @@ impl Env {
     }
 
     fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
-        Cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
+        cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
             .with_context(|| format!("starting the CP for {name}"))
     }
 
     fn stop(&self, cp: Cp) -> anyhow::Result<Stopped> {
-        let stopped = cp.stop(self.stop_limit())?;
+        let stopped = cp::stop(cp, self.stop_limit())?;
         if stopped.killed || stopped.exit_code != Some(0) {
             eprintln!(
                 "  warning: the CP did not stop cleanly ({stopped:?}); see {}",
@@ -200,14 +200,14 @@ pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report
             env.cfg.b1_seconds, env.cfg.b1_warmup_seconds
         );
         let cp = env.start(&dir, &format!("b1-c{c}"))?;
-        let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+        let http = Http::new(&cp.url, load::REQUEST_TIMEOUT)?;
         let before = store_snap(&http)?;
         let cpu0 = cp.cpu_seconds();
         let threads0 = cp.cpu_by_thread();
         let io0 = cp.io();
-        let self0 = cp::cpu_seconds("/proc/self/stat");
+        let self0 = cp::cpu_seconds(Path::new("/proc/self/stat"));
         let run = load::closed_loop(
-            &cp.base,
+            &cp.url,
             &format!("b1-c{c}"),
             c,
             Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
@@ -218,7 +218,7 @@ pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report
         let cpu1 = cp.cpu_seconds();
         let threads1 = cp.cpu_by_thread();
         let io1 = cp.io();
-        let self1 = cp::cpu_seconds("/proc/self/stat");
+        let self1 = cp::cpu_seconds(Path::new("/proc/self/stat"));
         let peak = cp.peak_rss_kib();
         env.stop(cp)?;
         if run.creates == 0 {
@@ -352,7 +352,7 @@ impl Dataset {
         eprintln!("data set: growing to {total} plans");
         let cp = env.start(&self.dir, &format!("seed-{}", self.seeds.len()))?;
         let label = format!("bulk-{}", self.seeds.len());
-        let base = cp.base.clone();
+        let base = cp.url.clone();
         self.seed(env, &base, &label, &label, total - self.plans)?;
         self.seed_peak_rss_kib.push(cp.peak_rss_kib());
         env.stop(cp)?;
@@ -406,7 +406,7 @@ pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
         cfg.b2_plans
     );
     let cp = env.start(&ds.dir, "seed-b2")?;
-    let base = cp.base.clone();
+    let base = cp.url.clone();
     ds.seed(env, &base, "b2-stale", "stale", stale)?;
     // Every stale plan was created before this instant (its 201 has arrived).
     let stale_done = Instant::now();
@@ -419,7 +419,7 @@ pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
     env.stop(cp)?;
 
     let cp = env.start(&ds.dir, "b2")?;
-    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let http = Http::new(&cp.url, load::REQUEST_TIMEOUT)?;
     let scan_start = Instant::now();
     // Fresh plans are at most `scan_start - fresh_start` old now, stale ones at least
     // `gap` older than that. Put the threshold half way, and scan only while both stay true.
@@ -512,7 +512,7 @@ pub fn run_b3(env: &Env, ds: &Dataset) -> anyhow::Result<B3Report> {
         ds.plans
     );
     let cp = env.start(&ds.dir, "b3")?;
-    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let http = Http::new(&cp.url, load::REQUEST_TIMEOUT)?;
     let target = ds.plans - (ds.plans / 2).min(1000);
     let started = Instant::now();
     let mut fetched = 0u64;
@@ -615,11 +615,13 @@ pub fn run_b4(env: &Env, ds: &Dataset) -> anyhow::Result<B4Report> {
     for r in 1..=env.cfg.b4_restarts.max(1) {
         let stopped = env.stop(cp)?;
         let log = env.log(&format!("b4-{r}"));
-        let mut next = Cp::spawn(&env.bin, &ds.dir, &log, env.start_limit())?;
-        let ready = next.wait_for("/v1/ready", env.start_limit())?;
+        let mut next = cp::spawn(&env.bin, &ds.dir, &log, env.start_limit())?;
+        let ready = next
+            .wait_ready("/v1/ready", env.start_limit())
+            .context("waiting for /v1/ready")?;
         restarts.push(Restart {
             shutdown_ms: round3(stopped.shutdown_ms),
-            listening_ms: round3(next.listening_after.as_secs_f64() * 1e3),
+            listening_ms: round3(next.listening_after().as_secs_f64() * 1e3),
             ready_ms: round3(ready.as_secs_f64() * 1e3),
             peak_rss_kib: next.peak_rss_kib(),
         });
@@ -630,7 +632,7 @@ pub fn run_b4(env: &Env, ds: &Dataset) -> anyhow::Result<B4Report> {
         );
         cp = next;
     }
-    let log = cp.log.clone();
+    let log = cp.log().to_path_buf();
     env.stop(cp)?;
     let mut ready: Vec<f64> = restarts.iter().map(|r| r.ready_ms).collect();
     ready.sort_by(f64::total_cmp);
@@ -677,7 +679,7 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
         ds.plans
     );
     let cp = env.start(&ds.dir, "b5")?;
-    let http = Http::new(&cp.base, load::REQUEST_TIMEOUT)?;
+    let http = Http::new(&cp.url, load::REQUEST_TIMEOUT)?;
     let event_type = "plan.created";
     let limit = "100";
     let query = |actor: &str| {
@@ -715,13 +717,11 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
 
     // Offline, with the CP down.
     let audit_dir = ds.dir.join("audit");
-    let out_path = env.work.join("b5-offline.json");
     let mut offline = Vec::new();
     let mut offline_items = 0;
     let mut matches = true;
     let mut offline_peak = None;
     for _ in 0..env.cfg.b5_offline_runs.max(1) {
-        let out = std::fs::File::create(&out_path)?;
         let mut cmd = Command::new(&env.bin);
         cp::clean_env(&mut cmd);
         cmd.args(["audit", "query", "--audit-dir"])
@@ -736,17 +736,17 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
                 limit,
                 "-o",
                 "json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::piped());
-        let (elapsed, status, stderr, peak) = run_bounded(cmd, Duration::from_secs(600))?;
-        if !status {
-            bail!("autonomy audit query failed: {stderr}");
+            ]);
+        let (elapsed, output, peak) = run_bounded(cmd, Duration::from_secs(600))?;
+        if !output.status.success() {
+            bail!(
+                "autonomy audit query failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         offline.push(elapsed);
         offline_peak = peak.or(offline_peak);
-        let list: AuditEventList = serde_json::from_slice(&std::fs::read(&out_path)?)
+        let list: AuditEventList = serde_json::from_slice(&output.stdout)
             .context("autonomy audit query -o json printed something else")?;
         offline_items = list.items.len();
         matches &= list.items == reference.items;
@@ -777,42 +777,30 @@ pub fn run_b5(env: &Env, ds: &Dataset) -> anyhow::Result<B5Report> {
     Ok(report)
 }
 
-/// Runs `cmd` to completion within `limit` (killed after it); returns wall time, success,
-/// stderr and the child's peak RSS (its last `VmHWM` sample, polled every 5 ms).
+/// Runs `cmd` to completion within `limit` (killed after it, an error); returns wall time,
+/// its output and the child's peak RSS (its last `VmHWM` sample, polled every 5 ms).
 fn run_bounded(
-    mut cmd: Command,
+    cmd: Command,
     limit: Duration,
-) -> anyhow::Result<(Duration, bool, String, Option<u64>)> {
-    let started = Instant::now();
-    let mut child = cmd.spawn().context("cannot run the autonomy CLI")?;
-    let pid = child.id();
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = stderr.as_mut() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
+) -> anyhow::Result<(Duration, std::process::Output, Option<u64>)> {
+    let shown = format!("{cmd:?}");
     let mut peak = None;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if let Some(v) = cp::proc_status_kib(pid, "VmHWM:") {
-            peak = Some(v);
-        }
-        if started.elapsed() >= limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let elapsed = started.elapsed();
-    let stderr = reader.join().unwrap_or_default();
-    Ok((elapsed, status.success(), stderr, peak))
+    let finished = autonomy_testkit::process::run_bounded_sampling(
+        cmd,
+        None,
+        limit,
+        Duration::from_millis(5),
+        |pid| {
+            if let Some(v) = cp::proc_status_kib(pid, "VmHWM:") {
+                peak = Some(v);
+            }
+        },
+    )
+    .context("cannot run the autonomy CLI")?;
+    if finished.timed_out {
+        bail!("{shown} did not finish within {limit:?}");
+    }
+    Ok((finished.elapsed, finished.output, peak))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -844,11 +832,11 @@ pub fn run_b6(env: &Env, ds: &Dataset) -> anyhow::Result<B6Report> {
         env.cfg.b6_runs
     );
     let cp = env.start(&ds.dir, "b6")?;
-    let url = format!("{}/v1/rollouts/{id}", cp.base);
+    let url = format!("{}/v1/rollouts/{id}", cp.url);
     let cli = || {
         let mut cmd = Command::new(&env.bin);
         cp::clean_env(&mut cmd);
-        cmd.args(["--server", &cp.base, "rollout", "get", &id]);
+        cmd.args(["--server", &cp.url, "rollout", "get", &id]);
         cmd
     };
     let curl = || {

@@ -8,38 +8,27 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use autonomy_api::{AuditFilter, Outcome, Rollout, RolloutList};
-use common::{try_http, Cp};
+use autonomy_api::{AuditFilter, Outcome};
+use autonomy_testkit::ledger::{list_plans, Ledger, Load, PlanState, Writers};
+use common::Cp;
 
-/// Every plan, by paging through `GET /v1/rollouts`.
-fn all_plans(cp: &Cp) -> BTreeMap<String, Rollout> {
-    let mut out = BTreeMap::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..10_000 {
-        let path = match &cursor {
-            Some(c) => format!("/v1/rollouts?limit=1000&cursor={c}"),
-            None => "/v1/rollouts?limit=1000".to_string(),
-        };
-        let (status, body) = cp.get(&path, &[]);
-        assert_eq!(status, 200, "{body}");
-        let page: RolloutList = serde_json::from_str(&body).unwrap();
-        for item in page.items {
-            assert!(
-                out.insert(item.plan.metadata.id.clone(), item).is_none(),
-                "a plan was listed twice"
-            );
-        }
-        match page.next_cursor {
-            Some(c) => cursor = Some(c),
-            None => return out,
-        }
-    }
-    panic!("pagination did not end");
+/// Every plan, by paging through `GET /v1/rollouts` (fails on a plan listed twice).
+fn all_plans(cp: &Cp) -> BTreeMap<String, PlanState> {
+    let listing = list_plans(&cp.url, 10_000, Duration::from_secs(10), |_, page| {
+        assert_eq!(page.status, 200, "{}", page.text());
+    });
+    assert!(listing.complete, "pagination did not end");
+    assert!(
+        listing.duplicates.is_empty(),
+        "a plan was listed twice: {:?}",
+        listing.duplicates
+    );
+    listing.plans
 }
 
 fn all_events(dir: &std::path::Path) -> Vec<autonomy_api::AuditEvent> {
@@ -55,17 +44,6 @@ fn all_events(dir: &std::path::Path) -> Vec<autonomy_api::AuditEvent> {
     autonomy_audit::query(dir, &filter).expect("read the audit store")
 }
 
-#[derive(Default)]
-struct Ledger {
-    /// Every id a create was attempted for.
-    attempted: BTreeSet<String>,
-    /// Ids whose create was answered 201.
-    created: BTreeSet<String>,
-    /// Highest generation an acknowledged retry reported, per id.
-    retried: BTreeMap<String, u64>,
-    acks: usize,
-}
-
 fn create_body(id: &str) -> String {
     format!(
         r#"{{"metadata":{{"id":"{id}"}},"spec":{{"artifact_ref":"oci://reg/app@sha256:{}"}}}}"#,
@@ -73,124 +51,77 @@ fn create_body(id: &str) -> String {
     )
 }
 
-/// One writer: creates plans and retries its earlier ones until told to stop or the CP dies.
-fn writer(
-    url: String,
-    worker: usize,
-    cycle: usize,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-) {
-    let json = [
-        ("content-type", "application/json"),
-        ("x-autonomy-operator", "kill-test"),
-    ];
-    let mut mine: Vec<String> = Vec::new();
-    for n in 0..100_000 {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        if n % 3 == 2 && !mine.is_empty() {
-            let id = mine[n % mine.len()].clone();
-            let body = format!(
-                r#"{{"target":"rollout_plan","resource":"{id}","strategy":"retry","reason":"kill test"}}"#
-            );
-            match try_http(
-                "POST",
-                &format!("{url}/v1/rollback/execute"),
-                &json,
-                Some(body.as_bytes()),
-            ) {
-                Ok((200, body)) => {
-                    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                    assert_eq!(v["outcome"], "success", "{body}");
-                    let generation = v["generation"].as_u64().unwrap();
-                    let mut l = ledger.lock().unwrap();
-                    let g = l.retried.entry(id).or_default();
-                    *g = (*g).max(generation);
-                    l.acks += 1;
-                }
-                Ok((status, body)) => panic!("retry answered {status}: {body}"),
-                Err(_) => return, // the CP is gone
-            }
-        } else {
-            let id = format!("k{cycle}-w{worker}-{n}");
-            ledger.lock().unwrap().attempted.insert(id.clone());
-            let body = create_body(&id);
-            match try_http(
-                "POST",
-                &format!("{url}/v1/rollouts"),
-                &json,
-                Some(body.as_bytes()),
-            ) {
-                Ok((201, _)) => {
-                    let mut l = ledger.lock().unwrap();
-                    l.created.insert(id.clone());
-                    l.acks += 1;
-                    mine.push(id);
-                }
-                Ok((status, body)) => panic!("create answered {status}: {body}"),
-                Err(_) => return,
-            }
-        }
-    }
+/// Writers creating plans `<prefix>-wNN-NNNNN` and retrying a third of the time on their own
+/// acknowledged plans, against a CP that keeps its port only until it is killed.
+fn writers(url: &str, n: usize, prefix: &str) -> Load {
+    let mut spec = Writers::new(url, n, prefix);
+    spec.operator = "kill-test".into();
+    spec.retry_reason = "kill test".into();
+    spec.retry_share = 1.0 / 3.0;
+    spec.max_duration = Duration::from_secs(120);
+    Load::start(spec).expect("start the writers")
+}
+
+/// Stops the writers; every answer they got was an acknowledgement (no refusal).
+fn stop_writers(load: Load) -> Ledger {
+    let summary = load.stop(Duration::from_secs(30));
+    assert_eq!(summary.threads_still_running, 0, "a writer did not stop");
+    let refused: Vec<String> = summary
+        .ledger
+        .refused()
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    assert!(refused.is_empty(), "writes were refused: {refused:?}");
+    summary.ledger
 }
 
 #[test]
 fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
     let mut cp = Cp::start(&[], &[]);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut ledger = Ledger::default();
     const CYCLES: usize = 4;
     const WRITERS: usize = 8;
     for cycle in 0..CYCLES {
-        let stop = Arc::new(AtomicBool::new(false));
-        let handles: Vec<_> = (0..WRITERS)
-            .map(|w| {
-                let (url, ledger, stop) = (cp.url.clone(), ledger.clone(), stop.clone());
-                thread::spawn(move || writer(url, w, cycle, ledger, stop))
-            })
-            .collect();
+        let load = writers(&cp.url, WRITERS, &format!("k{cycle}"));
         // Kill at a different point in every cycle: after some number of new acks.
-        let target = ledger.lock().unwrap().acks + 40 + 37 * cycle;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ledger.lock().unwrap().acks < target {
-            assert!(Instant::now() < deadline, "writers made no progress");
-            thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            load.wait_for_acks(40 + 37 * cycle, Duration::from_secs(60)),
+            "writers made no progress"
+        );
         cp.sigkill();
-        stop.store(true, Ordering::SeqCst);
-        for h in handles {
-            h.join().expect("writer panicked");
-        }
+        ledger.lines.extend(stop_writers(load).lines);
         cp.start_again();
     }
 
     let plans = all_plans(&cp);
-    let l = ledger.lock().unwrap();
+    let acked = ledger.acked_creates();
     assert!(
-        l.created.len() >= 100,
+        acked.len() >= 100,
         "too few writes to mean anything: {}",
-        l.created.len()
+        acked.len()
     );
-    for id in &l.created {
-        assert!(
-            plans.contains_key(id),
-            "acknowledged create {id} is missing after SIGKILL"
-        );
-    }
-    for id in plans.keys() {
-        assert!(
-            l.attempted.contains(id),
-            "plan {id} exists but no writer attempted it"
-        );
-    }
-    for (id, generation) in &l.retried {
-        let got = plans[id].plan.metadata.generation;
-        assert!(
-            got >= *generation,
-            "{id}: acknowledged generation {generation}, found {got}"
-        );
-    }
+    let verdict = ledger.verify(&plans, "k");
+    assert!(
+        verdict.lost_creates.is_empty(),
+        "acknowledged creates missing after SIGKILL: {:?}",
+        verdict.lost_creates
+    );
+    assert!(
+        verdict.unattempted.is_empty(),
+        "plans exist that no writer attempted: {:?}",
+        verdict.unattempted
+    );
+    assert!(
+        verdict.lost_retries.is_empty(),
+        "acknowledged retries not reflected: {:?}",
+        verdict.lost_retries
+    );
+    assert_eq!(
+        plans.len(),
+        plans.keys().filter(|id| id.starts_with('k')).count(),
+        "plans exist that no writer attempted"
+    );
 
     // The audit chain is intact and matches the committed changes one to one.
     let out = cp.cli_with(
@@ -231,44 +162,32 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
             .count() as u64;
         assert_eq!(
             retries,
-            plan.plan.metadata.generation - 1,
+            plan.generation - 1,
             "{id}: retry events vs generation"
         );
     }
     eprintln!(
         "checked {} acknowledged creates and {} acknowledged retries over {CYCLES} SIGKILLs; lost 0",
-        l.created.len(),
-        l.retried.len()
+        acked.len(),
+        ledger.acked_retries().len()
     );
 }
 
 #[test]
 fn sigterm_drains_in_flight_writes_and_exits_zero() {
     let mut cp = Cp::start(&[], &[]);
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..4)
-        .map(|w| {
-            let (url, ledger, stop) = (cp.url.clone(), ledger.clone(), stop.clone());
-            thread::spawn(move || writer(url, w, 0, ledger, stop))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ledger.lock().unwrap().acks < 60 {
-        assert!(Instant::now() < deadline, "writers made no progress");
-        thread::sleep(Duration::from_millis(5));
-    }
+    let load = writers(&cp.url, 4, "t");
+    assert!(
+        load.wait_for_acks(60, Duration::from_secs(60)),
+        "writers made no progress"
+    );
     let status = cp.sigterm();
     assert!(status.success(), "SIGTERM exit: {status}\n{}", cp.stderr());
-    stop.store(true, Ordering::SeqCst);
-    for h in handles {
-        h.join().expect("writer panicked");
-    }
+    let ledger = stop_writers(load);
     assert!(cp.stderr().contains("stopped cleanly"), "{}", cp.stderr());
     cp.start_again();
     let plans = all_plans(&cp);
-    let l = ledger.lock().unwrap();
-    for id in &l.created {
+    for id in &ledger.acked_creates() {
         assert!(
             plans.contains_key(id),
             "acknowledged create {id} missing after SIGTERM"
@@ -297,7 +216,7 @@ fn phases_survive_sigkill() {
     cp.sigkill();
     cp.start_again();
     let plans = all_plans(&cp);
-    let phase = |id: &str| plans[id].status.phase.as_str();
+    let phase = |id: &str| plans[id].phase.as_str();
     assert_eq!(
         [
             phase("gate-1"),
@@ -307,7 +226,7 @@ fn phases_survive_sigkill() {
         ],
         ["published", "draft", "active", "rolled_back"]
     );
-    assert_eq!(plans["act-1"].status.history.len(), 2);
+    assert_eq!(plans["act-1"].history, 2);
 }
 
 #[test]

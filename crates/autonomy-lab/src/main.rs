@@ -1,0 +1,127 @@
+//! `autonomy-lab`: lab drivers on the test kit, called by `scripts/labs/run_cli_audit_lab.sh`.
+//!
+//! `autonomy-lab val12 --bin PATH --evidence-dir DIR --work-dir DIR`: VAL12 — SIGKILL under
+//! write load, a hung CP, a full disk (a tmpfs: needs root), corrupt stores at start-up. The
+//! evidence and `val12-report.txt`/`val12-report.json` go straight into `--evidence-dir`; the
+//! data dirs and scratch files under `--work-dir`. Exit 0 only if every check passes.
+
+mod lab;
+mod report;
+mod val12;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "autonomy-lab",
+    about = "AutonomyOps lab drivers (on autonomy-testkit)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    lab: LabCmd,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// VAL12 — chaos beyond the plan (ports 18997 and 18998).
+    Val12 {
+        /// The `autonomy` binary.
+        #[arg(long, env = "AUTONOMY_BIN")]
+        bin: PathBuf,
+        /// Where the evidence and val12-report.{txt,json} go (made empty first).
+        #[arg(long)]
+        evidence_dir: PathBuf,
+        /// Scratch: data dirs, copies, the tmpfs mount point (made empty first).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Seed of the SIGKILL moments and the writers' choices (1 to 9 digits; default: from
+        /// the clock).
+        #[arg(long, env = "VAL12_SEED")]
+        seed: Option<String>,
+    },
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+fn fresh_dir(p: &Path) -> anyhow::Result<()> {
+    if p.exists() {
+        std::fs::remove_dir_all(p).with_context(|| format!("cannot empty {}", p.display()))?;
+    }
+    std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.lab {
+        LabCmd::Val12 {
+            bin,
+            evidence_dir,
+            work_dir,
+            seed,
+        } => {
+            let bin = absolute(&bin)?;
+            anyhow::ensure!(bin.is_file(), "{} is not an executable file", bin.display());
+            let (dir, work_root) = (absolute(&evidence_dir)?, absolute(&work_dir)?);
+            fresh_dir(&dir)?;
+            fresh_dir(&work_root)?;
+            let seed = match seed
+                .filter(|s| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+            {
+                Some(s) => s.parse()?,
+                None => {
+                    let nanos = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .subsec_nanos();
+                    u64::from(nanos) % (1 << 30)
+                }
+            };
+            let (data_dir, audit_dir, work) = (
+                work_root.join("data"),
+                work_root.join("audit"),
+                work_root.join("work"),
+            );
+            for d in [&data_dir, &audit_dir, &work] {
+                std::fs::create_dir_all(d)?;
+            }
+            let mut lab = lab::Lab {
+                name: "val12",
+                bin,
+                dir,
+                work,
+                port: val12::PORT,
+                base: format!("http://127.0.0.1:{}", val12::PORT),
+                data_dir,
+                audit_dir,
+                operator: "val12-chaos-op".into(),
+                report: report::Report {
+                    lab: "val12",
+                    ..report::Report::default()
+                },
+                cp: None,
+                start_error: String::new(),
+                ready_ms: String::new(),
+                started_at: lab::utc_now(),
+                t0: Instant::now(),
+            };
+            lab.say(&format!("starting (evidence: {})", lab.dir.display()));
+            let pass = val12::run(&mut lab, seed)?;
+            Ok(if pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
