@@ -10,19 +10,24 @@ use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 
 const HOUR_US: i64 = 3_600_000_000;
 
-#[tokio::test]
-async fn a_backward_clock_step_never_hides_a_stale_plan() {
-    let dir = std::env::temp_dir().join(format!("autonomy-clock-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let d = dir.clone();
-    let store = tokio::task::spawn_blocking(move || {
+/// Opens the store in `dir` (off the runtime: opening blocks on the writer thread).
+async fn open(dir: &std::path::Path) -> SqliteStore {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
         let lock = SqliteStore::lock(&d).unwrap();
         SqliteStore::open(&StoreConfig::new(d.clone(), d.join("audit")), lock)
             .unwrap()
             .0
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_backward_clock_step_never_hides_a_stale_plan() {
+    let dir = std::env::temp_dir().join(format!("autonomy-clock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = open(&dir).await;
     let store = Arc::new(store);
     let ctx = Ctx::system("test");
     let plan = NewPlan {
@@ -54,15 +59,7 @@ async fn a_backward_clock_step_never_hides_a_stale_plan() {
     )
     .unwrap();
     drop(conn);
-    let d = dir.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        let lock = SqliteStore::lock(&d).unwrap();
-        SqliteStore::open(&StoreConfig::new(d.clone(), d.join("audit")), lock)
-            .unwrap()
-            .0
-    })
-    .await
-    .unwrap();
+    let store = open(&dir).await;
     // On the wall clock the plan looks two hours fresh; it was 60 s stale when the clock went
     // back, and stays at least that stale.
     let report = store.stuck(30.0, 100).await.unwrap();
