@@ -46,6 +46,14 @@ use std::path::{Path, PathBuf};
 
 use autonomy_api::{AuditEvent, AuditFilter};
 
+mod checkpoint;
+
+pub use checkpoint::{
+    checkpoint_message, verify_signed, Checkpoint, PublicKey, SignedReport, Signer,
+    CHECKPOINTS_FILE, CHECKPOINT_EVERY_EVENTS, CHECKPOINT_INTERVAL, PUBLIC_KEY_FILE,
+    SIGNING_KEY_FILE,
+};
+
 /// `prev_hash` of the event with seq 1.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -101,6 +109,24 @@ pub enum AuditError {
     /// chain onto the log.
     #[error("{}", describe_invalid(*.seq, .what))]
     Invalid { seq: Option<u64>, what: String },
+    /// A bad line of `checkpoints.jsonl` (see [`verify_signed`]): `line` counts from 1, `seq`
+    /// is the seq the checkpoint names, when it could be read.
+    #[error("{}", describe_checkpoint(*.line, *.seq, .what))]
+    Checkpoint {
+        line: u64,
+        seq: Option<u64>,
+        what: String,
+    },
+    /// A key file that does not hold a key.
+    #[error("bad key file {}: {what}", .path.display())]
+    Key { path: PathBuf, what: String },
+}
+
+fn describe_checkpoint(line: u64, seq: Option<u64>, what: &str) -> String {
+    match seq {
+        Some(seq) => format!("{CHECKPOINTS_FILE} line {line} (checkpoint for seq {seq}): {what}"),
+        None => format!("{CHECKPOINTS_FILE} line {line}: {what}"),
+    }
 }
 
 fn describe_holder(pid: &Option<u32>) -> String {
@@ -403,6 +429,8 @@ pub struct AuditLog {
     /// `(segment, length)` to truncate back to before the next append: set when a failed append
     /// could not be rolled back at once.
     pending_rollback: Option<Vec<(u64, u64)>>,
+    /// Signed checkpoints, once [`AuditLog::set_signer`] was called.
+    checkpointing: Option<checkpoint::Checkpointing>,
 }
 
 impl AuditLog {
@@ -527,6 +555,7 @@ impl AuditLog {
             last_hash,
             repaired,
             pending_rollback: None,
+            checkpointing: None,
         })
     }
 
@@ -572,6 +601,8 @@ impl AuditLog {
         }
 
         let mut accepted: Vec<&str> = Vec::new();
+        // (seq, hash) of the accepted lines, for the checkpoints.
+        let mut heads: Vec<(u64, String)> = Vec::new();
         let mut expected = self.last_seq + 1;
         let mut prev_hash = self.last_hash.clone();
         for (seq, line) in lines {
@@ -612,6 +643,9 @@ impl AuditLog {
                     ),
                 });
             }
+            if self.checkpointing.is_some() {
+                heads.push((seq, event.hash.clone()));
+            }
             prev_hash = event.hash;
             expected += 1;
             accepted.push(line);
@@ -625,6 +659,7 @@ impl AuditLog {
             Ok(()) => {
                 self.last_seq = expected - 1;
                 self.last_hash = prev_hash;
+                self.after_append(&heads);
                 Ok(())
             }
             Err(e) => {
