@@ -558,3 +558,337 @@ pub fn verify_signed(dir: &Path, key: &PublicKey) -> Result<SignedReport, AuditE
         unsigned_tail: last_seq - last_checkpoint_seq,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{seal, verify, GENESIS_HASH};
+    use autonomy_api::{AuditEvent, EventType, Outcome, Target};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let path = std::env::temp_dir().join(format!(
+                "autonomy-audit-ckpt-{name}-{}-{nanos}",
+                std::process::id()
+            ));
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn event(n: u64, actor: &str) -> AuditEvent {
+        let mut e = AuditEvent::draft(
+            EventType::PlanCreated,
+            Target::RolloutPlan,
+            format!("plan-{n}"),
+            Outcome::Success,
+            "",
+            serde_json::json!({}),
+        );
+        e.id = format!("evt-{n}");
+        e.time = "2026-11-28T09:30:00.000000Z".to_string();
+        e.actor = actor.to_string();
+        e
+    }
+
+    /// Lines `first..=last` chained onto `prev`.
+    fn chain(first: u64, last: u64, mut prev: String) -> Vec<(u64, String)> {
+        (first..=last)
+            .map(|n| {
+                let sealed = seal(event(n, "alice"), n, &prev);
+                prev = sealed.event.hash;
+                (n, sealed.line)
+            })
+            .collect()
+    }
+
+    fn signer(byte: u8) -> Signer {
+        Signer::from_seed(&[byte; 32])
+    }
+
+    fn checkpoints(dir: &Path) -> Vec<Checkpoint> {
+        read_checkpoints(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.unwrap())
+            .collect()
+    }
+
+    /// A signed log of `n` events, appended in batches of 300, closed with a checkpoint.
+    fn signed_log(tmp: &TempDir, n: u64) -> PathBuf {
+        let dir = tmp.0.join("audit");
+        let mut log = AuditLog::open(&dir, 1 << 20).unwrap();
+        log.set_signer(signer(7)).unwrap();
+        let lines = chain(1, n, GENESIS_HASH.to_string());
+        for batch in lines.chunks(300) {
+            log.append(batch).unwrap();
+        }
+        log.checkpoint().unwrap();
+        dir
+    }
+
+    #[test]
+    fn signatures_cover_seq_hash_and_time() {
+        let s = signer(1);
+        let key = s.public_key();
+        let hash = "ab".repeat(32);
+        let cp = s.sign(42, &hash, "2026-11-28T09:30:00.000000Z");
+        assert_eq!(
+            checkpoint_message(42, &hash, "t"),
+            format!("autonomy-audit-checkpoint:v1:42:{hash}:t")
+        );
+        assert_eq!(cp.signature.len(), 128);
+        key.check(&cp).unwrap();
+        assert_eq!(PublicKey::from_hex(&key.to_hex()).unwrap(), key);
+
+        let mut other = cp.clone();
+        other.seq = 43;
+        assert!(key.check(&other).unwrap_err().contains("bad signature"));
+        let mut other = cp.clone();
+        other.hash = "cd".repeat(32);
+        assert!(key.check(&other).is_err());
+        let mut other = cp.clone();
+        other.time = "2026-11-28T09:30:00.000001Z".into();
+        assert!(key.check(&other).is_err());
+        let mut other = cp.clone();
+        other.signature = "00".repeat(64);
+        assert!(key.check(&other).is_err());
+        other.signature = "zz".into();
+        assert!(key.check(&other).unwrap_err().contains("128 hex"));
+        assert!(signer(2).public_key().check(&cp).is_err());
+        for bad in ["", "00", &"g".repeat(64), &"0".repeat(66)] {
+            assert!(PublicKey::from_hex(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn checkpoints_every_thousand_events_and_on_demand() {
+        let tmp = TempDir::new("every");
+        let dir = tmp.0.join("audit");
+        let mut log = AuditLog::open(&dir, 1 << 20).unwrap();
+        assert_eq!(log.checkpoint_due(), None);
+        assert!(!log.checkpoint().unwrap(), "no signer, no checkpoint");
+        log.set_signer(signer(7)).unwrap();
+        assert_eq!(log.checkpoint_due(), None, "nothing unsigned yet");
+
+        let lines = chain(1, 2500, GENESIS_HASH.to_string());
+        let before = Instant::now();
+        for batch in lines.chunks(300) {
+            log.append(batch).unwrap();
+        }
+        let seqs: Vec<u64> = checkpoints(&dir).iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [1000, 2000], "exactly at every 1,000th event");
+        let due = log.checkpoint_due().expect("500 events are unsigned");
+        assert!(due >= before + CHECKPOINT_INTERVAL && due <= Instant::now() + CHECKPOINT_INTERVAL);
+
+        assert!(log.checkpoint().unwrap());
+        assert!(!log.checkpoint().unwrap(), "nothing new since");
+        assert_eq!(log.checkpoint_due(), None);
+        let all = checkpoints(&dir);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].seq, 2500);
+        assert_eq!(all[2].hash, log.last_hash());
+
+        let report = verify_signed(&dir, &signer(7).public_key()).unwrap();
+        assert_eq!(report.checkpoints, 3);
+        assert_eq!(report.last_checkpoint_seq, 2500);
+        assert_eq!(report.unsigned_tail, 0);
+        assert_eq!(report.chain, verify(&dir).unwrap());
+    }
+
+    #[test]
+    fn reopening_continues_from_the_last_checkpoint_and_repairs_a_torn_line() {
+        let tmp = TempDir::new("reopen");
+        let dir = signed_log(&tmp, 10);
+        let path = dir.join(CHECKPOINTS_FILE);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":11,\"ha").unwrap();
+        drop(file);
+
+        let mut log = AuditLog::open(&dir, 1 << 20).unwrap();
+        log.set_signer(signer(7)).unwrap();
+        assert_eq!(log.checkpoint_due(), None, "seq 10 is signed");
+        assert!(!log.checkpoint().unwrap());
+        log.append(&chain(11, 12, log.last_hash().to_string()))
+            .unwrap();
+        assert!(log.checkpoint_due().is_some());
+        assert!(log.checkpoint().unwrap());
+        let seqs: Vec<u64> = checkpoints(&dir).iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [10, 12]);
+        let report = verify_signed(&dir, &signer(7).public_key()).unwrap();
+        assert_eq!(report.unsigned_tail, 0);
+    }
+
+    #[test]
+    fn a_rewritten_history_is_caught_though_its_chain_is_sound() {
+        let tmp = TempDir::new("rewrite");
+        let dir = signed_log(&tmp, 20);
+        let key = signer(7).public_key();
+        // Forge seq 5 and re-seal everything after it: a consistent chain.
+        let mut prev = String::new();
+        let mut lines = Vec::new();
+        for (seq, line) in chain(1, 20, GENESIS_HASH.to_string()) {
+            let line = if seq < 5 {
+                line
+            } else {
+                let actor = if seq == 5 { "mallory" } else { "alice" };
+                seal(event(seq, actor), seq, &prev).line
+            };
+            prev = crate::parse_line(&line).unwrap().hash;
+            lines.push(line);
+        }
+        fs::write(dir.join(crate::segment_name(1)), lines.join("\n") + "\n").unwrap();
+        assert_eq!(verify(&dir).unwrap().last_seq, 20, "the chain alone passes");
+        let err = verify_signed(&dir, &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::Corrupt {
+                    seq: Some(20),
+                    line: 20,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("signed checkpoint"), "{err}");
+        assert!(
+            err.to_string().contains("checkpoints.jsonl line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_cut_history_is_caught_and_a_tail_is_unsigned() {
+        let tmp = TempDir::new("cut");
+        let dir = signed_log(&tmp, 20);
+        let key = signer(7).public_key();
+        let seg = dir.join(crate::segment_name(1));
+        let text = fs::read_to_string(&seg).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+
+        // Forged events after the last checkpoint are the unsigned tail.
+        let hash_20 = crate::parse_line(lines[19]).unwrap().hash;
+        let extra = seal(event(21, "mallory"), 21, &hash_20).line;
+        fs::write(&seg, format!("{text}{extra}\n")).unwrap();
+        let report = verify_signed(&dir, &key).unwrap();
+        assert_eq!((report.unsigned_tail, report.last_checkpoint_seq), (1, 20));
+
+        // Cutting before the checkpoint is not.
+        fs::write(&seg, lines[..15].join("\n") + "\n").unwrap();
+        assert_eq!(verify(&dir).unwrap().last_seq, 15);
+        let err = verify_signed(&dir, &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::Checkpoint {
+                    line: 1,
+                    seq: Some(20),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("cut off"), "{err}");
+    }
+
+    #[test]
+    fn a_forged_or_edited_checkpoint_fails_naming_its_line() {
+        let tmp = TempDir::new("forged");
+        let dir = signed_log(&tmp, 1500);
+        let key = signer(7).public_key();
+        let path = dir.join(CHECKPOINTS_FILE);
+        let good = fs::read_to_string(&path).unwrap();
+        assert_eq!(good.lines().count(), 2);
+
+        // Signed with another key.
+        let head = checkpoints(&dir)[1].clone();
+        let forged = signer(9).sign(head.seq, &head.hash, &head.time);
+        let forged = serde_json::to_string(&forged).unwrap();
+        fs::write(&path, format!("{good}{forged}\n")).unwrap();
+        let err = verify_signed(&dir, &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::Checkpoint {
+                    line: 3,
+                    seq: Some(1500),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // An edited time.
+        let edited = good.replacen("\"time\":\"2", "\"time\":\"3", 1);
+        fs::write(&path, edited).unwrap();
+        let err = verify_signed(&dir, &key).unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoints.jsonl line 1") && err.contains("bad signature"),
+            "{err}"
+        );
+        // Garbage, and out of order.
+        fs::write(&path, format!("{good}not json\n")).unwrap();
+        let err = verify_signed(&dir, &key).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuditError::Checkpoint {
+                    line: 3,
+                    seq: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut lines: Vec<&str> = good.lines().collect();
+        lines.reverse();
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let err = verify_signed(&dir, &key).unwrap_err().to_string();
+        assert!(err.contains("does not follow"), "{err}");
+        // No checkpoints at all: everything is unsigned.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(verify_signed(&dir, &key).unwrap().unsigned_tail, 1500);
+    }
+
+    #[test]
+    fn the_key_is_made_once_private_and_whole() {
+        let tmp = TempDir::new("key");
+        let (s1, created) = Signer::load_or_create(&tmp.0).unwrap();
+        assert!(created);
+        let key_path = tmp.0.join(SIGNING_KEY_FILE);
+        let mode = fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let pub_path = tmp.0.join(PUBLIC_KEY_FILE);
+        assert_eq!(PublicKey::read(&pub_path).unwrap(), s1.public_key());
+        assert!(!format!("{s1:?}").contains(&to_hex(s1.0.as_bytes())));
+
+        fs::remove_file(&pub_path).unwrap();
+        let (s2, created) = Signer::load_or_create(&tmp.0).unwrap();
+        assert!(!created);
+        assert_eq!(s2.public_key(), s1.public_key());
+        assert_eq!(PublicKey::read(&pub_path).unwrap(), s1.public_key());
+        let leftovers: Vec<_> = fs::read_dir(&tmp.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+
+        fs::write(&key_path, "not a key\n").unwrap();
+        let err = Signer::load_or_create(&tmp.0).unwrap_err();
+        assert!(matches!(err, AuditError::Key { .. }), "{err}");
+    }
+}
