@@ -247,7 +247,7 @@ fn spawn_audit_check(
                     audit_dir = %audit_dir.display(),
                     segment = %damage.segment,
                     line = damage.line,
-                    seq = ?damage.seq,
+                    seq = %damage.seq.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
                     problem = %damage.message,
                     "the audit store is damaged: run `autonomy audit verify` and restore it"
                 );
