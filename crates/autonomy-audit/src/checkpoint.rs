@@ -282,9 +282,12 @@ pub(crate) struct Checkpointing {
     unsigned_since: Option<Instant>,
 }
 
+/// A line of `checkpoints.jsonl` (counting from 1) and what it parsed to.
+type CheckpointLine = (u64, Result<Checkpoint, String>);
+
 /// Reads the checkpoints of `dir` (none if the file is missing). An incomplete last line (a
 /// crash mid-write) is ignored; lines are parsed but not verified.
-fn read_checkpoints(dir: &Path) -> Result<Vec<(u64, Result<Checkpoint, String>)>, AuditError> {
+fn read_checkpoints(dir: &Path) -> Result<Vec<CheckpointLine>, AuditError> {
     let path = dir.join(CHECKPOINTS_FILE);
     let file = match File::open(&path) {
         Ok(f) => f,
