@@ -34,11 +34,15 @@
 //!   damage — a final complete line that fails its hash, a missing segment — makes `open` refuse
 //!   to start rather than write on top of a tampered log.
 //! * Tamper evidence: [`verify`] checks every line's hash, the seq sequence and the `prev_hash`
-//!   chain and reports the first bad record by segment, line and seq. The chain is not keyed:
-//!   whoever can rewrite the files can rewrite the whole tail consistently, and cutting off the
-//!   newest events leaves a valid (shorter) chain. Compare [`VerifyReport::last_seq`] and
-//!   [`VerifyReport::last_hash`] with an independent record (the control plane's own store, or a
-//!   copy kept elsewhere) to detect that.
+//!   chain and reports the first bad record by segment, line and seq. The chain itself is not
+//!   keyed: whoever can rewrite the files can rewrite the whole tail consistently, and cutting
+//!   off the newest events leaves a valid (shorter) chain. Compare [`VerifyReport::last_seq`]
+//!   and [`VerifyReport::last_hash`] with an independent record (the control plane's own store,
+//!   or a copy kept elsewhere) to detect that.
+//! * Signed checkpoints: with a [`Signer`] ([`AuditLog::set_signer`]) the log also writes
+//!   Ed25519-signed checkpoints of its head to `checkpoints.jsonl`, and [`verify_signed`]
+//!   checks them, so history up to the last checkpoint cannot be rewritten or cut without the
+//!   key. The format and the rules are in [`checkpoint`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -46,7 +50,7 @@ use std::path::{Path, PathBuf};
 
 use autonomy_api::{AuditEvent, AuditFilter};
 
-mod checkpoint;
+pub mod checkpoint;
 
 pub use checkpoint::{
     checkpoint_message, verify_signed, Checkpoint, PublicKey, SignedReport, Signer,
