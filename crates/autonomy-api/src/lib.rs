@@ -153,6 +153,7 @@ string_enum! {
         RolloutPhaseChanged = "rollout.phase_changed",
         RollbackExecuted = "rollback.executed",
         AuditQueried = "audit.queried",
+        AuditPublicKeyRead = "audit.public_key_read",
         TokenCreated = "token.created",
         TokenListed = "token.listed",
         TokenRevoked = "token.revoked",
@@ -616,6 +617,45 @@ pub struct Health {
     pub status: String,
     pub version: String,
     pub store: String,
+    /// The background check of the retained audit store after start-up (SPEC §5.8); absent
+    /// from servers that do not run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditCheck>,
+    /// Where the audit store is damaged, when `audit` is `damaged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_damage: Option<AuditDamage>,
+}
+
+string_enum! {
+    /// State of the background audit check in `GET /v1/health`.
+    pub enum AuditCheck("audit check") {
+        Verifying = "verifying",
+        Ok = "ok",
+        Damaged = "damaged",
+    }
+}
+
+/// The first bad record the background audit check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditDamage {
+    /// The segment file (or `checkpoints.jsonl`).
+    pub segment: String,
+    /// Line within it, from 1; 0 for the file as a whole.
+    pub line: u64,
+    /// The seq at that place, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// `GET /v1/audit/public-key`: the key that signs the audit checkpoints (SPEC §5.9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPublicKey {
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// The 32-byte public key as 64 lowercase hex digits, as in `audit-signing.pub`.
+    pub public_key: String,
 }
 
 /// `GET /v1/ready`: `{"status":"ready"}` once the store answers.

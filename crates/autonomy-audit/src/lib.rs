@@ -34,17 +34,29 @@
 //!   damage — a final complete line that fails its hash, a missing segment — makes `open` refuse
 //!   to start rather than write on top of a tampered log.
 //! * Tamper evidence: [`verify`] checks every line's hash, the seq sequence and the `prev_hash`
-//!   chain and reports the first bad record by segment, line and seq. The chain is not keyed:
-//!   whoever can rewrite the files can rewrite the whole tail consistently, and cutting off the
-//!   newest events leaves a valid (shorter) chain. Compare [`VerifyReport::last_seq`] and
-//!   [`VerifyReport::last_hash`] with an independent record (the control plane's own store, or a
-//!   copy kept elsewhere) to detect that.
+//!   chain and reports the first bad record by segment, line and seq. The chain itself is not
+//!   keyed: whoever can rewrite the files can rewrite the whole tail consistently, and cutting
+//!   off the newest events leaves a valid (shorter) chain. Compare [`VerifyReport::last_seq`]
+//!   and [`VerifyReport::last_hash`] with an independent record (the control plane's own store,
+//!   or a copy kept elsewhere) to detect that.
+//! * Signed checkpoints: with a [`Signer`] ([`AuditLog::set_signer`]) the log also writes
+//!   Ed25519-signed checkpoints of its head to `checkpoints.jsonl`, and [`verify_signed`]
+//!   checks them, so history up to the last checkpoint cannot be rewritten or cut without the
+//!   key. The format and the rules are in [`checkpoint`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use autonomy_api::{AuditEvent, AuditFilter};
+
+pub mod checkpoint;
+
+pub use checkpoint::{
+    checkpoint_message, verify_signed, Checkpoint, PublicKey, SignedReport, Signer,
+    CHECKPOINTS_FILE, CHECKPOINT_EVERY_EVENTS, CHECKPOINT_INTERVAL, PUBLIC_KEY_FILE,
+    SIGNING_KEY_FILE,
+};
 
 /// `prev_hash` of the event with seq 1.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -101,6 +113,24 @@ pub enum AuditError {
     /// chain onto the log.
     #[error("{}", describe_invalid(*.seq, .what))]
     Invalid { seq: Option<u64>, what: String },
+    /// A bad line of `checkpoints.jsonl` (see [`verify_signed`]): `line` counts from 1, `seq`
+    /// is the seq the checkpoint names, when it could be read.
+    #[error("{}", describe_checkpoint(*.line, *.seq, .what))]
+    Checkpoint {
+        line: u64,
+        seq: Option<u64>,
+        what: String,
+    },
+    /// A key file that does not hold a key.
+    #[error("bad key file {}: {what}", .path.display())]
+    Key { path: PathBuf, what: String },
+}
+
+fn describe_checkpoint(line: u64, seq: Option<u64>, what: &str) -> String {
+    match seq {
+        Some(seq) => format!("{CHECKPOINTS_FILE} line {line} (checkpoint for seq {seq}): {what}"),
+        None => format!("{CHECKPOINTS_FILE} line {line}: {what}"),
+    }
 }
 
 fn describe_holder(pid: &Option<u32>) -> String {
@@ -403,6 +433,8 @@ pub struct AuditLog {
     /// `(segment, length)` to truncate back to before the next append: set when a failed append
     /// could not be rolled back at once.
     pending_rollback: Option<Vec<(u64, u64)>>,
+    /// Signed checkpoints, once [`AuditLog::set_signer`] was called.
+    checkpointing: Option<checkpoint::Checkpointing>,
 }
 
 impl AuditLog {
@@ -527,6 +559,7 @@ impl AuditLog {
             last_hash,
             repaired,
             pending_rollback: None,
+            checkpointing: None,
         })
     }
 
@@ -572,6 +605,8 @@ impl AuditLog {
         }
 
         let mut accepted: Vec<&str> = Vec::new();
+        // (seq, hash) of the accepted lines, for the checkpoints.
+        let mut heads: Vec<(u64, String)> = Vec::new();
         let mut expected = self.last_seq + 1;
         let mut prev_hash = self.last_hash.clone();
         for (seq, line) in lines {
@@ -612,6 +647,9 @@ impl AuditLog {
                     ),
                 });
             }
+            if self.checkpointing.is_some() {
+                heads.push((seq, event.hash.clone()));
+            }
             prev_hash = event.hash;
             expected += 1;
             accepted.push(line);
@@ -625,6 +663,7 @@ impl AuditLog {
             Ok(()) => {
                 self.last_seq = expected - 1;
                 self.last_hash = prev_hash;
+                self.after_append(&heads);
                 Ok(())
             }
             Err(e) => {

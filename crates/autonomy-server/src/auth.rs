@@ -65,6 +65,7 @@ permissions! {
     ChangePhase = Operator, RolloutPhaseChanged, RolloutPlan;
     ExecuteRecovery = Operator, RollbackExecuted, RolloutPlan;
     QueryAudit = Viewer, AuditQueried, Audit;
+    ReadAuditKey = Viewer, AuditPublicKeyRead, Audit;
     CreateToken = Admin, TokenCreated, Token;
     ListTokens = Admin, TokenListed, Token;
     RevokeToken = Admin, TokenRevoked, Token;

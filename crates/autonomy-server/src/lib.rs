@@ -20,9 +20,9 @@ mod routes;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use autonomy_api::ErrorCode;
+use autonomy_api::{AuditCheck, AuditDamage, ErrorCode};
 use autonomy_store::Store;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, Uri};
@@ -69,12 +69,47 @@ struct HttpMetrics {
     by_class: [AtomicU64; 6],
 }
 
+/// What the server reports about the retained audit store: the public half of the checkpoint
+/// signing key (SPEC §5.9) and the state of the background chain check after start-up (SPEC
+/// §5.8), which whoever runs the check updates with [`AuditMonitor::set`].
+#[derive(Debug)]
+pub struct AuditMonitor {
+    public_key: Option<String>,
+    state: Mutex<(AuditCheck, Option<AuditDamage>)>,
+}
+
+impl AuditMonitor {
+    /// A monitor in state `verifying`; `public_key` is served at `GET /v1/audit/public-key`.
+    pub fn new(public_key: Option<String>) -> AuditMonitor {
+        AuditMonitor {
+            public_key,
+            state: Mutex::new((AuditCheck::Verifying, None)),
+        }
+    }
+
+    /// Records the check's result: `None` means sound, `Some` the first bad record.
+    pub fn set(&self, damage: Option<AuditDamage>) {
+        let check = if damage.is_some() {
+            AuditCheck::Damaged
+        } else {
+            AuditCheck::Ok
+        };
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (check, damage);
+    }
+
+    /// The current state and, when damaged, where.
+    pub fn get(&self) -> (AuditCheck, Option<AuditDamage>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// What every handler shares: the store, the configuration, the HTTP counters.
 pub struct AppState<S> {
     store: Arc<S>,
     config: Arc<ServerConfig>,
     http: Arc<HttpMetrics>,
     denials: Arc<denials::Denials>,
+    audit: Option<Arc<AuditMonitor>>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -84,6 +119,7 @@ impl<S> Clone for AppState<S> {
             config: self.config.clone(),
             http: self.http.clone(),
             denials: self.denials.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -96,6 +132,7 @@ impl<S: Store> AppState<S> {
             config: Arc::new(config),
             http: Arc::default(),
             denials,
+            audit: None,
         }
     }
 
@@ -103,6 +140,14 @@ impl<S: Store> AppState<S> {
     /// calls it every window and once more when it stops; call it after serving by other means.
     pub async fn flush_denied(&self) {
         self.denials.flush(self.store.as_ref()).await;
+    }
+
+    /// Reports the audit store's key and background check from `monitor` (health, metrics,
+    /// `GET /v1/audit/public-key`). Without one, health has no `audit` field and the key
+    /// route answers 404.
+    pub fn with_audit_monitor(mut self, monitor: Arc<AuditMonitor>) -> Self {
+        self.audit = Some(monitor);
+        self
     }
 }
 
@@ -129,6 +174,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/rollouts/{id}/{verb}", any(plans::unknown_verb))
         .route("/v1/rollback/execute", post(recovery::execute::<S>))
         .route("/v1/audit/events", get(audit::events::<S>))
+        .route("/v1/audit/public-key", get(audit::public_key::<S>))
         .route(
             "/v1/tokens",
             get(tokens::list::<S>).post(tokens::create::<S>),

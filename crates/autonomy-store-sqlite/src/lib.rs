@@ -44,6 +44,8 @@ pub struct StoreConfig {
     pub queue_depth: usize,
     /// Most requests one transaction carries.
     pub max_batch: usize,
+    /// Signs checkpoints of the retained audit store (SPEC §5.9) when set.
+    pub audit_signer: Option<autonomy_audit::Signer>,
 }
 
 impl StoreConfig {
@@ -54,6 +56,7 @@ impl StoreConfig {
             audit_segment_bytes: autonomy_audit::DEFAULT_SEGMENT_BYTES,
             queue_depth: 4096,
             max_batch: 256,
+            audit_signer: None,
         }
     }
 }
@@ -129,6 +132,11 @@ impl SqliteStore {
             autonomy_audit::AuditLog::open(&config.audit_dir, config.audit_segment_bytes)
                 .map_err(|e| StartupError(format!("cannot open the audit store: {e}")))?;
         let audit_repair = audit.repaired().map(str::to_string);
+        if let Some(signer) = &config.audit_signer {
+            audit
+                .set_signer(signer.clone())
+                .map_err(|e| StartupError(format!("cannot read the audit checkpoints: {e}")))?;
+        }
         let replayed = writer::reconcile_audit(&conn, &mut audit)?;
         // Plans are never deleted, so the largest rowid is the count (and costs no scan).
         let plans: u64 = conn

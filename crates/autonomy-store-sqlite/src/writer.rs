@@ -272,12 +272,17 @@ pub(crate) fn spawn(
         metrics,
         last_time_us,
         last_purge_us: 0,
+        timer: tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| StartupError(format!("cannot start the writer's timer: {e}")))?,
     };
     writer.metrics.writer_alive.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || {
             writer.run(rx, max_batch.max(1));
+            writer.audit_checkpoint();
             // Clean stop: fold the WAL into the database so the next start reads less.
             if let Err(e) = writer.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
                 tracing::warn!(error = %e, "checkpoint at shutdown failed (harmless: WAL recovery covers it)");
@@ -307,6 +312,8 @@ struct Writer {
     last_time_us: i64,
     /// When expired idempotency records were last purged.
     last_purge_us: i64,
+    /// Wakes the idle writer when an audit checkpoint is due.
+    timer: tokio::runtime::Runtime,
 }
 
 /// What an idempotency record keeps of an answer: never a secret, and at most
@@ -364,7 +371,7 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
 
 impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = self.next_job(&mut rx) {
             let mut batch = vec![first];
             while batch.len() < max_batch {
                 match rx.try_recv() {
@@ -402,6 +409,29 @@ impl Writer {
         self.audit.check_ground().map_err(|e| {
             format!("the audit store cannot be written, so no change is accepted: {e}")
         })
+    }
+
+    /// Waits for the next job, writing a signed audit checkpoint whenever one falls due while
+    /// waiting (SPEC §5.9); `None` once the queue is closed and empty.
+    fn next_job(&mut self, rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
+        loop {
+            let Some(due) = self.audit.checkpoint_due() else {
+                return rx.blocking_recv();
+            };
+            let waited = self
+                .timer
+                .block_on(async { tokio::time::timeout_at(due.into(), rx.recv()).await });
+            match waited {
+                Ok(job) => return job,
+                Err(_) => self.audit_checkpoint(),
+            }
+        }
+    }
+
+    fn audit_checkpoint(&mut self) {
+        if let Err(e) = self.audit.checkpoint() {
+            tracing::error!(error = %e, "writing a signed audit checkpoint failed; will retry");
+        }
     }
 
     fn run_batch(&mut self, batch: Vec<Job>) {

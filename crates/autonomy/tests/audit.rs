@@ -16,7 +16,11 @@ fn segment(dir: &Path) -> PathBuf {
     let mut segs: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        // Segments only: the audit dir also holds checkpoints.jsonl (SPEC §5.9).
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("audit-") && name.ends_with(".jsonl")
+        })
         .collect();
     segs.sort();
     segs.pop().expect("a segment")
@@ -219,11 +223,9 @@ fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
     let segments = fs::read_dir(cp.audit_dir())
         .unwrap()
         .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "jsonl")
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("audit-") && name.ends_with(".jsonl")
         })
         .count();
     assert!(

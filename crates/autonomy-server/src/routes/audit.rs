@@ -1,11 +1,11 @@
-//! `GET /v1/audit/events`.
+//! `GET /v1/audit/events` and `GET /v1/audit/public-key`.
 
-use autonomy_api::{AuditEventList, AuditQuery};
+use autonomy_api::{AuditEventList, AuditPublicKey, AuditQuery};
 use autonomy_store::Store;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 
-use crate::auth::{Caller, QueryAudit};
+use crate::auth::{Caller, QueryAudit, ReadAuditKey};
 use crate::{input, ApiError, AppState};
 
 pub async fn events<S: Store>(
@@ -17,5 +17,21 @@ pub async fn events<S: Store>(
     let filter = q.parse().map_err(ApiError::field)?;
     Ok(Json(AuditEventList {
         items: state.store.audit_events(filter).await?,
+    }))
+}
+
+/// The public key of the audit checkpoints (SPEC §5.9), for `audit verify --public-key`.
+pub async fn public_key<S: Store>(
+    State(state): State<AppState<S>>,
+    _: Caller<ReadAuditKey>,
+) -> Result<Json<AuditPublicKey>, ApiError> {
+    let key = state
+        .audit
+        .as_ref()
+        .and_then(|m| m.public_key.clone())
+        .ok_or_else(|| ApiError::not_found("this control plane does not sign audit checkpoints"))?;
+    Ok(Json(AuditPublicKey {
+        algorithm: "ed25519".into(),
+        public_key: key,
     }))
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use autonomy_api::Health;
+use autonomy_api::{AuditCheck, Health};
 use autonomy_store::Store;
 use axum::extract::State;
 use axum::http::header;
@@ -13,10 +13,19 @@ use axum::Json;
 use crate::{ApiError, AppState};
 
 pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> {
+    let (audit, audit_damage) = match &state.audit {
+        Some(m) => {
+            let (check, damage) = m.get();
+            (Some(check), damage)
+        }
+        None => (None, None),
+    };
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         store: state.store.backend().into(),
+        audit,
+        audit_damage,
     })
 }
 
@@ -73,6 +82,19 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
         "# HELP autonomy_store_max_batch Largest group commit so far.\n# TYPE autonomy_store_max_batch gauge\nautonomy_store_max_batch {}",
         m.max_batch
     );
+    if let Some(monitor) = &state.audit {
+        let (check, _) = monitor.get();
+        let _ = writeln!(
+            out,
+            "# HELP autonomy_audit_damaged 1 when the background check found the audit store damaged (see /v1/health).\n# TYPE autonomy_audit_damaged gauge\nautonomy_audit_damaged {}",
+            u8::from(check == AuditCheck::Damaged)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP autonomy_audit_verifying 1 while the background check of the audit store runs.\n# TYPE autonomy_audit_verifying gauge\nautonomy_audit_verifying {}",
+            u8::from(check == AuditCheck::Verifying)
+        );
+    }
     let _ = writeln!(out, "# HELP autonomy_http_responses_total Responses by status class.\n# TYPE autonomy_http_responses_total counter");
     for (i, c) in state.http.by_class.iter().enumerate().skip(1) {
         let _ = writeln!(

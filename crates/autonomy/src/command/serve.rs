@@ -1,15 +1,18 @@
 //! `autonomy serve`: runs the control plane.
 //!
-//! Order of start-up: lock the data dir, bind the port, open the store (SQLite checks,
-//! migrations, audit replay) — a refused start removes what it created — print `listening on http://ADDR`, serve until SIGTERM/SIGINT, drain in-flight
-//! requests, stop the writer after its last commit, exit 0.
+//! Order of start-up: lock the data dir, bind the port, load (or make) the audit signing key,
+//! open the store (SQLite checks, migrations, audit replay) — a refused start removes what it
+//! created — start the background audit check, print `listening on http://ADDR`, serve until
+//! SIGTERM/SIGINT, drain in-flight requests, stop the writer after its last commit (and its last
+//! signed audit checkpoint), exit 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use autonomy_server::{AppState, ArtifactPolicy, ServerConfig};
+use autonomy_api::AuditDamage;
+use autonomy_server::{AppState, ArtifactPolicy, AuditMonitor, ServerConfig};
 use autonomy_store::Store;
 use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 use clap::{Args, ValueEnum};
@@ -113,8 +116,23 @@ impl ServeArgs {
         guard.locked = true;
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
-        let (store, report) =
-            SqliteStore::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+        // The checkpoint signing key (SPEC §5.9): made at the first start, kept in the data dir.
+        let (signer, key_created) = autonomy_audit::Signer::load_or_create(&self.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot start: audit signing key: {e}"))?;
+        let public_key = signer.public_key();
+        config.audit_signer = Some(signer);
+        let (store, report) = SqliteStore::open(&config, lock).map_err(|e| {
+            if key_created {
+                // A refused start leaves no file behind (SPEC §5.10).
+                for name in [
+                    autonomy_audit::SIGNING_KEY_FILE,
+                    autonomy_audit::PUBLIC_KEY_FILE,
+                ] {
+                    let _ = std::fs::remove_file(self.data_dir.join(name));
+                }
+            }
+            anyhow::anyhow!("cannot start: {e}")
+        })?;
         let store = Arc::new(store);
         guard.disarm();
         tracing::info!(
@@ -144,6 +162,9 @@ impl ServeArgs {
             .local_addr()
             .context("cannot start: listener address")?;
 
+        let monitor = Arc::new(AuditMonitor::new(Some(public_key.to_hex())));
+        spawn_audit_check(audit_dir.clone(), public_key, monitor.clone())
+            .context("cannot start: the background audit check")?;
         let state = AppState::new(
             store.clone(),
             ServerConfig::new(
@@ -153,7 +174,8 @@ impl ServeArgs {
                     Policy::Strict => ArtifactPolicy::Strict,
                 },
             ),
-        );
+        )
+        .with_audit_monitor(monitor);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -256,6 +278,83 @@ impl Drop for StartGuard {
                 }
             }
         }
+    }
+}
+
+/// Verifies the whole retained audit store once, on a thread of its own so start-up does not
+/// wait (SPEC §5.8): the hash chain, and the signed checkpoints with our own key. The result
+/// goes to `monitor` (health, metrics); damage is also logged at ERROR now and every
+/// [`DAMAGE_LOG_EVERY`] until the CP stops, since only an operator can repair it.
+fn spawn_audit_check(
+    audit_dir: PathBuf,
+    key: autonomy_audit::PublicKey,
+    monitor: Arc<AuditMonitor>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("audit-check".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let damage = match autonomy_audit::verify_signed(&audit_dir, &key) {
+                Ok(report) => {
+                    tracing::info!(
+                        events = report.chain.events,
+                        checkpoints = report.checkpoints,
+                        unsigned_tail = report.unsigned_tail,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "audit store verified"
+                    );
+                    None
+                }
+                Err(e) => Some(damage_of(e)),
+            };
+            monitor.set(damage.clone());
+            let Some(damage) = damage else {
+                return;
+            };
+            loop {
+                tracing::error!(
+                    audit_dir = %audit_dir.display(),
+                    segment = %damage.segment,
+                    line = damage.line,
+                    seq = %damage.seq.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                    problem = %damage.message,
+                    "the audit store is damaged: run `autonomy audit verify` and restore it"
+                );
+                std::thread::sleep(DAMAGE_LOG_EVERY);
+            }
+        })
+        .map(drop)
+}
+
+const DAMAGE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where an audit check failed, for health.
+fn damage_of(e: autonomy_audit::AuditError) -> AuditDamage {
+    use autonomy_audit::AuditError;
+    match e {
+        AuditError::Corrupt {
+            segment,
+            line,
+            seq,
+            what,
+        } => AuditDamage {
+            segment,
+            line,
+            seq,
+            message: what,
+        },
+        AuditError::Checkpoint { line, seq, what } => AuditDamage {
+            segment: autonomy_audit::CHECKPOINTS_FILE.to_string(),
+            line,
+            seq,
+            message: what,
+        },
+        other => AuditDamage {
+            segment: String::new(),
+            line: 0,
+            seq: None,
+            message: other.to_string(),
+        },
     }
 }
 

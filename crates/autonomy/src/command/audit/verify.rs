@@ -19,6 +19,12 @@ use crate::output::logfmt;
 /// record (`error: audit store is corrupt: <segment> line <n> (seq <s>): <what>`) and exits 1.
 /// The store is --audit-dir (AUTONOMY_AUDIT_DIR), else `<data-dir>/audit`.
 ///
+/// With --public-key FILE (the CP's `<data-dir>/audit-signing.pub`), every signed checkpoint in
+/// `checkpoints.jsonl` must carry a valid signature by that key and match the chain's hash at
+/// its seq, so history up to the last checkpoint cannot be rewritten or cut by someone without
+/// the key; the events after it are reported as `unsigned_tail=N` (with `checkpoints=N
+/// last_checkpoint_seq=N`). A bad checkpoint fails naming its line and seq.
+///
 /// The chain alone cannot show that its newest events were cut off the end, so when the CP's
 /// data dir is known (--data-dir / AUTONOMY_DATA_DIR, or the default when no --audit-dir is
 /// given) the result is also checked against the database's own copy of the chain head
@@ -29,6 +35,7 @@ use crate::output::logfmt;
 ///   autonomy audit verify
 ///   autonomy audit verify --data-dir /var/lib/autonomy
 ///   autonomy audit verify --audit-dir /mnt/retained/audit -o json
+///   autonomy audit verify --audit-dir /mnt/retained/audit --public-key audit-signing.pub
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct VerifyArgs {
@@ -40,6 +47,11 @@ pub struct VerifyArgs {
     /// `<data-dir>/audit` unless --audit-dir, and its database is checked against the store.
     #[arg(long, env = "AUTONOMY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// The CP's checkpoint public key file (`<data-dir>/audit-signing.pub`: 64 hex digits, as
+    /// served by GET /v1/audit/public-key): also check every signed checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
 }
 
 impl VerifyArgs {
@@ -53,8 +65,32 @@ impl VerifyArgs {
             }
         };
         require_dir(&dir, flag)?;
-        let report = match autonomy_audit::verify(&dir) {
+        let key =
+            match &self.public_key {
+                Some(path) => Some(autonomy_audit::PublicKey::read(path).map_err(|e| {
+                    exit::failure(Exit::Usage, format!("invalid --public-key: {e}"))
+                })?),
+                None => None,
+            };
+        let verified = match &key {
+            Some(key) => autonomy_audit::verify_signed(&dir, key).map(|r| {
+                let chain = r.chain.clone();
+                (chain, Some(r))
+            }),
+            None => autonomy_audit::verify(&dir).map(|r| (r, None)),
+        };
+        let (report, signed) = match verified {
             Ok(report) => report,
+            Err(AuditError::Checkpoint { line, seq, what }) => {
+                let seq = seq.map_or(String::new(), |s| format!(" (checkpoint for seq {s})"));
+                return Err(exit::failure(
+                    Exit::Other,
+                    format!(
+                        "audit store is corrupt: {} line {line}{seq}: {what}",
+                        autonomy_audit::CHECKPOINTS_FILE
+                    ),
+                ));
+            }
             Err(AuditError::Corrupt {
                 segment,
                 line,
@@ -86,7 +122,7 @@ impl VerifyArgs {
             _ => "not_checked",
         };
         if ctx.out.is_json() {
-            let value = serde_json::json!({
+            let mut value = serde_json::json!({
                 "ok": true,
                 "audit_dir": dir.display().to_string(),
                 "segments": report.segments,
@@ -96,6 +132,11 @@ impl VerifyArgs {
                 "unterminated_tail": report.unterminated_tail,
                 "database": database,
             });
+            if let Some(signed) = &signed {
+                value["checkpoints"] = signed.checkpoints.into();
+                value["last_checkpoint_seq"] = signed.last_checkpoint_seq.into();
+                value["unsigned_tail"] = signed.unsigned_tail.into();
+            }
             ctx.out.print(&serde_json::to_string(&value)?)?;
         } else {
             let mut pairs = vec![
@@ -108,6 +149,14 @@ impl VerifyArgs {
                 pairs.push(("unterminated_tail", "true".to_string()));
             }
             pairs.push(("database", database.to_string()));
+            if let Some(signed) = &signed {
+                pairs.push(("checkpoints", signed.checkpoints.to_string()));
+                pairs.push((
+                    "last_checkpoint_seq",
+                    signed.last_checkpoint_seq.to_string(),
+                ));
+                pairs.push(("unsigned_tail", signed.unsigned_tail.to_string()));
+            }
             ctx.out.print(&format!("ok {}", logfmt(&pairs)))?;
         }
         Ok(ExitCode::SUCCESS)
