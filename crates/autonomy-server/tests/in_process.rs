@@ -27,7 +27,7 @@ struct App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        self.store.close();
+        let _ = self.store.close();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

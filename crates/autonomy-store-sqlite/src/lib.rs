@@ -75,6 +75,10 @@ pub(crate) struct Metrics {
     pub audit_export_behind: AtomicBool,
     /// Set when a commit failed (disk full, I/O error); cleared by the next successful one.
     pub storage_fault: AtomicBool,
+    /// Set for good when the database or audit file was found deleted or replaced.
+    pub ground_lost: AtomicBool,
+    /// Set when the writer thread ended by panicking.
+    pub writer_failed: AtomicBool,
     pub writer_alive: AtomicBool,
 }
 
@@ -299,7 +303,7 @@ impl Store for SqliteStore {
     }
 
     /// Stops the writer after it has finished every queued write. Idempotent.
-    fn close(&self) {
+    fn close(&self) -> Result<()> {
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some((stop, h)) = self
             .checkpointer
@@ -311,8 +315,25 @@ impl Store for SqliteStore {
             let _ = h.join();
         }
         if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = h.join();
+            if h.join().is_err() {
+                self.metrics.writer_failed.store(true, Ordering::SeqCst);
+            }
         }
+        if self.metrics.writer_failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Internal(
+                "the store writer thread failed (see the log above); writes after that were \
+                 refused"
+                    .into(),
+            ));
+        }
+        if self.metrics.ground_lost.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "the data dir or the audit dir was deleted or replaced while the control plane \
+                 ran; writes after that were refused with 503 — restore them before restarting"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> Result<Reply> {
@@ -393,7 +414,7 @@ impl Store for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        let _ = self.close();
     }
 }
 

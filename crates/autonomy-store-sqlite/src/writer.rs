@@ -437,6 +437,7 @@ impl Writer {
     fn run_batch(&mut self, batch: Vec<Job>) {
         if let Err(why) = self.check_ground() {
             self.metrics.storage_fault.store(true, Ordering::SeqCst);
+            self.metrics.ground_lost.store(true, Ordering::SeqCst);
             tracing::error!(error = %why, jobs = batch.len(), "storage fault; nothing changed");
             for job in batch {
                 let _ = job.reply.send(Err(StoreError::Unavailable(why.clone())));

@@ -45,7 +45,7 @@ async fn a_backward_clock_step_never_hides_a_stale_plan() {
         warnings: vec![],
     };
     store.create_plan(&ctx, plan).await.unwrap();
-    store.close();
+    store.close().unwrap();
     drop(store);
     // Rewrite history as a clock two hours ahead would have written it: the plan's last
     // progress 60 s before the newest event, both two hours in the wall clock's future.
@@ -65,6 +65,6 @@ async fn a_backward_clock_step_never_hides_a_stale_plan() {
     let report = store.stuck(30.0, 100).await.unwrap();
     assert_eq!(report.stuck_count, 1, "{report:#?}");
     assert!(report.items[0].stale_seconds >= 60.0, "{report:#?}");
-    store.close();
+    store.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -145,8 +145,10 @@ pub trait Store: Send + Sync + 'static {
 
     fn metrics(&self) -> StoreMetrics;
 
-    /// Stops accepting writes after finishing the queued ones. Idempotent.
-    fn close(&self);
+    /// Stops accepting writes after finishing the queued ones. Idempotent. An error says the
+    /// store did not end well (its writer failed, or the ground under it vanished): the CP
+    /// must not report a clean stop.
+    fn close(&self) -> Result<()>;
 
     fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> impl Future<Output = Result<Reply>> + Send;
 

@@ -126,7 +126,10 @@ fn a_deleted_data_dir_is_a_storage_fault_not_a_silent_success() {
     assert!(body.contains("deleted") || body.contains("gone"), "{body}");
     let (s, _) = cp.get("/v1/ready", &[]);
     assert_eq!(s, 503);
-    cp.sigkill();
+    // And the stop says so: no "stopped cleanly", no exit 0.
+    let status = cp.sigterm();
+    assert!(!status.success(), "exit {status} after losing the data dir");
+    assert!(cp.stderr().contains("not cleanly"), "{}", cp.stderr());
 }
 
 #[test]

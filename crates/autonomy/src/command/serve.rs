@@ -208,9 +208,13 @@ impl ServeArgs {
             }
         });
         // In-flight requests are done; let the writer finish its queue and stop.
-        store.close();
+        let closed = store.close();
         runtime.shutdown_timeout(std::time::Duration::from_secs(5));
         served.context("the server failed")?;
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "control plane stopped, but not cleanly");
+            bail!("stopped, but not cleanly: {e}");
+        }
         tracing::info!("control plane stopped cleanly");
         Ok(ExitCode::SUCCESS)
     }
