@@ -33,7 +33,12 @@ Every other command talks to a running control plane (CP) over HTTP at --server,
 while the CP is down).
 
 Output: `-o text` (default) prints one logfmt `key=value` line per object and an aligned table
-for lists; `-o json` prints the API's JSON unchanged, one document.
+for lists, with control, bidi and zero-width characters escaped (ESC shows as `\\u{1b}`);
+`-o json` prints the API's JSON unchanged, one document. Either way the answer is first checked
+to be what the command expects (anything else is exit 1).
+
+The client flags (--server, --token, -o, --timeout) go before or after the command; `serve`
+takes none of them. An AUTONOMY_* variable set to the empty string counts as unset.
 
 Examples:
   autonomy serve --listen 127.0.0.1:8080 --data-dir ./autonomy-data
@@ -71,7 +76,8 @@ pub struct Cli {
 /// Flags every client command accepts, before or after the command name (see [`command`]).
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Address of the control plane (plain HTTP).
+    /// Address of the control plane: `http://host[:port]` (plain HTTP), no path, query or
+    /// fragment (the CLI adds `/v1/…`).
     #[arg(
         long,
         env = "AUTONOMY_SERVER",

@@ -93,6 +93,7 @@ fn the_exit_code_of_an_unexpected_answer_is_documented() {
         "{}",
         out.stdout_str()
     );
+    assert_no_raw_dangerous("--help", &out.stdout_str());
 }
 
 // ---------------------------------------------------------------------------------------------
