@@ -219,7 +219,7 @@ impl Cli {
 /// trailing slash. The CLI adds `/v1/…` itself, so a path other than `/`, a query or a
 /// fragment is refused: `http://cp/v1` would send every call to `/v1/v1/…` and read the 404s
 /// as "not found".
-pub fn parse_server(s: &str) -> Result<String, String> {
+fn parse_server(s: &str) -> Result<String, String> {
     let s = s.trim();
     let rest = match s.split_once("://") {
         None => s,
