@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use autonomy_client::ClientError;
 
+use crate::output::escape;
+
 /// Exit codes of every `autonomy` command (also printed by `autonomy --help`). Defined, and
 /// mapped from HTTP answers, in one place: the client crate.
 pub use autonomy_client::Exit;
@@ -14,8 +16,10 @@ pub use autonomy_client::Exit;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other error (including a request the control plane rejected as invalid: 400/413/415/422)
-  2  usage error (bad flag or value, caught before anything was sent)
+  1  other error (including a request the control plane rejected as invalid: 400/413/415/422,
+     and an answer of the control plane that is not the expected JSON)
+  2  usage error (bad flag or value, or a plan file that is missing, unreadable or over 1 MiB,
+     caught before anything was sent)
   3  the control plane could not be reached, or gave no answer within --timeout
   4  not found
   5  conflict or invalid transition (including a rejected rollback)
@@ -23,6 +27,20 @@ Exit codes:
   7  the control plane answered 5xx (503: retry after the time it names)
 
 Errors go to stderr as one line: `error: <what happened>: <why>`.";
+
+/// The flags of the client verbs (`serve` takes none of them), as typed.
+pub const CLIENT_FLAGS: &[&str] = &[
+    "--server",
+    "--token",
+    "-o",
+    "--output",
+    "--timeout",
+    "--operator",
+];
+
+/// Why `serve` refuses a client flag.
+pub const SERVE_TAKES_NO_CLIENT_FLAGS: &str =
+    "it is a flag of the client commands, which `autonomy serve` does not take";
 
 /// An error that knows its exit code. Commands return it (wrapped in `anyhow::Error`) for
 /// failures that are not HTTP answers, e.g. usage errors found after parsing.
@@ -59,7 +77,8 @@ pub fn failure(exit: Exit, message: impl Into<String>) -> anyhow::Error {
 }
 
 /// Maps an error to its exit code and the message for the `error:` line (`None`: print
-/// nothing, e.g. stdout was closed by `| head`).
+/// nothing, e.g. stdout was closed by `| head`). The message is one line with unsafe
+/// characters escaped: it may quote what the CP answered.
 pub fn classify(e: &anyhow::Error) -> (ExitCode, Option<String>) {
     let mut exit = Exit::Other;
     for cause in e.chain() {
@@ -77,7 +96,10 @@ pub fn classify(e: &anyhow::Error) -> (ExitCode, Option<String>) {
             break;
         }
     }
-    (exit.into(), Some(one_line(&format!("{e:#}"))))
+    (
+        exit.into(),
+        Some(escape(&one_line(&format!("{e:#}"))).into_owned()),
+    )
 }
 
 /// Errors print as exactly one line.
@@ -111,7 +133,15 @@ pub fn clap_error(e: clap::Error) -> ExitCode {
                 }
             }
             let mut message = parts.join(" ");
-            if e.kind() == ErrorKind::UnknownArgument && message.contains("'--operator'") {
+            let in_serve = rendered
+                .lines()
+                .any(|l| l.trim_start().starts_with("Usage: autonomy serve"));
+            let client_flag = CLIENT_FLAGS
+                .iter()
+                .any(|f| message.contains(&format!("'{f}'")));
+            if e.kind() == ErrorKind::UnknownArgument && in_serve && client_flag {
+                message.push_str(&format!("; {SERVE_TAKES_NO_CLIENT_FLAGS}"));
+            } else if e.kind() == ErrorKind::UnknownArgument && message.contains("'--operator'") {
                 message.push_str(
                     "; --operator goes before the command (`autonomy --operator NAME rollout …`) \
                      or set AUTONOMY_OPERATOR",
@@ -120,7 +150,7 @@ pub fn clap_error(e: clap::Error) -> ExitCode {
             if !message.starts_with("error:") {
                 message = format!("error: {message}");
             }
-            let _ = writeln!(io::stderr(), "{message} (see --help)");
+            let _ = writeln!(io::stderr(), "{} (see --help)", escape(&message));
             Exit::Usage.into()
         }
     }

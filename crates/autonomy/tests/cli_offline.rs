@@ -248,7 +248,7 @@ fn usage_errors_exit_2_before_anything_is_sent() {
 }
 
 #[test]
-fn an_invalid_plan_file_is_a_usage_error_and_a_missing_one_is_not() {
+fn an_invalid_or_missing_plan_file_is_a_usage_error() {
     let (_listener, url) = silent_listener();
     let out = run(
         &["rollout", "create", "-f", "-", "--server", &url],
@@ -271,7 +271,7 @@ fn an_invalid_plan_file_is_a_usage_error_and_a_missing_one_is_not() {
         &[],
         None,
     );
-    out.assert_code(1);
+    out.assert_code(2);
     assert!(out.error_line().contains("/nonexistent/plan.json"));
 }
 

@@ -55,7 +55,16 @@ pub struct ServeArgs {
 
     /// RBAC enforcement: 1 (default) requires bearer tokens; 0 allows every request and takes
     /// the actor from the X-Autonomy-Operator header.
-    #[arg(long, env = "AUTONOMY_RBAC_ENFORCEMENT", default_value = "1", value_parser = parse_flag)]
+    #[arg(
+        long,
+        env = "AUTONOMY_RBAC_ENFORCEMENT",
+        value_name = "0|1",
+        default_value = "1",
+        num_args = 0..=1,
+        default_missing_value = "1",
+        action = clap::ArgAction::Set,
+        value_parser = parse_flag
+    )]
     rbac_enforcement: bool,
 
     /// After SIGTERM/SIGINT, how long in-flight requests get to finish before the CP stops

@@ -1,11 +1,11 @@
 //! `autonomy rollout create`: POST /v1/rollouts.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use autonomy_api::{CreateMetadata, CreateRolloutRequest, PlanSpec};
 use clap::Args;
 
@@ -18,7 +18,8 @@ use crate::exit;
 /// Either from flags (`--artifact-ref` is required; the id is generated when `--id` is
 /// omitted), or from a JSON file holding the create request
 /// (`{"metadata":{"id":…,"labels":{…}},"spec":{"artifact_ref":…,"targets":{…},"stages":[…]},"draft":false}`)
-/// with `-f FILE` (`-f -` reads stdin). A new plan is `published` (waiting at its start
+/// with `-f FILE` (`-f -` reads stdin; at most 1 MiB, and a missing, unreadable or larger
+/// file is exit 2 with nothing sent). A new plan is `published` (waiting at its start
 /// gate) unless `--draft`. Unknown artifact schemes and malformed digests or fingerprints are
 /// accepted and reported as `warnings`. Exit 5 if the id is taken.
 ///
@@ -30,7 +31,7 @@ use crate::exit;
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
-    /// Read the whole create request (JSON) from FILE; `-` is stdin.
+    /// Read the whole create request (JSON, at most 1 MiB) from FILE; `-` is stdin.
     #[arg(
         short = 'f',
         long = "file",
@@ -107,23 +108,60 @@ impl CreateArgs {
     }
 }
 
-/// Reads the plan file (or stdin) and checks it is a create request before sending it as is.
-fn read_plan(path: &PathBuf) -> anyhow::Result<String> {
-    let (name, text) = if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the plan from stdin")?;
-        ("stdin".to_string(), text)
+/// The most `-f` reads: the CP refuses larger bodies (413) anyway.
+const MAX_PLAN_BYTES: u64 = 1024 * 1024;
+
+/// Reads the plan file (or stdin), at most [`MAX_PLAN_BYTES`], and checks it is a create
+/// request before sending it as is. A missing, unreadable, non-UTF-8 or larger input is a
+/// usage error (exit 2): nothing is sent.
+fn read_plan(path: &Path) -> anyhow::Result<String> {
+    // `name` for "invalid plan in …", `what` for "cannot read …" and "… is larger".
+    let (name, what, bytes) = if path.as_os_str() == "-" {
+        let what = "the plan from stdin";
+        (
+            "stdin".to_string(),
+            what.to_string(),
+            read_bounded(std::io::stdin().lock(), what)?,
+        )
     } else {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the plan file {}", path.display()))?;
-        (path.display().to_string(), text)
+        let name = path.display().to_string();
+        let what = format!("the plan file {name}");
+        let file = File::open(path)
+            .map_err(|e| exit::usage(format!("cannot read {what}: {}", io_reason(&e))))?;
+        let bytes = read_bounded(file, &what)?;
+        (name, what, bytes)
     };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| exit::usage(format!("cannot read {what}: it is not UTF-8 text")))?;
     if let Err(e) = serde_json::from_str::<CreateRolloutRequest>(&text) {
         return Err(exit::usage(format!("invalid plan in {name}: {e}")));
     }
     Ok(text)
+}
+
+/// Reads `input` to its end, refusing (exit 2) one byte more than [`MAX_PLAN_BYTES`].
+fn read_bounded(input: impl Read, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_PLAN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| exit::usage(format!("cannot read {what}: {}", io_reason(&e))))?;
+    if bytes.len() as u64 > MAX_PLAN_BYTES {
+        return Err(exit::usage(format!(
+            "{what} is larger than 1 MiB, the most the control plane accepts"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// An I/O error as the end of a message: lower case, without the `(os error N)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    text.to_lowercase()
 }
 
 /// `--label key=value`: a non-empty key, then `=`, then the value (may be empty).
