@@ -54,10 +54,7 @@ async fn app(rbac: bool, policy: ArtifactPolicy) -> App {
         .unwrap()
         .trim()
         .to_string();
-    let config = ServerConfig {
-        rbac,
-        artifact_policy: policy,
-    };
+    let config = ServerConfig::new(rbac, policy);
     App {
         router: router(AppState::new(store.clone(), config)),
         store,

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use autonomy_server::{AppState, ArtifactPolicy, ServerConfig};
+use autonomy_server::{AppState, ArtifactPolicy, Limits, ServerConfig};
 use autonomy_store::Store;
 use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 use clap::{Args, ValueEnum};
@@ -65,6 +65,59 @@ pub struct ServeArgs {
     )]
     shutdown_timeout: f64,
 
+    /// With RBAC off, a name the CP is served under besides loopback ones (localhost,
+    /// *.localhost, 127.0.0.0/8, [::1]); requests with any other Host are 403 (DNS rebinding
+    /// protection). Any port; repeatable, or comma-separated in the env var.
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "AUTONOMY_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+
+    /// Connections served at once; beyond it, new connections wait in the accept queue until
+    /// one ends (logged at most once a second).
+    #[arg(
+        long,
+        env = "AUTONOMY_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    max_connections: u32,
+
+    /// Seconds a request's headers may take to arrive (from the connection's opening, or from
+    /// the first byte of a later request on it).
+    #[arg(
+        long,
+        env = "AUTONOMY_HEADER_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        hide = true
+    )]
+    header_timeout: f64,
+
+    /// Seconds a request's body may take to arrive after its headers.
+    #[arg(
+        long,
+        env = "AUTONOMY_BODY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        hide = true
+    )]
+    body_timeout: f64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(
+        long,
+        env = "AUTONOMY_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        hide = true
+    )]
+    idle_timeout: f64,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
@@ -74,6 +127,14 @@ pub struct ServeArgs {
 enum Policy {
     Warn,
     Strict,
+}
+
+/// A timeout flag: a positive number of seconds, at most a day.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        bail!("invalid {flag}: must be a number of seconds above 0 and at most 86400");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 fn parse_flag(s: &str) -> Result<bool, String> {
@@ -91,6 +152,20 @@ impl ServeArgs {
             bail!("invalid --shutdown-timeout: must be a non-negative number of seconds");
         }
         let grace = std::time::Duration::from_secs_f64(self.shutdown_timeout.min(3600.0));
+        let limits = Limits {
+            header_timeout: seconds("--header-timeout", self.header_timeout)?,
+            body_timeout: seconds("--body-timeout", self.body_timeout)?,
+            idle_timeout: seconds("--idle-timeout", self.idle_timeout)?,
+            max_connections: self.max_connections as usize,
+        };
+        let mut allowed_hosts = Vec::new();
+        for name in &self.allowed_hosts {
+            let name = name.trim();
+            if name.is_empty() || name.contains(['/', '@', ' ']) {
+                bail!("invalid --allowed-host {name:?}: give a host name without scheme or path");
+            }
+            allowed_hosts.push(name.to_string());
+        }
         if let Some(url) = &self.database_url {
             let scheme = url.split("://").next().unwrap_or("");
             bail!(
@@ -130,7 +205,9 @@ impl ServeArgs {
         }
         if !self.rbac_enforcement {
             tracing::warn!(
-                "RBAC enforcement is OFF (AUTONOMY_RBAC_ENFORCEMENT=0): every request is allowed"
+                allowed_hosts = ?self.allowed_hosts,
+                "RBAC enforcement is OFF (AUTONOMY_RBAC_ENFORCEMENT=0): every request is allowed \
+                 whose Host is a loopback name or an --allowed-host"
             );
         }
 
@@ -149,6 +226,8 @@ impl ServeArgs {
                     Policy::Warn => ArtifactPolicy::Warn,
                     Policy::Strict => ArtifactPolicy::Strict,
                 },
+                allowed_hosts,
+                limits,
             },
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
