@@ -211,6 +211,19 @@ impl ServeArgs {
             );
         }
 
+        if let Some(fds) = open_file_limit() {
+            // The database, the audit segments, the listener and the log need a few too.
+            if fds < self.max_connections as u64 + 64 {
+                tracing::warn!(
+                    open_file_limit = fds,
+                    max_connections = self.max_connections,
+                    "the open-file limit is below --max-connections + 64: under a flood, \
+                     accepting fails before the cap is reached; raise `ulimit -n` or lower \
+                     --max-connections"
+                );
+            }
+        }
+
         listener
             .set_nonblocking(true)
             .context("cannot start: listener setup")?;
@@ -268,6 +281,18 @@ impl ServeArgs {
         tracing::info!("control plane stopped cleanly");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The soft open-file limit (Linux `/proc/self/limits`); `None` where it cannot be read or
+/// is unlimited.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn shutdown_signal() {
