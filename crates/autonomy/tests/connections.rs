@@ -411,20 +411,32 @@ fn a_gzip_content_encoding_is_415_naming_it() {
 
 #[test]
 fn bad_connection_flags_refuse_to_start() {
-    for args in [
-        ["--header-timeout", "0"],
-        ["--body-timeout", "-1"],
-        ["--idle-timeout", "nan"],
-        ["--max-connections", "0"],
-        ["--allowed-host", "http://x/"],
+    for arg in [
+        "--header-timeout=0",
+        "--body-timeout=-1",
+        "--idle-timeout=nan",
+        "--max-connections=0",
+        "--allowed-host=http://x/",
     ] {
         let dir = common::TestDir::new("badflag");
         let data = dir.path().join("data");
         let data_s = data.to_string_lossy().to_string();
-        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", &data_s];
-        all.extend_from_slice(&args);
+        let all = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_s,
+            arg,
+        ];
         let out = common::run(&all, &[("AUTONOMY_RBAC_ENFORCEMENT", "0")], None);
-        assert_ne!(out.status.code(), Some(0), "{args:?} was accepted");
-        assert!(!data.exists(), "{args:?}: a refused start left a data dir");
+        assert_ne!(out.status.code(), Some(0), "{arg} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            stderr.contains("invalid") && stderr.contains(flag),
+            "{arg}: the refusal does not say what is wrong: {stderr}"
+        );
+        assert!(!data.exists(), "{arg}: a refused start left a data dir");
     }
 }
