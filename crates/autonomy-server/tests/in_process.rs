@@ -628,7 +628,7 @@ async fn a_content_encoding_other_than_identity_is_415_naming_it() {
 #[tokio::test]
 async fn run_cuts_silent_connections_and_stops_on_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::time::{timeout, Duration, Instant};
+    use tokio::time::{timeout, Duration};
 
     let app = app(false, ArtifactPolicy::Warn).await;
     let mut config = ServerConfig::new(false, ArtifactPolicy::Warn);
@@ -646,14 +646,12 @@ async fn run_cuts_silent_connections_and_stops_on_shutdown() {
     ));
 
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let started = Instant::now();
     let mut buf = [0u8; 64];
     let n = timeout(Duration::from_secs(10), silent.read(&mut buf))
         .await
         .expect("a silent connection was not cut off")
         .unwrap_or(0);
     assert_eq!(n, 0, "nothing is sent to a silent connection");
-    assert!(started.elapsed() >= Duration::from_millis(300));
 
     let mut keep = tokio::net::TcpStream::connect(addr).await.unwrap();
     keep.write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
