@@ -7,6 +7,7 @@ use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
+use crate::conn::BodyTimeout;
 use crate::error::ApiError;
 
 /// Largest request body accepted.
@@ -21,8 +22,44 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
                 format!("request body is larger than {MAX_BODY} bytes"),
             )
         }
-        other => ApiError::invalid(format!("cannot read request body: {other}")),
+        other => match body_timeout(&other) {
+            Some(timeout) => ApiError::invalid(format!("cannot read request body: {timeout}")),
+            None => ApiError::invalid(format!("cannot read request body: {other}")),
+        },
     })
+}
+
+/// The body deadline's error, if that is what failed the read.
+fn body_timeout(rejection: &BytesRejection) -> Option<&BodyTimeout> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if let Some(timeout) = e.downcast_ref::<BodyTimeout>() {
+            return Some(timeout);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Refuses a body in any `Content-Encoding` but identity (415, naming the encoding): it would
+/// otherwise be parsed as if it were plain JSON.
+fn identity_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for coding in text.split(',').map(str::trim) {
+            if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+                let shown: String = coding.chars().take(64).collect();
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!(
+                        "Content-Encoding {shown:?} is not supported: send the body \
+                         uncompressed (identity)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a JSON body. `optional` bodies may be empty (then `T::default()` is not implied:
@@ -32,6 +69,7 @@ pub fn json<T: DeserializeOwned>(
     body: &Bytes,
     optional: bool,
 ) -> Result<Option<T>, ApiError> {
+    identity_encoding(headers)?;
     if body.is_empty() && optional {
         return Ok(None);
     }

@@ -8,12 +8,15 @@
 //! the JSON error body ([`input`]), and hand the change to the store, which answers only once
 //! the change and its audit event are durable.
 //!
-//! Modules: `auth` (the caller extractor), `error`, `input` (bodies and queries parsed by hand),
-//! `respond` (replies and idempotency), `routes::*` (one module per resource).
+//! Modules: `auth` (the caller extractor), `conn` (the accept loop and connection bounds),
+//! `error`, `host` (the `Host` check with RBAC off), `input` (bodies and queries parsed by
+//! hand), `respond` (replies and idempotency), `routes::*` (one module per resource).
 
 mod auth;
+mod conn;
 mod denials;
 mod error;
+mod host;
 mod input;
 mod respond;
 mod routes;
@@ -32,6 +35,7 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+pub use conn::Limits;
 pub use error::{status_of, ApiError};
 use input::MAX_BODY;
 
@@ -52,14 +56,22 @@ pub struct ServerConfig {
     /// How often refusals for want of a token are written, as one `auth.denied` event per
     /// source address (SPEC §4: a minute).
     pub denied_window: std::time::Duration,
+    /// `--allowed-host`: names served besides loopback ones while RBAC is off (SPEC §4);
+    /// compared without port, case-insensitively.
+    pub allowed_hosts: Vec<String>,
+    /// Connection bounds for [`run`] (SPEC §5.11).
+    pub limits: Limits,
 }
 
 impl ServerConfig {
+    /// A configuration with no extra allowed host and the contract's connection limits.
     pub fn new(rbac: bool, artifact_policy: ArtifactPolicy) -> Self {
         ServerConfig {
             rbac,
             artifact_policy,
             denied_window: std::time::Duration::from_secs(60),
+            allowed_hosts: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -125,7 +137,13 @@ impl<S> Clone for AppState<S> {
 }
 
 impl<S: Store> AppState<S> {
-    pub fn new(store: Arc<S>, config: ServerConfig) -> Self {
+    pub fn new(store: Arc<S>, mut config: ServerConfig) -> Self {
+        config.allowed_hosts = config
+            .allowed_hosts
+            .iter()
+            .map(|h| host::normalize(h))
+            .filter(|h| !h.is_empty())
+            .collect();
         let denials = Arc::new(denials::Denials::new(config.denied_window));
         AppState {
             store,
@@ -184,6 +202,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            host::check::<S>,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
@@ -191,8 +213,9 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves, then drains in-flight
-/// requests and returns.
+/// Serves `router(state)` on `listener` within the configuration's [`Limits`] (header, body
+/// and idle timeouts, a connection cap) until `shutdown` resolves; then stops accepting,
+/// lets in-flight requests finish and returns.
 pub async fn run<S: Store>(
     listener: TcpListener,
     state: AppState<S>,
@@ -209,10 +232,8 @@ pub async fn run<S: Store>(
             }
         })
     };
-    let app = router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.limits.clone();
+    let served = conn::serve(listener, router(state.clone()), limits, shutdown).await;
     flusher.abort();
     state.flush_denied().await;
     served

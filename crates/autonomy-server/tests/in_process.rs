@@ -487,3 +487,215 @@ async fn a_list_page_is_bounded_in_bytes_and_the_cursor_carries_on() {
     assert!(pages >= 2, "six 900 KiB plans cannot fit one 4 MiB page");
     assert_eq!(seen, (0..6).map(|i| format!("big-{i}")).collect::<Vec<_>>());
 }
+
+async fn send(app: &App, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn with_rbac_off_a_foreign_host_is_403_before_any_handler() {
+    let app = app(false, ArtifactPolicy::Warn).await;
+    let get = |host: Option<&str>| {
+        let mut req = Request::builder().uri("/v1/rollouts");
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+    ] {
+        let (s, v) = send(&app, get(Some(host))).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{host}: {v}"
+        );
+    }
+    for host in [
+        Some("localhost:8080"),
+        Some("127.0.0.1"),
+        Some("[::1]:1"),
+        None,
+    ] {
+        let (s, v) = send(&app, get(host)).await;
+        assert_eq!(s, StatusCode::OK, "{host:?}: {v}");
+    }
+    // A write never reaches its handler.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/rollouts")
+        .header("host", "evil.example")
+        .header("content-type", "application/json")
+        .body(Body::from(plan("rebound").to_string()))
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::FORBIDDEN);
+    let (s, _) = app.call("GET", "/v1/rollouts/rebound", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // An absolute-form target's authority counts as Host.
+    let req = Request::builder()
+        .uri("http://evil.example/v1/rollouts")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn allowed_hosts_are_admitted_and_rbac_on_checks_no_host() {
+    let dir = std::env::temp_dir().join(format!(
+        "autonomy-inproc-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let d = dir.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        let config = StoreConfig::new(d.clone(), d.join("audit"));
+        let lock = SqliteStore::lock(&d).unwrap();
+        SqliteStore::open(&config, lock).unwrap().0
+    })
+    .await
+    .unwrap();
+    let store = Arc::new(store);
+    let mut config = ServerConfig::new(false, ArtifactPolicy::Warn);
+    config.allowed_hosts = vec!["CP.Lab.Example.".to_string()];
+    let state = AppState::new(store.clone(), config);
+    let lab = App {
+        router: router(state.clone()),
+        state,
+        store,
+        dir: dir.clone(),
+        admin: String::new(),
+    };
+    for (host, want) in [
+        ("cp.lab.example:9000", StatusCode::OK),
+        ("CP.LAB.EXAMPLE", StatusCode::OK),
+        ("lab.example", StatusCode::FORBIDDEN),
+    ] {
+        let req = Request::builder()
+            .uri("/v1/health")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&lab, req).await.0, want, "{host}");
+    }
+
+    let rbac = app(true, ArtifactPolicy::Warn).await;
+    let req = Request::builder()
+        .uri("/v1/rollouts")
+        .header("host", "evil.example")
+        .header("authorization", format!("Bearer {}", rbac.admin))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&rbac, req).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_content_encoding_other_than_identity_is_415_naming_it() {
+    let app = app(false, ArtifactPolicy::Warn).await;
+    let post = |encoding: &str, id: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/rollouts")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(Body::from(plan(id).to_string()))
+            .unwrap()
+    };
+    for encoding in ["gzip", "br", "identity, gzip"] {
+        let (s, v) = send(&app, post(encoding, "z")).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Some("unsupported_media_type")
+            ),
+            "{encoding}: {v}"
+        );
+        let named = encoding.rsplit(", ").next().unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(named),
+            "{v}"
+        );
+    }
+    // Transitions too (their body is optional).
+    let (s, _) = app
+        .call("POST", "/v1/rollouts", None, Some(plan("t")))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/rollouts/t/start")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (s, v) = send(&app, post("identity", "plain")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+/// `run` on a real socket: a silent connection is cut at the header timeout, an idle
+/// keep-alive one does not hold up the shutdown, and `run` returns after it.
+#[tokio::test]
+async fn run_cuts_silent_connections_and_stops_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::{timeout, Duration};
+
+    let app = app(false, ArtifactPolicy::Warn).await;
+    let mut config = ServerConfig::new(false, ArtifactPolicy::Warn);
+    config.limits.header_timeout = Duration::from_millis(300);
+    config.limits.idle_timeout = Duration::from_secs(60);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(autonomy_server::run(
+        listener,
+        AppState::new(app.store.clone(), config),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("a silent connection was not cut off")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is sent to a silent connection");
+
+    let mut keep = tokio::net::TcpStream::connect(addr).await.unwrap();
+    keep.write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !(String::from_utf8_lossy(&got).contains("\"status\"") && got.ends_with(b"}")) {
+        let n = timeout(Duration::from_secs(10), keep.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // The keep-alive connection is idle (idle timeout 60 s): shutdown closes it at once.
+    stop_tx.send(()).unwrap();
+    timeout(Duration::from_secs(10), server)
+        .await
+        .expect("run returned after shutdown")
+        .unwrap()
+        .unwrap();
+    let n = timeout(Duration::from_secs(10), keep.read(&mut buf))
+        .await
+        .expect("the idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

@@ -318,7 +318,7 @@ fn a_client_that_never_finishes_its_request_cannot_hold_sigterm_hostage() {
     let addr = cp.url.trim_start_matches("http://").to_string();
     let mut stuck = std::net::TcpStream::connect(&addr).unwrap();
     stuck
-        .write_all(b"POST /v1/rollouts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        .write_all(b"POST /v1/rollouts HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
         .unwrap();
     // Make sure the server has the request in hand before the signal.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use autonomy_api::AuditDamage;
-use autonomy_server::{AppState, ArtifactPolicy, AuditMonitor, ServerConfig};
+use autonomy_server::{AppState, ArtifactPolicy, AuditMonitor, Limits, ServerConfig};
 use autonomy_store::Store;
 use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 use clap::{Args, ValueEnum};
@@ -77,6 +77,59 @@ pub struct ServeArgs {
     )]
     shutdown_timeout: f64,
 
+    /// With RBAC off, a name the CP is served under besides loopback ones (localhost,
+    /// *.localhost, 127.0.0.0/8, [::1]); requests with any other Host are 403 (DNS rebinding
+    /// protection). Any port; repeatable, or comma-separated in the env var.
+    #[arg(
+        long = "allowed-host",
+        value_name = "NAME",
+        env = "AUTONOMY_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+
+    /// Connections served at once; beyond it, new connections wait in the accept queue until
+    /// one ends (logged at most once a second).
+    #[arg(
+        long,
+        env = "AUTONOMY_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    max_connections: u32,
+
+    /// Seconds a request's headers may take to arrive (from the connection's opening, or from
+    /// the first byte of a later request on it).
+    #[arg(
+        long,
+        env = "AUTONOMY_HEADER_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10.0,
+        hide = true
+    )]
+    header_timeout: f64,
+
+    /// Seconds a request's body may take to arrive after its headers.
+    #[arg(
+        long,
+        env = "AUTONOMY_BODY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        hide = true
+    )]
+    body_timeout: f64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(
+        long,
+        env = "AUTONOMY_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        hide = true
+    )]
+    idle_timeout: f64,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
@@ -86,6 +139,14 @@ pub struct ServeArgs {
 enum Policy {
     Warn,
     Strict,
+}
+
+/// A timeout flag: a positive number of seconds, at most a day.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        bail!("invalid {flag}: must be a number of seconds above 0 and at most 86400");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 fn parse_flag(s: &str) -> Result<bool, String> {
@@ -103,6 +164,20 @@ impl ServeArgs {
             bail!("invalid --shutdown-timeout: must be a non-negative number of seconds");
         }
         let grace = std::time::Duration::from_secs_f64(self.shutdown_timeout.min(3600.0));
+        let limits = Limits {
+            header_timeout: seconds("--header-timeout", self.header_timeout)?,
+            body_timeout: seconds("--body-timeout", self.body_timeout)?,
+            idle_timeout: seconds("--idle-timeout", self.idle_timeout)?,
+            max_connections: self.max_connections as usize,
+        };
+        let mut allowed_hosts = Vec::new();
+        for name in &self.allowed_hosts {
+            let name = name.trim();
+            if name.is_empty() || name.contains(['/', '@', ' ']) {
+                bail!("invalid --allowed-host {name:?}: give a host name without scheme or path");
+            }
+            allowed_hosts.push(name.to_string());
+        }
         if let Some(url) = &self.database_url {
             let scheme = url.split("://").next().unwrap_or("");
             bail!(
@@ -160,8 +235,23 @@ impl ServeArgs {
         }
         if !self.rbac_enforcement {
             tracing::warn!(
-                "RBAC enforcement is OFF (AUTONOMY_RBAC_ENFORCEMENT=0): every request is allowed"
+                allowed_hosts = ?self.allowed_hosts,
+                "RBAC enforcement is OFF (AUTONOMY_RBAC_ENFORCEMENT=0): every request is allowed \
+                 whose Host is a loopback name or an --allowed-host"
             );
+        }
+
+        if let Some(fds) = open_file_limit() {
+            // The database, the audit segments, the listener and the log need a few too.
+            if fds < self.max_connections as u64 + 64 {
+                tracing::warn!(
+                    open_file_limit = fds,
+                    max_connections = self.max_connections,
+                    "the open-file limit is below --max-connections + 64: under a flood, \
+                     accepting fails before the cap is reached; raise `ulimit -n` or lower \
+                     --max-connections"
+                );
+            }
         }
 
         listener
@@ -174,17 +264,16 @@ impl ServeArgs {
         let monitor = Arc::new(AuditMonitor::new(Some(public_key.to_hex())));
         spawn_audit_check(audit_dir.clone(), public_key, monitor.clone())
             .context("cannot start: the background audit check")?;
-        let state = AppState::new(
-            store.clone(),
-            ServerConfig::new(
-                self.rbac_enforcement,
-                match self.artifact_policy {
-                    Policy::Warn => ArtifactPolicy::Warn,
-                    Policy::Strict => ArtifactPolicy::Strict,
-                },
-            ),
-        )
-        .with_audit_monitor(monitor);
+        let mut config = ServerConfig::new(
+            self.rbac_enforcement,
+            match self.artifact_policy {
+                Policy::Warn => ArtifactPolicy::Warn,
+                Policy::Strict => ArtifactPolicy::Strict,
+            },
+        );
+        config.allowed_hosts = allowed_hosts;
+        config.limits = limits;
+        let state = AppState::new(store.clone(), config).with_audit_monitor(monitor);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -369,6 +458,18 @@ fn damage_of(e: autonomy_audit::AuditError) -> AuditDamage {
             message: other.to_string(),
         },
     }
+}
+
+/// The soft open-file limit (Linux `/proc/self/limits`); `None` where it cannot be read or
+/// is unlimited.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn shutdown_signal() {
