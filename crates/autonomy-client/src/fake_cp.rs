@@ -1,5 +1,6 @@
 //! A scripted CP on 127.0.0.1 for the transport tests: it answers one request with a canned
-//! answer and hands back what it received.
+//! answer and hands back what it received. Also what the two transports' tests share: the
+//! caller they send as and the checks of how a transport fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -7,6 +8,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+
+use crate::{Api, ClientError, Exit};
+
+/// The caller the transport tests send as: token `s3cret`, operator `ann`.
+pub fn api() -> Api {
+    Api::new()
+        .with_token(Some("s3cret".parse().unwrap()))
+        .with_operator(Some("ann".into()))
+}
+
+/// `e` is what a transport reports when nothing listens at `url`: unreachable, naming the
+/// address and the OS error.
+pub fn assert_unreachable(e: &ClientError, url: &str) {
+    assert_eq!(e.exit(), Exit::Unreachable);
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("cannot reach the control plane at {url}: ")),
+        "{text}"
+    );
+    assert!(text.contains("connection refused"), "{text}");
+}
+
+/// `e` is what a transport with a 0.3 s timeout reports when the CP at `url` never answers.
+pub fn assert_timed_out(e: &ClientError, url: &str) {
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("no answer from the control plane at {url} within 0.3s (--timeout): timed out")
+    );
+}
 
 /// What the fake CP read: the request line, the headers (names lower case) and the body.
 #[derive(Debug)]

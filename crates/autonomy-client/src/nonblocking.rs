@@ -163,12 +163,10 @@ mod tests {
     use autonomy_api::{CreateTokenRequest, Role};
 
     use super::*;
-    use crate::fake_cp::{closed_port_url, silent_listener, FakeCp};
+    use crate::fake_cp::{
+        api, assert_timed_out, assert_unreachable, closed_port_url, silent_listener, FakeCp,
+    };
     use crate::{Api, Exit};
-
-    fn api() -> Api {
-        Api::new().with_token(Some("s3cret".parse().unwrap()))
-    }
 
     #[tokio::test]
     async fn a_post_goes_out_and_its_answer_decodes() {
@@ -241,13 +239,7 @@ mod tests {
         let url = closed_port_url();
         let t = Transport::new(&url, Duration::from_secs(10));
         let e = t.send(api().health().request()).await.unwrap_err();
-        assert_eq!(e.exit(), Exit::Unreachable);
-        let text = e.to_string();
-        assert!(
-            text.starts_with(&format!("cannot reach the control plane at {url}: ")),
-            "{text}"
-        );
-        assert!(text.contains("connection refused"), "{text}");
+        assert_unreachable(&e, &url);
     }
 
     #[tokio::test]
@@ -257,9 +249,6 @@ mod tests {
         let started = Instant::now();
         let e = t.send(api().health().request()).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10));
-        assert_eq!(
-            e.to_string(),
-            format!("no answer from the control plane at {url} within 0.3s (--timeout): timed out")
-        );
+        assert_timed_out(&e, &url);
     }
 }
