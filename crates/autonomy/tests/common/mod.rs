@@ -147,7 +147,7 @@ pub fn try_http(
     body: Option<&[u8]>,
 ) -> Result<(u16, String), HttpError> {
     let r = autonomy_testkit::http::call(method, url, headers, body, HTTP_LIMIT)?;
-    Ok((r.status, r.text()))
+    Ok((r.status, r.text().into_owned()))
 }
 
 /// A 127.0.0.1 port where nothing listens (bound, then released).
