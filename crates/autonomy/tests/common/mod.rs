@@ -339,3 +339,21 @@ impl Cp {
         )
     }
 }
+
+/// Creates `n` draft plans `{prefix}-0` … as operator `auditor`: one audit event each.
+pub fn create_some(cp: &Cp, prefix: &str, n: usize) {
+    for i in 0..n {
+        let body = format!(
+            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
+        );
+        let (s, b) = cp.post(
+            "/v1/rollouts",
+            &[
+                ("content-type", "application/json"),
+                ("x-autonomy-operator", "auditor"),
+            ],
+            &body,
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+}
