@@ -535,6 +535,19 @@ impl AuditQuery {
 }
 
 impl AuditFilter {
+    /// No filter: every event, at most `limit` of them.
+    pub fn everything(limit: usize) -> AuditFilter {
+        AuditFilter {
+            event_type: None,
+            actor: None,
+            resource: None,
+            outcome: None,
+            start_us: None,
+            end_us: None,
+            limit,
+        }
+    }
+
     /// Whether `event` passes every filter but the limit.
     pub fn matches(&self, event: &AuditEvent, time_us: i64) -> bool {
         self.event_type

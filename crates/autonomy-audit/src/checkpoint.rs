@@ -570,6 +570,16 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
+    /// `err` is a checkpoint error at this line of `checkpoints.jsonl` about this seq.
+    fn assert_checkpoint_error(err: &AuditError, line: u64, seq: Option<u64>) {
+        match err {
+            AuditError::Checkpoint {
+                line: l, seq: s, ..
+            } => assert_eq!((*l, *s), (line, seq), "{err}"),
+            other => panic!("not a checkpoint error: {other}"),
+        }
+    }
+
     struct TempDir(PathBuf);
 
     impl TempDir {
@@ -795,17 +805,7 @@ mod tests {
         fs::write(&seg, lines[..15].join("\n") + "\n").unwrap();
         assert_eq!(verify(&dir).unwrap().last_seq, 15);
         let err = verify_signed(&dir, &key).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AuditError::Checkpoint {
-                    line: 1,
-                    seq: Some(20),
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_checkpoint_error(&err, 1, Some(20));
         assert!(err.to_string().contains("cut off"), "{err}");
     }
 
@@ -824,17 +824,7 @@ mod tests {
         let forged = serde_json::to_string(&forged).unwrap();
         fs::write(&path, format!("{good}{forged}\n")).unwrap();
         let err = verify_signed(&dir, &key).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AuditError::Checkpoint {
-                    line: 3,
-                    seq: Some(1500),
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_checkpoint_error(&err, 3, Some(1500));
         // An edited time.
         let edited = good.replacen("\"time\":\"2", "\"time\":\"3", 1);
         fs::write(&path, edited).unwrap();
@@ -846,17 +836,7 @@ mod tests {
         // Garbage, and out of order.
         fs::write(&path, format!("{good}not json\n")).unwrap();
         let err = verify_signed(&dir, &key).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AuditError::Checkpoint {
-                    line: 3,
-                    seq: None,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_checkpoint_error(&err, 3, None);
         let mut lines: Vec<&str> = good.lines().collect();
         lines.reverse();
         fs::write(&path, lines.join("\n") + "\n").unwrap();

@@ -585,15 +585,7 @@ fn a_second_writer_is_locked_out() {
 }
 
 fn filter() -> AuditFilter {
-    AuditFilter {
-        event_type: None,
-        actor: None,
-        resource: None,
-        outcome: None,
-        start_us: None,
-        end_us: None,
-        limit: 10_000,
-    }
+    AuditFilter::everything(10_000)
 }
 
 #[test]

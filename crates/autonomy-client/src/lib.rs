@@ -49,6 +49,3 @@ pub use response::{Answer, Reply, Response};
 
 /// Largest answer body a transport reads (an audit query of 10 000 events fits easily).
 pub const MAX_BODY: u64 = 256 * 1024 * 1024;
-
-#[cfg(all(test, any(feature = "blocking", feature = "async")))]
-mod fake_cp;

@@ -32,6 +32,16 @@ impl Response {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+
+    /// The body parsed as `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
 }
 
 /// A response together with the request it answers (for messages).
@@ -54,13 +64,13 @@ impl Answer {
 
     /// The body as text (invalid UTF-8 replaced).
     pub fn text(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.response.body)
+        self.response.text()
     }
 
     /// The body parsed as `T`; a body that is not the expected JSON is
     /// [`ClientError::BadAnswer`] naming the status and quoting the first bytes.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
-        serde_json::from_slice(&self.response.body).map_err(|e| ClientError::BadAnswer {
+        self.response.json().map_err(|e| ClientError::BadAnswer {
             method: self.method,
             path: self.path.clone(),
             status: self.response.status,

@@ -90,8 +90,10 @@ pub const STUCK_PHASES: [Phase; 2] = [Phase::Published, Phase::Active];
 pub const RESERVED_IDS: [&str; 1] = ["stuck"];
 
 /// A character that must never be accepted in an id, label, reference or fingerprint because a
-/// terminal or a browser would not show it as it is: C0/C1 controls, bidirectional overrides
-/// and isolates, and zero-width characters (a displayed digest could be spoofed with them).
+/// terminal or a browser would not show it as it is: C0/C1 controls, bidirectional overrides,
+/// isolates and marks, zero-width and invisible characters (a displayed digest could be spoofed
+/// with them), and the line and paragraph separators U+2028, U+2029. The CLI escapes the same
+/// set in its text output.
 pub fn is_hidden_char(c: char) -> bool {
     c.is_control()
         || matches!(
@@ -100,6 +102,8 @@ pub fn is_hidden_char(c: char) -> bool {
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
                 | '\u{061C}'
                 | '\u{00AD}'
                 | '\u{FEFF}'
@@ -347,6 +351,27 @@ pub fn validate_reason(reason: &str, required: bool) -> Result<(), FieldError> {
 mod tests {
     use super::*;
     use Phase::*;
+
+    /// The line and paragraph separators break a line in a terminal or a log viewer, and the
+    /// invisible operators and soft hyphen show nothing: all are hidden; their visible
+    /// neighbours are not.
+    #[test]
+    fn separators_and_invisible_characters_are_hidden() {
+        for c in ['\u{2028}', '\u{2029}', '\u{00AD}', '\u{2061}', '\u{2064}'] {
+            assert!(is_hidden_char(c), "U+{:04X}", c as u32);
+            let labels = std::collections::BTreeMap::from([("k".to_string(), format!("a{c}b"))]);
+            assert!(
+                validate_labels(labels.iter()).is_err(),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        for c in [
+            '\u{00A0}', '\u{2027}', '\u{202F}', '\u{2065}', '\u{206A}', 'é',
+        ] {
+            assert!(!is_hidden_char(c), "U+{:04X}", c as u32);
+        }
+    }
 
     #[test]
     fn hidden_characters_and_reserved_ids_are_refused() {

@@ -316,36 +316,21 @@ mod tests {
             reason: "r".into(),
             dry_run,
         };
+        let recover_now = |r: &mut Rollout, strategy, id: &str| {
+            recover(r, &req(strategy, false), "op", id.into(), T0)
+        };
         let (mut r, _) = create(&new_plan(false), "alice", T0);
-        let (resp, ev) = recover(
-            &mut r,
-            &req(Strategy::Abort, false),
-            "op",
-            "exe_1".into(),
-            T0,
-        );
+        let (resp, ev) = recover_now(&mut r, Strategy::Abort, "exe_1");
         assert_eq!(resp.outcome, Outcome::Success);
         assert_eq!(resp.to_phase, Phase::Aborted);
         assert_eq!(resp.generation, Some(2));
         assert_eq!(r.status.phase, Phase::Aborted);
         assert_eq!(ev.outcome, Outcome::Success);
         let before = r.clone();
-        let (resp, ev) = recover(
-            &mut r,
-            &req(Strategy::Abort, false),
-            "op",
-            "exe_2".into(),
-            T0,
-        );
+        let (resp, ev) = recover_now(&mut r, Strategy::Abort, "exe_2");
         assert_eq!((resp.outcome, ev.outcome), (Outcome::Noop, Outcome::Noop));
         assert_eq!(r, before);
-        let (resp, _) = recover(
-            &mut r,
-            &req(Strategy::Retry, false),
-            "op",
-            "exe_3".into(),
-            T0,
-        );
+        let (resp, _) = recover_now(&mut r, Strategy::Retry, "exe_3");
         assert_eq!(resp.outcome, Outcome::Rejected);
         assert_eq!(resp.generation, Some(2));
         assert_eq!(r, before);

@@ -23,30 +23,10 @@ pub enum HttpError {
     Malformed(String),
 }
 
-/// One answer.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    /// Names lowercased, in the order received.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// The first header `name` (any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The body as JSON (`None` if it is not).
-    pub fn json(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
-}
+/// One answer: the client's own [`Response`](autonomy_client::Response) (status, headers
+/// with names lowercased in the order received, body), so what the raw client reads and what
+/// the typed client reads are one type.
+pub use autonomy_client::Response;
 
 /// Splits `http://host:port/path?query` into (`host:port`, `/path?query`).
 pub fn split_url(url: &str) -> Result<(&str, &str), HttpError> {
@@ -454,7 +434,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.header("Retry-After"), Some("1"));
-        assert_eq!(r.json().unwrap()["error"]["code"], "unavailable");
+        assert_eq!(
+            r.json::<serde_json::Value>().unwrap()["error"]["code"],
+            "unavailable"
+        );
         let seen = fake.seen();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].method, "POST");

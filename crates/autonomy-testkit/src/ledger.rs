@@ -465,7 +465,11 @@ fn error_name(e: &HttpError) -> String {
 
 /// Ack, or refused with the error code.
 fn classify(kind: Kind, r: &Response) -> Event {
-    let v = r.json().filter(|v| v.is_object()).unwrap_or_default();
+    let v = r
+        .json::<serde_json::Value>()
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_default();
     match kind {
         Kind::Create if r.status == 201 => Event::Ack {
             code: r.status,
@@ -545,7 +549,11 @@ pub fn list_plans(
         };
         out.last_code = r.status;
         on_page(page, &r);
-        let Some(v) = r.json().filter(|_| r.status == 200) else {
+        let Some(v) = r
+            .json::<serde_json::Value>()
+            .ok()
+            .filter(|_| r.status == 200)
+        else {
             break;
         };
         let Some(items) = v["items"].as_array() else {

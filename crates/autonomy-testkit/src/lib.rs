@@ -1,6 +1,8 @@
 //! The AutonomyOps test kit (dev-only, never published): what the black-box tests
 //! (`crates/autonomy/tests`), the bench (`autonomy-bench`) and the lab drivers (`autonomy-lab`)
-//! share to drive the real `autonomy` binary.
+//! share to drive the real `autonomy` binary. The client's transport tests
+//! (`crates/autonomy-client/tests`) use its scripted [`http::FakeCp`]; its raw client answers
+//! with the client's own [`http::Response`].
 //!
 //! - [`dirs`]: [`TestDir`], a unique temp dir removed on drop (kept with `AUTONOMY_TEST_KEEP`).
 //! - [`process`]: bounded runs and waits, signals to a pid, `/proc` readings (RSS, CPU, I/O).

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use autonomy_client::Reply;
+use autonomy_core::is_hidden_char;
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,26 +79,7 @@ impl Output {
     }
 }
 
-/// Whether `c` must not reach a terminal raw: C0 and C1 controls and DEL, bidi embeddings,
-/// overrides, isolates and marks (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C),
-/// zero-width characters (U+200B–U+200D, U+2060, U+FEFF) and the line and paragraph
-/// separators U+2028, U+2029.
-pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{200b}'..='\u{200f}'
-                | '\u{061c}'
-                | '\u{2060}'
-                | '\u{feff}'
-                | '\u{2028}'
-                | '\u{2029}'
-        )
-}
-
-/// `s` with every [`is_unsafe_char`] written visibly as `\u{hex}` (e.g. ESC as `\u{1b}`), so
+/// `s` with every [`is_hidden_char`] written visibly as `\u{hex}` (e.g. ESC as `\u{1b}`), so
 /// text output shows what the CP holds and never drives the terminal. Borrows when there is
 /// nothing to escape.
 pub fn escape(s: &str) -> Cow<'_, str> {
@@ -110,7 +92,7 @@ pub fn escape_lines(s: &str) -> Cow<'_, str> {
 }
 
 fn escape_except(s: &str, keep: Option<char>) -> Cow<'_, str> {
-    let unsafe_char = |c: char| is_unsafe_char(c) && Some(c) != keep;
+    let unsafe_char = |c: char| is_hidden_char(c) && Some(c) != keep;
     if !s.chars().any(unsafe_char) {
         return Cow::Borrowed(s);
     }
@@ -126,7 +108,7 @@ fn escape_except(s: &str, keep: Option<char>) -> Cow<'_, str> {
 }
 
 /// One logfmt line. Values with spaces, quotes, `=` or unsafe characters (see
-/// [`is_unsafe_char`]), and empty values, are quoted.
+/// [`is_hidden_char`]), and empty values, are quoted.
 pub fn logfmt<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
     pairs
         .iter()
@@ -139,7 +121,7 @@ pub fn quote(v: &str) -> String {
     let plain = !v.is_empty()
         && !v
             .chars()
-            .any(|c| c.is_whitespace() || is_unsafe_char(c) || matches!(c, '"' | '=' | '\\'));
+            .any(|c| c.is_whitespace() || is_hidden_char(c) || matches!(c, '"' | '=' | '\\'));
     if plain {
         return v.to_string();
     }
@@ -256,9 +238,9 @@ mod tests {
         for c in [
             '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2066}', '\u{2067}',
             '\u{2068}', '\u{2069}', '\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}',
-            '\u{061c}', '\u{2060}', '\u{feff}', '\u{2028}', '\u{2029}',
+            '\u{061c}', '\u{2060}', '\u{feff}', '\u{2028}', '\u{2029}', '\u{ad}',
         ] {
-            assert!(is_unsafe_char(c), "U+{:04X}", c as u32);
+            assert!(is_hidden_char(c), "U+{:04X}", c as u32);
             assert_eq!(
                 escape(&format!("a{c}b")),
                 format!("a\\u{{{:x}}}b", c as u32)
@@ -268,7 +250,7 @@ mod tests {
         for c in [
             '\u{a0}', '\u{2010}', '\u{2030}', '\u{2027}', '\u{2065}', '\u{206a}',
         ] {
-            assert!(!is_unsafe_char(c), "U+{:04X}", c as u32);
+            assert!(!is_hidden_char(c), "U+{:04X}", c as u32);
         }
         assert_eq!(escape_lines("a\u{1b}\nb\r\n"), "a\\u{1b}\nb\\u{d}\n");
     }

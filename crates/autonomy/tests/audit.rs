@@ -26,20 +26,6 @@ fn segment(dir: &Path) -> PathBuf {
     segs.pop().expect("a segment")
 }
 
-fn create_some(cp: &Cp, prefix: &str, n: usize) {
-    for i in 0..n {
-        let body = format!(
-            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
-        );
-        let (s, b) = cp.post(
-            "/v1/rollouts",
-            &[JSON, ("x-autonomy-operator", "auditor")],
-            &body,
-        );
-        assert_eq!(s, 201, "{b}");
-    }
-}
-
 fn verify(cp: &Cp) -> std::process::Output {
     let dir = cp.audit_dir();
     cp.cli_with(
@@ -52,7 +38,7 @@ fn verify(cp: &Cp) -> std::process::Output {
 #[test]
 fn events_lost_between_commit_and_append_are_replayed_exactly() {
     let mut cp = Cp::start(&[], &[]);
-    create_some(&cp, "outbox", 6);
+    common::create_some(&cp, "outbox", 6);
     cp.sigkill();
     // Simulate a crash after COMMIT but before the JSONL append: drop the last 3 lines.
     let seg = segment(&cp.audit_dir());
@@ -73,7 +59,7 @@ fn events_lost_between_commit_and_append_are_replayed_exactly() {
 #[test]
 fn a_torn_last_line_is_repaired_at_startup_not_reported_as_tampering() {
     let mut cp = Cp::start(&[], &[]);
-    create_some(&cp, "torn", 3);
+    common::create_some(&cp, "torn", 3);
     cp.sigkill();
     let seg = segment(&cp.audit_dir());
     let mut f = fs::OpenOptions::new().append(true).open(&seg).unwrap();
@@ -81,7 +67,7 @@ fn a_torn_last_line_is_repaired_at_startup_not_reported_as_tampering() {
     drop(f);
     cp.start_again();
     assert!(cp.stderr().contains("repaired"), "{}", cp.stderr());
-    create_some(&cp, "after", 1);
+    common::create_some(&cp, "after", 1);
     let out = verify(&cp);
     assert!(
         out.status.success(),
@@ -93,7 +79,7 @@ fn a_torn_last_line_is_repaired_at_startup_not_reported_as_tampering() {
 #[test]
 fn verify_names_the_first_tampered_record_and_a_tampered_tail_stops_the_cp() {
     let mut cp = Cp::start(&[], &[]);
-    create_some(&cp, "tamper", 4);
+    common::create_some(&cp, "tamper", 4);
     assert!(verify(&cp).status.success());
     cp.sigterm();
     let seg = segment(&cp.audit_dir());
@@ -138,7 +124,7 @@ fn a_foreign_audit_dir_is_refused() {
     let keep = common::TestDir::new("shared-audit");
     let shared = keep.path().join("audit");
     let a = Cp::start(&["--audit-dir", shared.to_str().unwrap()], &[]);
-    create_some(&a, "a", 3);
+    common::create_some(&a, "a", 3);
     drop(a);
     // A fresh database with an audit dir that already holds another database's chain.
     let dir = common::TestDir::new("foreign");
@@ -159,7 +145,7 @@ fn a_foreign_audit_dir_is_refused() {
 #[test]
 fn offline_and_api_queries_agree() {
     let cp = Cp::start(&[], &[]);
-    create_some(&cp, "q", 5);
+    common::create_some(&cp, "q", 5);
     let exec = r#"{"target":"rollout_plan","resource":"q-1","strategy":"retry","reason":"r"}"#;
     assert_eq!(
         cp.post(
@@ -216,10 +202,10 @@ fn offline_and_api_queries_agree() {
 #[test]
 fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
     let mut cp = Cp::start(&[], &[("AUTONOMY_AUDIT_SEGMENT_BYTES", "4096")]);
-    create_some(&cp, "rot", 30);
+    common::create_some(&cp, "rot", 30);
     cp.sigkill();
     cp.start_again();
-    create_some(&cp, "rot2", 10);
+    common::create_some(&cp, "rot2", 10);
     let segments = fs::read_dir(cp.audit_dir())
         .unwrap()
         .filter(|e| {
@@ -247,7 +233,7 @@ fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
 #[test]
 fn verify_with_the_data_dir_catches_events_cut_off_the_end() {
     let mut cp = Cp::start(&[], &[]);
-    create_some(&cp, "cut", 5);
+    common::create_some(&cp, "cut", 5);
     assert!(cp.sigterm().success());
     let data = cp.data_dir().to_str().unwrap().to_string();
     let ok = cp.cli_with(&["audit", "verify", "--data-dir", &data], &[], None);

@@ -11,23 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::Cp;
 
-const JSON: (&str, &str) = ("content-type", "application/json");
 /// Small segments, so the store has a middle.
 const SMALL_SEGMENTS: (&str, &str) = ("AUTONOMY_AUDIT_SEGMENT_BYTES", "4096");
-
-fn create_some(cp: &Cp, prefix: &str, n: usize) {
-    for i in 0..n {
-        let body = format!(
-            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
-        );
-        let (s, b) = cp.post(
-            "/v1/rollouts",
-            &[JSON, ("x-autonomy-operator", "auditor")],
-            &body,
-        );
-        assert_eq!(s, 201, "{b}");
-    }
-}
 
 fn segment(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("audit-{n:08}.jsonl"))
@@ -70,7 +55,7 @@ fn seq_of(line: &str) -> u64 {
 /// A stopped CP whose store has at least four segments.
 fn stopped_cp_with_segments() -> Cp {
     let mut cp = Cp::start(&[], &[SMALL_SEGMENTS]);
-    create_some(&cp, "bg", 30);
+    common::create_some(&cp, "bg", 30);
     assert!(cp.sigterm().success());
     assert!(
         segment(&cp.audit_dir(), 4).exists(),
@@ -93,7 +78,7 @@ fn assert_damage_reported(damaged: &Cp, segment: &str, line: u64, seq: u64) {
     assert!(damage["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert_eq!(metric(&cp, "autonomy_audit_damaged"), "1");
     // The CP still starts and serves.
-    create_some(&cp, "still-serving", 1);
+    common::create_some(&cp, "still-serving", 1);
     assert_eq!(cp.get("/v1/ready", &[]).0, 200);
     assert!(cp.sigterm().success());
 }

@@ -14,20 +14,6 @@ use common::Cp;
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
-fn create_some(cp: &Cp, prefix: &str, n: usize) {
-    for i in 0..n {
-        let body = format!(
-            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
-        );
-        let (s, b) = cp.post(
-            "/v1/rollouts",
-            &[JSON, ("x-autonomy-operator", "auditor")],
-            &body,
-        );
-        assert_eq!(s, 201, "{b}");
-    }
-}
-
 fn public_key_file(cp: &Cp) -> PathBuf {
     cp.data_dir().join("audit-signing.pub")
 }
@@ -54,7 +40,7 @@ fn segment(cp: &Cp) -> PathBuf {
 /// A CP that ran `n` creates and stopped cleanly.
 fn stopped_cp(n: usize) -> Cp {
     let mut cp = Cp::start(&[], &[]);
-    create_some(&cp, "signed", n);
+    common::create_some(&cp, "signed", n);
     let status = cp.sigterm();
     assert!(status.success(), "SIGTERM exit: {status}");
     cp
@@ -91,7 +77,7 @@ fn verify_with_the_public_key_reports_no_unsigned_tail_after_a_clean_stop() {
 
     // Events after the last checkpoint are reported, not hidden: a crash leaves them unsigned.
     let mut cp2 = Cp::start_in(cp.data_dir(), &[], &[]);
-    create_some(&cp2, "after", 2);
+    common::create_some(&cp2, "after", 2);
     cp2.sigkill();
     let out = verify(&cp, Some(&key));
     let stdout = text(&out.stdout);

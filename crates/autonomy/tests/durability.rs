@@ -32,16 +32,7 @@ fn all_plans(cp: &Cp) -> BTreeMap<String, PlanState> {
 }
 
 fn all_events(dir: &std::path::Path) -> Vec<autonomy_api::AuditEvent> {
-    let filter = AuditFilter {
-        event_type: None,
-        actor: None,
-        resource: None,
-        outcome: None,
-        start_us: None,
-        end_us: None,
-        limit: usize::MAX,
-    };
-    autonomy_audit::query(dir, &filter).expect("read the audit store")
+    autonomy_audit::query(dir, &AuditFilter::everything(usize::MAX)).expect("read the audit store")
 }
 
 fn create_body(id: &str) -> String {

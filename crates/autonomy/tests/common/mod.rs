@@ -147,7 +147,7 @@ pub fn try_http(
     body: Option<&[u8]>,
 ) -> Result<(u16, String), HttpError> {
     let r = autonomy_testkit::http::call(method, url, headers, body, HTTP_LIMIT)?;
-    Ok((r.status, r.text()))
+    Ok((r.status, r.text().into_owned()))
 }
 
 /// A 127.0.0.1 port where nothing listens (bound, then released).
@@ -337,5 +337,23 @@ impl Cp {
             headers,
             Some(body.as_bytes()),
         )
+    }
+}
+
+/// Creates `n` draft plans `{prefix}-0` … as operator `auditor`: one audit event each.
+pub fn create_some(cp: &Cp, prefix: &str, n: usize) {
+    for i in 0..n {
+        let body = format!(
+            r#"{{"metadata":{{"id":"{prefix}-{i}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#
+        );
+        let (s, b) = cp.post(
+            "/v1/rollouts",
+            &[
+                ("content-type", "application/json"),
+                ("x-autonomy-operator", "auditor"),
+            ],
+            &body,
+        );
+        assert_eq!(s, 201, "{b}");
     }
 }

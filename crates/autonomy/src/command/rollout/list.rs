@@ -26,12 +26,7 @@ pub struct ListArgs {
     pub phase: Option<Phase>,
 
     /// At most N plans per page.
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u32).range(1..),
-        allow_negative_numbers = true
-    )]
+    #[arg(long, value_name = "N", value_parser = super::limit_parser(), allow_negative_numbers = true)]
     pub limit: Option<u32>,
 
     /// Continue after this cursor (the `next_cursor` of the previous page).

@@ -66,3 +66,10 @@ pub fn rollout_line(r: &Rollout) -> String {
     }
     logfmt(&pairs)
 }
+
+/// The parser of the list commands' `--limit N`: a whole number from 1 (the commands also
+/// allow negative numbers, so `--limit -1` reaches this parser and its message instead of
+/// reading as a flag).
+fn limit_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
+}

@@ -27,12 +27,7 @@ pub struct StuckArgs {
     pub threshold_seconds: Option<f64>,
 
     /// At most N stuck plans.
-    #[arg(
-        long,
-        value_name = "N",
-        value_parser = clap::value_parser!(u32).range(1..),
-        allow_negative_numbers = true
-    )]
+    #[arg(long, value_name = "N", value_parser = super::limit_parser(), allow_negative_numbers = true)]
     pub limit: Option<u32>,
 }
 
