@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use autonomy_api::Rollout;
-use autonomy_client::Call;
+use autonomy_client::{Call, Token};
 use serde::Serialize;
 
 use crate::http::Http;
@@ -206,7 +206,7 @@ pub struct LoopReport {
 
 /// Closed loop: `concurrency` workers, each sending its next create as soon as the previous
 /// one is answered, for `warmup + duration`; only answers completed in the window after the
-/// warm-up count.
+/// warm-up count. With a `token` (RBAC on) every create carries it.
 pub fn closed_loop(
     base: &str,
     prefix: &str,
@@ -214,6 +214,7 @@ pub fn closed_loop(
     warmup: Duration,
     duration: Duration,
     operators: usize,
+    token: Option<&Token>,
 ) -> anyhow::Result<LoopReport> {
     let concurrency = concurrency.clamp(1, 1024);
     let errors = AtomicU64::new(0);
@@ -231,6 +232,7 @@ pub fn closed_loop(
                     let Ok(http) = Http::new(base, REQUEST_TIMEOUT) else {
                         return lat;
                     };
+                    let http = http.with_token(token.cloned());
                     let mut n = 0u64;
                     while Instant::now() < end && n < MAX_PER_WORKER {
                         n += 1;

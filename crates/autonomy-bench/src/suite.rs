@@ -1,5 +1,6 @@
 //! The phases: L (raw SQLite), B1 (durable creates), B2 (stuck scan), B3 (list pages), B4
-//! (restart to ready), B5 (audit query), B6 (CLI round trip).
+//! (restart to ready), B5 (audit query), B6 (CLI round trip), B7 (operator latency under an
+//! unauthenticated flood).
 //!
 //! Every phase that measures the CP starts its own CP instance and reads that instance's peak
 //! RSS (`VmHWM`) just before stopping it, so each phase's peak is its own (start-up included).
@@ -7,13 +8,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use autonomy_api::{timefmt, AuditEventList, AuditQuery, ListQuery, StuckQuery};
+use autonomy_api::{
+    timefmt, AuditEventList, AuditQuery, CreateTokenRequest, ListQuery, Role, StuckQuery,
+};
+use autonomy_client::Token;
 use serde::Serialize;
 
 use crate::cp::{self, Cp, Stopped};
+use crate::flood::{self, FloodReport, Spec as FloodSpec};
 use crate::http::{metric, Http};
 use crate::limit::{self, LimitReport};
 use crate::load::{self, LoopReport, SeedReport};
@@ -37,6 +43,12 @@ pub struct Config {
     pub b5_queries: usize,
     pub b5_offline_runs: usize,
     pub b6_runs: usize,
+    pub b7_warmup_seconds: f64,
+    pub b7_seconds: f64,
+    pub b7_concurrency: usize,
+    pub b7_flood_connections: usize,
+    pub b7_flood_max_requests: u64,
+    pub b7_probe_requests: u64,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -73,6 +85,11 @@ impl Env {
 
     fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
         cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
+            .with_context(|| format!("starting the CP for {name}"))
+    }
+
+    fn start_rbac(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
+        cp::start_rbac(&self.bin, data_dir, &self.log(name), self.start_limit())
             .with_context(|| format!("starting the CP for {name}"))
     }
 
@@ -213,6 +230,7 @@ pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report
             Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
             Duration::from_secs_f64(env.cfg.b1_seconds),
             env.cfg.operators,
+            None,
         )?;
         let after = store_snap(&http)?;
         let cpu1 = cp.cpu_seconds();
@@ -922,8 +940,340 @@ pub fn run_b6(env: &Env, ds: &Dataset) -> anyhow::Result<B6Report> {
     Ok(report)
 }
 
+// ---------------------------------------------------------------------------------------------
+// B7
+// ---------------------------------------------------------------------------------------------
+
+/// The operator B7 creates as (role operator, token made with the admin token).
+const B7_OPERATOR: &str = "bench-operator";
+/// Longest B7's store probe (a count-bounded flood) may run.
+const B7_PROBE_LIMIT: Duration = Duration::from_secs(120);
+/// The store-growth target of issue 14: 200 refused requests grow the data dir by less than
+/// this.
+pub const B7_STORE_LIMIT_PER_200: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// One of B7's measured windows: the operator's closed loop, and the flood beside it if any.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Window {
+    /// The operator's durable creates (`POST /v1/rollouts` with an operator token).
+    #[serde(flatten)]
+    pub run: LoopReport,
+    /// First snapshot to last (warm-up and the flood's start and end included).
+    pub wall_seconds: f64,
+    /// Apparent bytes of every file under the data dir (database, WAL, audit segments), last
+    /// snapshot minus first: the operator's creates and whatever the flood wrote.
+    pub data_dir_growth_bytes: i64,
+    /// Growth of the CP's log file.
+    pub cp_log_growth_bytes: i64,
+    /// `autonomy_auth_denied_total` delta (`/metrics`).
+    pub auth_denied_counted: Option<u64>,
+    pub cp_cpu_seconds: Option<f64>,
+    /// `cp_cpu_seconds` ÷ `wall_seconds`.
+    pub cp_cpus_used: Option<f64>,
+    /// The whole bench process: the operator's client and, when flooded, the flood generator.
+    pub bench_cpu_seconds: Option<f64>,
+    pub bench_cpus_used: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodReport>,
+}
+
+/// B7's store probe: the flood alone, bounded by a count, nothing else writing.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Probe {
+    pub flood: FloodReport,
+    pub data_dir_growth_bytes: i64,
+    pub cp_log_growth_bytes: i64,
+    pub auth_denied_counted: Option<u64>,
+    /// `data_dir_growth_bytes` ÷ refused requests (400 + 401).
+    pub bytes_per_refused_request: f64,
+    /// The same for 200 refused requests (issue 14's target: < 2 MiB).
+    pub bytes_per_200_refused: f64,
+    pub cp_cpu_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Report {
+    /// CPUs of the machine, shared by the CP, the operator's client and the flood generator.
+    pub cpus: usize,
+    pub operator: &'static str,
+    pub operator_concurrency: usize,
+    pub flood_connections: usize,
+    pub quiet: B7Window,
+    pub store_probe: B7Probe,
+    pub flooded: B7Window,
+    /// flooded p50 ÷ quiet p50.
+    pub p50_ratio: Option<f64>,
+    /// flooded p99 ÷ quiet p99 (issue 14's target: ≤ 2).
+    pub p99_ratio: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
+    pub note: String,
+    pub method: &'static str,
+}
+
+/// What B7 reads before and after each window.
+struct B7Snap {
+    at: Instant,
+    dir: u64,
+    log: u64,
+    denied: Option<f64>,
+    cp_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+}
+
+impl B7Snap {
+    fn take(cp: &Cp, http: &Http) -> anyhow::Result<B7Snap> {
+        let metrics = http
+            .call(&http.api().get::<()>("/metrics", &[]))?
+            .text()
+            .into_owned();
+        Ok(B7Snap {
+            at: Instant::now(),
+            dir: dir_bytes(cp.data_dir()),
+            log: std::fs::metadata(cp.log()).map(|m| m.len()).unwrap_or(0),
+            denied: metric(&metrics, "autonomy_auth_denied_total"),
+            cp_cpu: cp.cpu_seconds(),
+            self_cpu: cp::cpu_seconds(Path::new("/proc/self/stat")),
+        })
+    }
+}
+
+/// What changed between two snapshots.
+struct B7Delta {
+    wall: f64,
+    dir: i64,
+    log: i64,
+    denied: Option<u64>,
+    cp_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+}
+
+impl B7Delta {
+    fn of(a: &B7Snap, b: &B7Snap) -> B7Delta {
+        let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| round3((y - x).max(0.0)));
+        B7Delta {
+            wall: (b.at - a.at).as_secs_f64().max(1e-9),
+            dir: b.dir as i64 - a.dir as i64,
+            log: b.log as i64 - a.log as i64,
+            denied: a.denied.zip(b.denied).map(|(x, y)| (y - x).max(0.0) as u64),
+            cp_cpu: cpu(a.cp_cpu, b.cp_cpu),
+            self_cpu: cpu(a.self_cpu, b.self_cpu),
+        }
+    }
+
+    fn window(self, run: LoopReport, flood: Option<FloodReport>) -> B7Window {
+        let per_wall = |v: Option<f64>| v.map(|v| round3(v / self.wall));
+        B7Window {
+            run,
+            wall_seconds: round3(self.wall),
+            data_dir_growth_bytes: self.dir,
+            cp_log_growth_bytes: self.log,
+            auth_denied_counted: self.denied,
+            cp_cpus_used: per_wall(self.cp_cpu),
+            cp_cpu_seconds: self.cp_cpu,
+            bench_cpus_used: per_wall(self.self_cpu),
+            bench_cpu_seconds: self.self_cpu,
+            flood,
+        }
+    }
+}
+
+/// Apparent bytes of every file under `dir` (files that vanish while it walks count 0).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn ratio(flooded: &Latency, quiet: &Latency, pick: fn(&Latency) -> f64) -> Option<f64> {
+    (flooded.samples > 0 && quiet.samples > 0 && pick(quiet) > 0.0)
+        .then(|| round3(pick(flooded) / pick(quiet)))
+}
+
+pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
+    let cfg = &env.cfg;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (c, f) = (cfg.b7_concurrency, cfg.b7_flood_connections);
+    let warmup = Duration::from_secs_f64(cfg.b7_warmup_seconds);
+    let window = Duration::from_secs_f64(cfg.b7_seconds);
+    eprintln!(
+        "B7: operator creates at concurrency {c} (RBAC on), {} s quiet, then {} s under a flood \
+         of {f} unauthenticated connections (+{} s warm-up each); {cpus} CPUs shared",
+        cfg.b7_seconds, cfg.b7_seconds, cfg.b7_warmup_seconds
+    );
+    let cp = env.start_rbac(&env.work.join("b7"), "b7")?;
+    let admin: Token = cp
+        .admin_token()
+        .context("reading the admin token")?
+        .parse()
+        .map_err(|e: String| anyhow!("the admin token: {e}"))?;
+    let admin = Http::new(&cp.url, load::REQUEST_TIMEOUT)?.with_token(Some(admin));
+    let created = admin
+        .call(&admin.api().create_token(&CreateTokenRequest {
+            operator: B7_OPERATOR.into(),
+            role: Role::Operator,
+        }))?
+        .value()?;
+    let token: Token = created
+        .token
+        .parse()
+        .map_err(|e: String| anyhow!("the operator token: {e}"))?;
+
+    // Quiet: the operator alone.
+    let s0 = B7Snap::take(&cp, &admin)?;
+    let quiet = load::closed_loop(
+        &cp.url,
+        "b7-quiet",
+        c,
+        warmup,
+        window,
+        cfg.operators,
+        Some(&token),
+    )?;
+    let s1 = B7Snap::take(&cp, &admin)?;
+    if quiet.creates == 0 {
+        bail!(
+            "B7: no create succeeded in the quiet window ({} errors: {:?})",
+            quiet.errors,
+            quiet.first_errors
+        );
+    }
+    let quiet = B7Delta::of(&s0, &s1).window(quiet, None);
+    eprintln!(
+        "  quiet: {:.0} creates/s, {}; CP {} CPUs",
+        quiet.run.creates_per_sec,
+        quiet.run.latency.short(),
+        opt_f(quiet.cp_cpus_used)
+    );
+
+    // The store probe: the flood alone, a fixed count of requests.
+    let spec = FloodSpec::new(&cp.url, f, cfg.b7_probe_requests, B7_PROBE_LIMIT)?;
+    let probe = flood::run(&spec, &AtomicBool::new(false));
+    let s2 = B7Snap::take(&cp, &admin)?;
+    if probe.refused() == 0 {
+        bail!(
+            "B7: the flood got no 400 or 401 ({} answers, statuses {:?}, errors {:?})",
+            probe.answered,
+            probe.other_statuses,
+            probe.first_errors
+        );
+    }
+    let d = B7Delta::of(&s1, &s2);
+    let per_request = d.dir as f64 / probe.refused() as f64;
+    let store_probe = B7Probe {
+        data_dir_growth_bytes: d.dir,
+        cp_log_growth_bytes: d.log,
+        auth_denied_counted: d.denied,
+        bytes_per_refused_request: round1(per_request),
+        bytes_per_200_refused: round1(per_request * 200.0),
+        cp_cpu_seconds: d.cp_cpu,
+        flood: probe,
+    };
+    eprintln!(
+        "  store probe: {} refused requests grew the data dir by {} B ({} B per 200)",
+        store_probe.flood.refused(),
+        store_probe.data_dir_growth_bytes,
+        store_probe.bytes_per_200_refused
+    );
+
+    // Flooded: the operator again while the flood runs (it starts first and stops after).
+    let stop = AtomicBool::new(false);
+    let spec = FloodSpec::new(
+        &cp.url,
+        f,
+        cfg.b7_flood_max_requests,
+        warmup + window + Duration::from_secs(30),
+    )?;
+    let s3 = B7Snap::take(&cp, &admin)?;
+    let (flooded, flood) = std::thread::scope(|s| {
+        let flood = s.spawn(|| flood::run(&spec, &stop));
+        let flooded = load::closed_loop(
+            &cp.url,
+            "b7-flooded",
+            c,
+            warmup,
+            window,
+            cfg.operators,
+            Some(&token),
+        );
+        stop.store(true, Ordering::Relaxed);
+        (flooded, flood.join())
+    });
+    let flood = flood.map_err(|_| anyhow!("B7: the flood generator panicked"))?;
+    let flooded = flooded?;
+    let s4 = B7Snap::take(&cp, &admin)?;
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+    if flood.refused() == 0 {
+        bail!(
+            "B7: the flood beside the operator got no 400 or 401 ({} answers, statuses {:?}, \
+             errors {:?})",
+            flood.answered,
+            flood.other_statuses,
+            flood.first_errors
+        );
+    }
+    if flood.ended_by != "stop" {
+        eprintln!(
+            "  warning: the flood ended by {} after {} s, before the operator's window did \
+             (raise --b7-flood-max-requests)",
+            flood.ended_by, flood.seconds
+        );
+    }
+    let flooded = B7Delta::of(&s3, &s4).window(flooded, Some(flood));
+    let report = B7Report {
+        cpus,
+        operator: B7_OPERATOR,
+        operator_concurrency: c,
+        flood_connections: f,
+        p50_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p50_ms),
+        p99_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p99_ms),
+        quiet,
+        store_probe,
+        flooded,
+        peak_rss_kib: peak,
+        note: format!(
+            "{cpus} CPUs shared by the CP, the operator's client and the flood generator: the \
+             generator's CPU (flood.generator_cpu_seconds) is taken from the CP"
+        ),
+        method: "one CP with RBAC on; an operator-role token made with the admin token; the \
+                 operator's durable creates in a closed loop, first alone, then while raw \
+                 keep-alive connections send pre-built requests without a valid token \
+                 (alternately POST /v1/rollouts/<60,000 x a>/start with no token and \
+                 POST /v1/rollouts/plan-N/start with a forged one); between the two, the same \
+                 flood alone for a fixed count measures the data dir's growth with nothing \
+                 else writing",
+    };
+    let fl = report.flooded.flood.as_ref();
+    eprintln!(
+        "  flooded: {:.0} creates/s, {} ({} errors); p99 {}x quiet; flood {} refused/s, \
+         generator {} CPUs, CP {} CPUs",
+        report.flooded.run.creates_per_sec,
+        report.flooded.run.latency.short(),
+        report.flooded.run.errors,
+        opt_f(report.p99_ratio),
+        fl.map_or(0.0, |f| f.refused_per_sec),
+        opt_f(fl.and_then(|f| f.generator_cpus_used)),
+        opt_f(report.flooded.cp_cpus_used),
+    );
+    Ok(report)
+}
+
+fn opt_f(v: Option<f64>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
 /// The phases a run can select.
-pub const PHASES: [&str; 7] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6"];
+pub const PHASES: [&str; 8] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7"];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
 fn wall_us() -> i64 {
