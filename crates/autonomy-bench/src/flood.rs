@@ -117,6 +117,49 @@ impl FloodReport {
     pub fn refused(&self) -> u64 {
         self.bad_id_400 + self.unauthenticated_401
     }
+
+    /// Several floods of the same spec as one: counts, seconds and CPU summed, rates
+    /// recomputed; it ended by `stop` only if every part did.
+    pub fn merge(parts: Vec<FloodReport>) -> FloodReport {
+        let mut out = FloodReport {
+            ended_by: "stop",
+            ..FloodReport::default()
+        };
+        let mut cpu = Some(0.0);
+        for p in parts {
+            out.connections = p.connections;
+            out.huge_id_request_bytes = p.huge_id_request_bytes;
+            out.forged_request_bytes = p.forged_request_bytes;
+            out.seconds += p.seconds;
+            out.answered += p.answered;
+            out.bad_id_400 += p.bad_id_400;
+            out.unauthenticated_401 += p.unauthenticated_401;
+            out.other_status += p.other_status;
+            for s in p.other_statuses {
+                if out.other_statuses.len() < 5 && !out.other_statuses.contains(&s) {
+                    out.other_statuses.push(s);
+                }
+            }
+            out.transport_errors += p.transport_errors;
+            for e in p.first_errors {
+                if out.first_errors.len() < 5 {
+                    out.first_errors.push(e);
+                }
+            }
+            out.connects += p.connects;
+            cpu = cpu.zip(p.generator_cpu_seconds).map(|(a, b)| a + b);
+            if p.ended_by != "stop" {
+                out.ended_by = p.ended_by;
+            }
+        }
+        let seconds = out.seconds.max(1e-9);
+        out.seconds = round3(out.seconds);
+        out.answered_per_sec = round1(out.answered as f64 / seconds);
+        out.refused_per_sec = round1(out.refused() as f64 / seconds);
+        out.generator_cpu_seconds = cpu.map(round3);
+        out.generator_cpus_used = cpu.map(|c| round3(c / seconds));
+        out
+    }
 }
 
 /// `POST /v1/rollouts/<60,000×a>/start` without a token.
@@ -491,6 +534,34 @@ mod tests {
         let forged = String::from_utf8(forged_request("127.0.0.1:9", 7)).unwrap();
         assert!(forged.starts_with("POST /v1/rollouts/plan-7/start HTTP/1.1\r\n"));
         assert!(forged.contains("\r\nauthorization: Bearer aut_forged\r\n"));
+    }
+
+    #[test]
+    fn merged_floods_sum_and_say_how_they_ended() {
+        let part = |answered: u64, cpu: Option<f64>, ended_by: &'static str| FloodReport {
+            connections: 4,
+            seconds: 2.0,
+            answered,
+            bad_id_400: answered / 2,
+            unauthenticated_401: answered - answered / 2,
+            connects: 4,
+            generator_cpu_seconds: cpu,
+            ended_by,
+            ..FloodReport::default()
+        };
+        let m = FloodReport::merge(vec![
+            part(100, Some(0.5), "stop"),
+            part(300, Some(1.5), "stop"),
+        ]);
+        assert_eq!((m.answered, m.refused(), m.connects), (400, 400, 8));
+        assert_eq!(m.seconds, 4.0);
+        assert_eq!(m.refused_per_sec, 100.0);
+        assert_eq!(m.generator_cpu_seconds, Some(2.0));
+        assert_eq!(m.generator_cpus_used, Some(0.5));
+        assert_eq!(m.ended_by, "stop");
+        let m = FloodReport::merge(vec![part(1, None, "stop"), part(1, Some(1.0), "count")]);
+        assert_eq!(m.generator_cpu_seconds, None);
+        assert_eq!(m.ended_by, "count");
     }
 
     #[test]

@@ -152,13 +152,18 @@ struct Args {
     #[arg(long, value_name = "N")]
     b6_runs: Option<usize>,
 
-    /// B7: measured seconds of the operator's quiet window and of its flooded window
+    /// B7: measured seconds of the operator alone, and again under the flood, over all rounds
     /// [full 20, smoke 2].
     #[arg(long, value_name = "S")]
     b7_seconds: Option<f64>,
 
+    /// B7: rounds of a quiet then a flooded window, so other load on the machine falls on
+    /// both [full 4, smoke 1].
+    #[arg(long, value_name = "N")]
+    b7_rounds: Option<usize>,
+
     /// B7: warm-up seconds before each window, not counted (the flood starts with it)
-    /// [full 2, smoke 0.5].
+    /// [full 1, smoke 0.5].
     #[arg(long, value_name = "S")]
     b7_warmup_seconds: Option<f64>,
 
@@ -227,7 +232,8 @@ impl Args {
             b5_queries: pick_n(self.b5_queries, 200, 20),
             b5_offline_runs: pick_n(self.b5_offline_runs, 5, 2),
             b6_runs: pick_n(self.b6_runs, 50, 5),
-            b7_warmup_seconds: pick(self.b7_warmup_seconds, 2.0, 0.5),
+            b7_warmup_seconds: pick(self.b7_warmup_seconds, 1.0, 0.5),
+            b7_rounds: pick_n(self.b7_rounds, 4, 1),
             b7_seconds: pick(self.b7_seconds, 20.0, 2.0),
             b7_concurrency: self.b7_concurrency.unwrap_or(1),
             b7_flood_connections: pick_n(self.b7_flood_connections, 16, 4),
@@ -261,6 +267,9 @@ impl Args {
         }
         if !(cfg.b7_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.b7_warmup_seconds)) {
             bail!("--b7-warmup-seconds must be 0 to 3600");
+        }
+        if cfg.b7_rounds == 0 || cfg.b7_rounds > 100 {
+            bail!("--b7-rounds must be 1 to 100");
         }
         if cfg.b7_concurrency == 0 || cfg.b7_concurrency > 64 {
             bail!("--b7-concurrency must be 1 to 64");

@@ -373,8 +373,8 @@ pub fn summary(rep: &Report) -> String {
         row(
             "B7",
             format!(
-                "operator creates c={}, RBAC on, quiet",
-                b.operator_concurrency
+                "operator creates c={}, RBAC on, quiet ({} rounds)",
+                b.operator_concurrency, b.rounds
             ),
             format!(
                 "{:.0} creates/s, CP {} CPUs",
@@ -410,7 +410,11 @@ pub fn summary(rep: &Report) -> String {
                 cpus(flood.and_then(|f| f.generator_cpus_used)),
                 cpus(b.flooded.bench_cpus_used)
             ),
-            "".into(),
+            format!(
+                "disk stall share quiet {} flooded {}",
+                cpus(b.quiet.io_pressure_some),
+                cpus(b.flooded.io_pressure_some)
+            ),
             "".into(),
         );
         row(

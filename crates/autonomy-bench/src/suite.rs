@@ -49,6 +49,7 @@ pub struct Config {
     pub b7_flood_connections: usize,
     pub b7_flood_max_requests: u64,
     pub b7_probe_requests: u64,
+    pub b7_rounds: usize,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -952,7 +953,8 @@ const B7_PROBE_LIMIT: Duration = Duration::from_secs(120);
 /// this.
 pub const B7_STORE_LIMIT_PER_200: f64 = 2.0 * 1024.0 * 1024.0;
 
-/// One of B7's measured windows: the operator's closed loop, and the flood beside it if any.
+/// B7's quiet or flooded windows (every round's, summed): the operator's closed loop, and the
+/// flood beside it if any.
 #[derive(Debug, Clone, Serialize)]
 pub struct B7Window {
     /// The operator's durable creates (`POST /v1/rollouts` with an operator token).
@@ -973,6 +975,11 @@ pub struct B7Window {
     /// The whole bench process: the operator's client and, when flooded, the flood generator.
     pub bench_cpu_seconds: Option<f64>,
     pub bench_cpus_used: Option<f64>,
+    /// Share of the window in which some task on the machine waited for the disk
+    /// (`/proc/pressure/io`): other work on the machine shows up here.
+    pub io_pressure_some: Option<f64>,
+    /// The same for the CPUs (`/proc/pressure/cpu`).
+    pub cpu_pressure_some: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flood: Option<FloodReport>,
 }
@@ -998,6 +1005,9 @@ pub struct B7Report {
     pub operator: &'static str,
     pub operator_concurrency: usize,
     pub flood_connections: usize,
+    /// Quiet and flooded windows alternate this many times; each condition's samples are
+    /// pooled.
+    pub rounds: usize,
     pub quiet: B7Window,
     pub store_probe: B7Probe,
     pub flooded: B7Window,
@@ -1018,6 +1028,19 @@ struct B7Snap {
     denied: Option<f64>,
     cp_cpu: Option<f64>,
     self_cpu: Option<f64>,
+    io_stall_us: Option<u64>,
+    cpu_stall_us: Option<u64>,
+}
+
+/// `total=` of the `some` line of `/proc/pressure/<what>` (µs some task stalled), if the
+/// kernel has PSI.
+fn pressure_some_us(what: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/pressure/{what}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
 }
 
 impl B7Snap {
@@ -1033,11 +1056,14 @@ impl B7Snap {
             denied: metric(&metrics, "autonomy_auth_denied_total"),
             cp_cpu: cp.cpu_seconds(),
             self_cpu: cp::cpu_seconds(Path::new("/proc/self/stat")),
+            io_stall_us: pressure_some_us("io"),
+            cpu_stall_us: pressure_some_us("cpu"),
         })
     }
 }
 
-/// What changed between two snapshots.
+/// What changed between two snapshots (or over several windows, summed).
+#[derive(Default)]
 struct B7Delta {
     wall: f64,
     dir: i64,
@@ -1045,23 +1071,54 @@ struct B7Delta {
     denied: Option<u64>,
     cp_cpu: Option<f64>,
     self_cpu: Option<f64>,
+    io_stall: Option<f64>,
+    cpu_stall: Option<f64>,
 }
 
 impl B7Delta {
     fn of(a: &B7Snap, b: &B7Snap) -> B7Delta {
-        let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| round3((y - x).max(0.0)));
+        let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| (y - x).max(0.0));
+        let stall = |x: Option<u64>, y: Option<u64>| {
+            x.zip(y).map(|(x, y)| y.saturating_sub(x) as f64 / 1e6)
+        };
         B7Delta {
-            wall: (b.at - a.at).as_secs_f64().max(1e-9),
+            wall: (b.at - a.at).as_secs_f64(),
             dir: b.dir as i64 - a.dir as i64,
             log: b.log as i64 - a.log as i64,
             denied: a.denied.zip(b.denied).map(|(x, y)| (y - x).max(0.0) as u64),
             cp_cpu: cpu(a.cp_cpu, b.cp_cpu),
             self_cpu: cpu(a.self_cpu, b.self_cpu),
+            io_stall: stall(a.io_stall_us, b.io_stall_us),
+            cpu_stall: stall(a.cpu_stall_us, b.cpu_stall_us),
         }
     }
 
+    fn sum(parts: Vec<B7Delta>) -> B7Delta {
+        let add_f = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        let mut out = B7Delta {
+            denied: Some(0),
+            cp_cpu: Some(0.0),
+            self_cpu: Some(0.0),
+            io_stall: Some(0.0),
+            cpu_stall: Some(0.0),
+            ..B7Delta::default()
+        };
+        for p in parts {
+            out.wall += p.wall;
+            out.dir += p.dir;
+            out.log += p.log;
+            out.denied = out.denied.zip(p.denied).map(|(a, b)| a + b);
+            out.cp_cpu = add_f(out.cp_cpu, p.cp_cpu);
+            out.self_cpu = add_f(out.self_cpu, p.self_cpu);
+            out.io_stall = add_f(out.io_stall, p.io_stall);
+            out.cpu_stall = add_f(out.cpu_stall, p.cpu_stall);
+        }
+        out
+    }
+
     fn window(self, run: LoopReport, flood: Option<FloodReport>) -> B7Window {
-        let per_wall = |v: Option<f64>| v.map(|v| round3(v / self.wall));
+        let wall = self.wall.max(1e-9);
+        let per_wall = |v: Option<f64>| v.map(|v| round3(v / wall));
         B7Window {
             run,
             wall_seconds: round3(self.wall),
@@ -1069,9 +1126,11 @@ impl B7Delta {
             cp_log_growth_bytes: self.log,
             auth_denied_counted: self.denied,
             cp_cpus_used: per_wall(self.cp_cpu),
-            cp_cpu_seconds: self.cp_cpu,
+            cp_cpu_seconds: self.cp_cpu.map(round3),
             bench_cpus_used: per_wall(self.self_cpu),
-            bench_cpu_seconds: self.self_cpu,
+            bench_cpu_seconds: self.self_cpu.map(round3),
+            io_pressure_some: per_wall(self.io_stall),
+            cpu_pressure_some: per_wall(self.cpu_stall),
             flood,
         }
     }
@@ -1102,12 +1161,17 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let (c, f) = (cfg.b7_concurrency, cfg.b7_flood_connections);
+    let (c, f, rounds) = (
+        cfg.b7_concurrency,
+        cfg.b7_flood_connections,
+        cfg.b7_rounds.max(1),
+    );
     let warmup = Duration::from_secs_f64(cfg.b7_warmup_seconds);
-    let window = Duration::from_secs_f64(cfg.b7_seconds);
+    let window = Duration::from_secs_f64(cfg.b7_seconds / rounds as f64);
     eprintln!(
-        "B7: operator creates at concurrency {c} (RBAC on), {} s quiet, then {} s under a flood \
-         of {f} unauthenticated connections (+{} s warm-up each); {cpus} CPUs shared",
+        "B7: operator creates at concurrency {c} (RBAC on), {} s quiet and {} s under a flood \
+         of {f} unauthenticated connections, alternating in {rounds} rounds (+{} s warm-up per \
+         window); {cpus} CPUs shared",
         cfg.b7_seconds, cfg.b7_seconds, cfg.b7_warmup_seconds
     );
     let cp = env.start_rbac(&env.work.join("b7"), "b7")?;
@@ -1128,113 +1192,138 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         .parse()
         .map_err(|e: String| anyhow!("the operator token: {e}"))?;
 
-    // Quiet: the operator alone.
-    let s0 = B7Snap::take(&cp, &admin)?;
-    let quiet = load::closed_loop(
-        &cp.url,
-        "b7-quiet",
-        c,
-        warmup,
-        window,
-        cfg.operators,
-        Some(&token),
-    )?;
-    let s1 = B7Snap::take(&cp, &admin)?;
-    if quiet.creates == 0 {
-        bail!(
-            "B7: no create succeeded in the quiet window ({} errors: {:?})",
-            quiet.errors,
-            quiet.first_errors
-        );
-    }
-    let quiet = B7Delta::of(&s0, &s1).window(quiet, None);
-    eprintln!(
-        "  quiet: {:.0} creates/s, {}; CP {} CPUs",
-        quiet.run.creates_per_sec,
-        quiet.run.latency.short(),
-        opt_f(quiet.cp_cpus_used)
-    );
-
-    // The store probe: the flood alone, a fixed count of requests.
-    let spec = FloodSpec::new(&cp.url, f, cfg.b7_probe_requests, B7_PROBE_LIMIT)?;
-    let probe = flood::run(&spec, &AtomicBool::new(false));
-    let s2 = B7Snap::take(&cp, &admin)?;
-    if probe.refused() == 0 {
-        bail!(
-            "B7: the flood got no 400 or 401 ({} answers, statuses {:?}, errors {:?})",
-            probe.answered,
-            probe.other_statuses,
-            probe.first_errors
-        );
-    }
-    let d = B7Delta::of(&s1, &s2);
-    let per_request = d.dir as f64 / probe.refused() as f64;
-    let store_probe = B7Probe {
-        data_dir_growth_bytes: d.dir,
-        cp_log_growth_bytes: d.log,
-        auth_denied_counted: d.denied,
-        bytes_per_refused_request: round1(per_request),
-        bytes_per_200_refused: round1(per_request * 200.0),
-        cp_cpu_seconds: d.cp_cpu,
-        flood: probe,
-    };
-    eprintln!(
-        "  store probe: {} refused requests grew the data dir by {} B ({} B per 200)",
-        store_probe.flood.refused(),
-        store_probe.data_dir_growth_bytes,
-        store_probe.bytes_per_200_refused
-    );
-
-    // Flooded: the operator again while the flood runs (it starts first and stops after).
-    let stop = AtomicBool::new(false);
-    let spec = FloodSpec::new(
-        &cp.url,
-        f,
-        cfg.b7_flood_max_requests,
-        warmup + window + Duration::from_secs(30),
-    )?;
-    let s3 = B7Snap::take(&cp, &admin)?;
-    let (flooded, flood) = std::thread::scope(|s| {
-        let flood = s.spawn(|| flood::run(&spec, &stop));
-        let flooded = load::closed_loop(
+    let mut quiet_runs = Vec::new();
+    let mut quiet_deltas = Vec::new();
+    let mut flooded_runs = Vec::new();
+    let mut flooded_deltas = Vec::new();
+    let mut floods = Vec::new();
+    let mut store_probe = None;
+    for round in 1..=rounds {
+        // Quiet: the operator alone.
+        let s0 = B7Snap::take(&cp, &admin)?;
+        let quiet = load::closed_loop(
             &cp.url,
-            "b7-flooded",
+            &format!("b7-quiet-{round}"),
             c,
             warmup,
             window,
             cfg.operators,
             Some(&token),
+        )?;
+        let s1 = B7Snap::take(&cp, &admin)?;
+        if quiet.creates == 0 {
+            bail!(
+                "B7: no create succeeded in quiet window {round} ({} errors: {:?})",
+                quiet.errors,
+                quiet.first_errors
+            );
+        }
+        eprintln!(
+            "  round {round} quiet: {:.0} creates/s, {}",
+            quiet.creates_per_sec,
+            quiet.latency.short()
         );
-        stop.store(true, Ordering::Relaxed);
-        (flooded, flood.join())
-    });
-    let flood = flood.map_err(|_| anyhow!("B7: the flood generator panicked"))?;
-    let flooded = flooded?;
-    let s4 = B7Snap::take(&cp, &admin)?;
+        quiet_runs.push(quiet);
+        quiet_deltas.push(B7Delta::of(&s0, &s1));
+
+        if store_probe.is_none() {
+            // The store probe: the flood alone, a fixed count of requests.
+            let spec = FloodSpec::new(&cp.url, f, cfg.b7_probe_requests, B7_PROBE_LIMIT)?;
+            let probe = flood::run(&spec, &AtomicBool::new(false));
+            let s2 = B7Snap::take(&cp, &admin)?;
+            if probe.refused() == 0 {
+                bail!(
+                    "B7: the flood got no 400 or 401 ({} answers, statuses {:?}, errors {:?})",
+                    probe.answered,
+                    probe.other_statuses,
+                    probe.first_errors
+                );
+            }
+            let d = B7Delta::of(&s1, &s2);
+            let per_request = d.dir as f64 / probe.refused() as f64;
+            eprintln!(
+                "  store probe: {} refused requests grew the data dir by {} B",
+                probe.refused(),
+                d.dir
+            );
+            store_probe = Some(B7Probe {
+                data_dir_growth_bytes: d.dir,
+                cp_log_growth_bytes: d.log,
+                auth_denied_counted: d.denied,
+                bytes_per_refused_request: round1(per_request),
+                bytes_per_200_refused: round1(per_request * 200.0),
+                cp_cpu_seconds: d.cp_cpu.map(round3),
+                flood: probe,
+            });
+        }
+
+        // Flooded: the operator again while the flood runs (it starts first, stops after).
+        let stop = AtomicBool::new(false);
+        let spec = FloodSpec::new(
+            &cp.url,
+            f,
+            cfg.b7_flood_max_requests,
+            warmup + window + Duration::from_secs(30),
+        )?;
+        let s3 = B7Snap::take(&cp, &admin)?;
+        let (flooded, flood) = std::thread::scope(|s| {
+            let flood = s.spawn(|| flood::run(&spec, &stop));
+            let flooded = load::closed_loop(
+                &cp.url,
+                &format!("b7-flooded-{round}"),
+                c,
+                warmup,
+                window,
+                cfg.operators,
+                Some(&token),
+            );
+            stop.store(true, Ordering::Relaxed);
+            (flooded, flood.join())
+        });
+        let flood = flood.map_err(|_| anyhow!("B7: the flood generator panicked"))?;
+        let flooded = flooded?;
+        let s4 = B7Snap::take(&cp, &admin)?;
+        if flood.refused() == 0 {
+            bail!(
+                "B7: the flood beside the operator got no 400 or 401 ({} answers, statuses \
+                 {:?}, errors {:?})",
+                flood.answered,
+                flood.other_statuses,
+                flood.first_errors
+            );
+        }
+        if flood.ended_by != "stop" {
+            eprintln!(
+                "  warning: the flood ended by {} after {} s, before the operator's window did \
+                 (raise --b7-flood-max-requests)",
+                flood.ended_by, flood.seconds
+            );
+        }
+        eprintln!(
+            "  round {round} flooded: {:.0} creates/s, {} ({} errors); flood {:.0} refused/s",
+            flooded.creates_per_sec,
+            flooded.latency.short(),
+            flooded.errors,
+            flood.refused_per_sec
+        );
+        flooded_runs.push(flooded);
+        flooded_deltas.push(B7Delta::of(&s3, &s4));
+        floods.push(flood);
+    }
     let peak = cp.peak_rss_kib();
     env.stop(cp)?;
-    if flood.refused() == 0 {
-        bail!(
-            "B7: the flood beside the operator got no 400 or 401 ({} answers, statuses {:?}, \
-             errors {:?})",
-            flood.answered,
-            flood.other_statuses,
-            flood.first_errors
-        );
-    }
-    if flood.ended_by != "stop" {
-        eprintln!(
-            "  warning: the flood ended by {} after {} s, before the operator's window did \
-             (raise --b7-flood-max-requests)",
-            flood.ended_by, flood.seconds
-        );
-    }
-    let flooded = B7Delta::of(&s3, &s4).window(flooded, Some(flood));
+    let store_probe = store_probe.ok_or_else(|| anyhow!("B7 ran no round"))?;
+    let quiet = B7Delta::sum(quiet_deltas).window(LoopReport::merge(quiet_runs), None);
+    let flooded = B7Delta::sum(flooded_deltas).window(
+        LoopReport::merge(flooded_runs),
+        Some(FloodReport::merge(floods)),
+    );
     let report = B7Report {
         cpus,
         operator: B7_OPERATOR,
         operator_concurrency: c,
         flood_connections: f,
+        rounds,
         p50_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p50_ms),
         p99_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p99_ms),
         quiet,
@@ -1243,23 +1332,24 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         peak_rss_kib: peak,
         note: format!(
             "{cpus} CPUs shared by the CP, the operator's client and the flood generator: the \
-             generator's CPU (flood.generator_cpu_seconds) is taken from the CP"
+             generator's CPU (flood.generator_cpu_seconds) is taken from the CP; the disk and \
+             CPUs may be shared with other work too (io_pressure_some, cpu_pressure_some: share \
+             of each window in which some task on the machine stalled, from /proc/pressure)"
         ),
         method: "one CP with RBAC on; an operator-role token made with the admin token; the \
-                 operator's durable creates in a closed loop, first alone, then while raw \
+                 operator's durable creates in a closed loop, alone and then while raw \
                  keep-alive connections send pre-built requests without a valid token \
                  (alternately POST /v1/rollouts/<60,000 x a>/start with no token and \
-                 POST /v1/rollouts/plan-N/start with a forged one); between the two, the same \
-                 flood alone for a fixed count measures the data dir's growth with nothing \
-                 else writing",
+                 POST /v1/rollouts/plan-N/start with a forged one), the two windows alternating \
+                 over the rounds so that other load on the machine falls on both; samples are \
+                 pooled per condition; after the first quiet window, the same flood alone for a \
+                 fixed count measures the data dir's growth with nothing else writing",
     };
     let fl = report.flooded.flood.as_ref();
     eprintln!(
-        "  flooded: {:.0} creates/s, {} ({} errors); p99 {}x quiet; flood {} refused/s, \
-         generator {} CPUs, CP {} CPUs",
-        report.flooded.run.creates_per_sec,
+        "  quiet {}; flooded {}; p99 {}x quiet; flood {} refused/s, generator {} CPUs, CP {} CPUs",
+        report.quiet.run.latency.short(),
         report.flooded.run.latency.short(),
-        report.flooded.run.errors,
         opt_f(report.p99_ratio),
         fl.map_or(0.0, |f| f.refused_per_sec),
         opt_f(fl.and_then(|f| f.generator_cpus_used)),
