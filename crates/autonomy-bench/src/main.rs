@@ -158,7 +158,7 @@ struct Args {
     b7_seconds: Option<f64>,
 
     /// B7: rounds of a quiet then a flooded window, so other load on the machine falls on
-    /// both [full 4, smoke 1].
+    /// both [full 4, smoke 2].
     #[arg(long, value_name = "N")]
     b7_rounds: Option<usize>,
 
@@ -233,7 +233,7 @@ impl Args {
             b5_offline_runs: pick_n(self.b5_offline_runs, 5, 2),
             b6_runs: pick_n(self.b6_runs, 50, 5),
             b7_warmup_seconds: pick(self.b7_warmup_seconds, 1.0, 0.5),
-            b7_rounds: pick_n(self.b7_rounds, 4, 1),
+            b7_rounds: pick_n(self.b7_rounds, 4, 2),
             b7_seconds: pick(self.b7_seconds, 20.0, 2.0),
             b7_concurrency: self.b7_concurrency.unwrap_or(1),
             b7_flood_connections: pick_n(self.b7_flood_connections, 16, 4),

@@ -373,8 +373,10 @@ pub fn summary(rep: &Report) -> String {
         row(
             "B7",
             format!(
-                "operator creates c={}, RBAC on, quiet ({} rounds)",
-                b.operator_concurrency, b.rounds
+                "operator creates c={}, RBAC on, quiet ({} round{})",
+                b.operator_concurrency,
+                b.rounds,
+                if b.rounds == 1 { "" } else { "s" }
             ),
             format!(
                 "{:.0} creates/s, CP {} CPUs",

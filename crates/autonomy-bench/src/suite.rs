@@ -1170,7 +1170,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
     let window = Duration::from_secs_f64(cfg.b7_seconds / rounds as f64);
     eprintln!(
         "B7: operator creates at concurrency {c} (RBAC on), {} s quiet and {} s under a flood \
-         of {f} unauthenticated connections, alternating in {rounds} rounds (+{} s warm-up per \
+         of {f} unauthenticated connections, alternating over {rounds} round(s) (+{} s warm-up per \
          window); {cpus} CPUs shared",
         cfg.b7_seconds, cfg.b7_seconds, cfg.b7_warmup_seconds
     );
