@@ -429,7 +429,12 @@ pub fn summary(rep: &Report) -> String {
                 "data dir +{} B = {} B per refused request",
                 b.store_probe.data_dir_growth_bytes, b.store_probe.bytes_per_refused_request
             ),
-            "".into(),
+            format!(
+                "CP CPU {} ms per refused request",
+                b.store_probe
+                    .cp_cpu_ms_per_refused_request
+                    .map_or("?".into(), |v| v.to_string())
+            ),
             "".into(),
         );
     }

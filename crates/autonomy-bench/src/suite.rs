@@ -996,6 +996,9 @@ pub struct B7Probe {
     /// The same for 200 refused requests (issue 14's target: < 2 MiB).
     pub bytes_per_200_refused: f64,
     pub cp_cpu_seconds: Option<f64>,
+    /// CP CPU per refused request, ms (CPU time is read in 10 ms ticks: rough for a short
+    /// probe).
+    pub cp_cpu_ms_per_refused_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1253,6 +1256,9 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
                 bytes_per_refused_request: round1(per_request),
                 bytes_per_200_refused: round1(per_request * 200.0),
                 cp_cpu_seconds: d.cp_cpu.map(round3),
+                cp_cpu_ms_per_refused_request: d
+                    .cp_cpu
+                    .map(|s| round3(s * 1e3 / probe.refused() as f64)),
                 flood: probe,
             });
         }
