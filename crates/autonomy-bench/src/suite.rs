@@ -988,6 +988,9 @@ pub struct B7Window {
 #[derive(Debug, Clone, Serialize)]
 pub struct B7Probe {
     pub flood: FloodReport,
+    /// The data dir's size stayed the same for 300 ms before the probe (at most 5 s of
+    /// waiting): the operator's earlier creates were no longer being checkpointed.
+    pub settled_before: bool,
     pub data_dir_growth_bytes: i64,
     pub cp_log_growth_bytes: i64,
     pub auth_denied_counted: Option<u64>,
@@ -1154,6 +1157,21 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Waits (at most 5 s) until the size of `dir` stays the same for 300 ms; says whether it did.
+fn settle(dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = dir_bytes(dir);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = dir_bytes(dir);
+        if now == last {
+            return true;
+        }
+        last = now;
+    }
+    false
+}
+
 fn ratio(flooded: &Latency, quiet: &Latency, pick: fn(&Latency) -> f64) -> Option<f64> {
     (flooded.samples > 0 && quiet.samples > 0 && pick(quiet) > 0.0)
         .then(|| round3(pick(flooded) / pick(quiet)))
@@ -1230,7 +1248,10 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         quiet_deltas.push(B7Delta::of(&s0, &s1));
 
         if store_probe.is_none() {
-            // The store probe: the flood alone, a fixed count of requests.
+            // The store probe: the flood alone, a fixed count of requests, once the CP's
+            // background checkpoints of the operator's creates have settled.
+            let settled = settle(cp.data_dir());
+            let s1 = B7Snap::take(&cp, &admin)?;
             let spec = FloodSpec::new(&cp.url, f, cfg.b7_probe_requests, B7_PROBE_LIMIT)?;
             let probe = flood::run(&spec, &AtomicBool::new(false));
             let s2 = B7Snap::take(&cp, &admin)?;
@@ -1250,6 +1271,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
                 d.dir
             );
             store_probe = Some(B7Probe {
+                settled_before: settled,
                 data_dir_growth_bytes: d.dir,
                 cp_log_growth_bytes: d.log,
                 auth_denied_counted: d.denied,
