@@ -1370,7 +1370,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
                  (alternately POST /v1/rollouts/<60,000 x a>/start with no token and \
                  POST /v1/rollouts/plan-N/start with a forged one), the two windows alternating \
                  over the rounds so that other load on the machine falls on both; samples are \
-                 pooled per condition; after the first quiet window, the same flood alone for a \
+                 pooled per condition; after the first quiet window, once the data dir has settled, the same flood alone for a \
                  fixed count measures the data dir's growth with nothing else writing",
     };
     let fl = report.flooded.flood.as_ref();
