@@ -1004,6 +1004,18 @@ pub struct B7Probe {
     pub cp_cpu_ms_per_refused_request: Option<f64>,
 }
 
+/// One round of B7 on its own, to show how steady the pooled numbers are.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Round {
+    pub quiet_p50_ms: f64,
+    pub quiet_p99_ms: f64,
+    pub flooded_p50_ms: f64,
+    pub flooded_p99_ms: f64,
+    pub flood_refused_per_sec: f64,
+    pub quiet_io_pressure_some: Option<f64>,
+    pub flooded_io_pressure_some: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct B7Report {
     /// CPUs of the machine, shared by the CP, the operator's client and the flood generator.
@@ -1014,6 +1026,7 @@ pub struct B7Report {
     /// Quiet and flooded windows alternate this many times; each condition's samples are
     /// pooled.
     pub rounds: usize,
+    pub per_round: Vec<B7Round>,
     pub quiet: B7Window,
     pub store_probe: B7Probe,
     pub flooded: B7Window,
@@ -1097,6 +1110,11 @@ impl B7Delta {
             io_stall: stall(a.io_stall_us, b.io_stall_us),
             cpu_stall: stall(a.cpu_stall_us, b.cpu_stall_us),
         }
+    }
+
+    /// Share of the wall time some task waited for the disk.
+    fn io_pressure(&self) -> Option<f64> {
+        self.io_stall.map(|s| round3(s / self.wall.max(1e-9)))
     }
 
     fn sum(parts: Vec<B7Delta>) -> B7Delta {
@@ -1219,6 +1237,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
     let mut flooded_deltas = Vec::new();
     let mut floods = Vec::new();
     let mut store_probe = None;
+    let mut per_round = Vec::new();
     for round in 1..=rounds {
         // Quiet: the operator alone.
         let s0 = B7Snap::take(&cp, &admin)?;
@@ -1334,8 +1353,20 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
             flooded.errors,
             flood.refused_per_sec
         );
+        let delta = B7Delta::of(&s3, &s4);
+        if let Some(quiet) = quiet_runs.last() {
+            per_round.push(B7Round {
+                quiet_p50_ms: quiet.latency.p50_ms,
+                quiet_p99_ms: quiet.latency.p99_ms,
+                flooded_p50_ms: flooded.latency.p50_ms,
+                flooded_p99_ms: flooded.latency.p99_ms,
+                flood_refused_per_sec: flood.refused_per_sec,
+                quiet_io_pressure_some: quiet_deltas.last().and_then(B7Delta::io_pressure),
+                flooded_io_pressure_some: delta.io_pressure(),
+            });
+        }
         flooded_runs.push(flooded);
-        flooded_deltas.push(B7Delta::of(&s3, &s4));
+        flooded_deltas.push(delta);
         floods.push(flood);
     }
     let peak = cp.peak_rss_kib();
@@ -1352,6 +1383,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         operator_concurrency: c,
         flood_connections: f,
         rounds,
+        per_round,
         p50_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p50_ms),
         p99_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p99_ms),
         quiet,
