@@ -1,8 +1,8 @@
 //! The control plane under test: the test kit's [`Cp`] (the real `autonomy serve` on
-//! 127.0.0.1 port 0 with `AUTONOMY_RBAC_ENFORCEMENT=0`, its stderr appended to a log file,
-//! stopped with SIGTERM and, if it does not exit in time, SIGKILL; dropping a [`Cp`] that was
-//! not stopped stops it the same way), polled for readiness every 2 ms so start-up times are
-//! measured to that resolution.
+//! 127.0.0.1 port 0 with `AUTONOMY_RBAC_ENFORCEMENT=0`, `=1` for B7, its stderr appended to a
+//! log file, stopped with SIGTERM and, if it does not exit in time, SIGKILL; dropping a [`Cp`]
+//! that was not stopped stops it the same way), polled for readiness every 2 ms so start-up
+//! times are measured to that resolution.
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +45,17 @@ pub fn spawn(bin: &Path, data_dir: &Path, log: &Path, limit: Duration) -> anyhow
 /// Spawns and waits for /v1/health.
 pub fn start(bin: &Path, data_dir: &Path, log: &Path, limit: Duration) -> anyhow::Result<Cp> {
     Cp::start(options(bin, data_dir, log, limit))
+        .with_context(|| format!("starting {} serve (log {})", bin.display(), log.display()))
+}
+
+/// [`start`] with RBAC enforced (`AUTONOMY_RBAC_ENFORCEMENT=1`, B7): the admin token is in
+/// `<data_dir>/admin.token` ([`Cp::admin_token`]).
+pub fn start_rbac(bin: &Path, data_dir: &Path, log: &Path, limit: Duration) -> anyhow::Result<Cp> {
+    let mut options = options(bin, data_dir, log, limit);
+    options
+        .env
+        .push(("AUTONOMY_RBAC_ENFORCEMENT".into(), "1".into()));
+    Cp::start(options)
         .with_context(|| format!("starting {} serve (log {})", bin.display(), log.display()))
 }
 

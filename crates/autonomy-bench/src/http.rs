@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use autonomy_client::blocking::Transport;
-use autonomy_client::{Api, Call, ClientError, Reply};
+use autonomy_client::{Api, Call, ClientError, Reply, Token};
 
 pub struct Http {
     transport: Transport,
@@ -26,7 +26,13 @@ impl Http {
         })
     }
 
-    /// Builds the bench's requests (no token, no operator).
+    /// Sends `Authorization: Bearer <token>` with every request (RBAC on, B7).
+    pub fn with_token(mut self, token: Option<Token>) -> Http {
+        self.api = self.api.with_token(token);
+        self
+    }
+
+    /// Builds the bench's requests (no operator; no token unless [`Http::with_token`]).
     pub fn api(&self) -> &Api {
         &self.api
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use autonomy_api::Rollout;
-use autonomy_client::Call;
+use autonomy_client::{Call, Token};
 use serde::Serialize;
 
 use crate::http::Http;
@@ -202,11 +202,46 @@ pub struct LoopReport {
     pub latency: Latency,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_errors: Vec<String>,
+    /// Every latency sample of the window (not in the report; [`LoopReport::merge`] uses it).
+    #[serde(skip)]
+    pub samples: Vec<Duration>,
+}
+
+impl LoopReport {
+    /// Several windows of the same loop as one: samples pooled, counts and seconds summed.
+    pub fn merge(parts: Vec<LoopReport>) -> LoopReport {
+        let mut out = LoopReport {
+            concurrency: parts.first().map_or(0, |p| p.concurrency),
+            warmup_seconds: 0.0,
+            seconds: 0.0,
+            creates: 0,
+            errors: 0,
+            creates_per_sec: 0.0,
+            latency: Latency::default(),
+            first_errors: Vec::new(),
+            samples: Vec::new(),
+        };
+        for p in parts {
+            out.warmup_seconds += p.warmup_seconds;
+            out.seconds += p.seconds;
+            out.creates += p.creates;
+            out.errors += p.errors;
+            for e in p.first_errors {
+                if out.first_errors.len() < 5 {
+                    out.first_errors.push(e);
+                }
+            }
+            out.samples.extend(p.samples);
+        }
+        out.creates_per_sec = round1(out.creates as f64 / out.seconds.max(1e-9));
+        out.latency = Latency::of(&out.samples);
+        out
+    }
 }
 
 /// Closed loop: `concurrency` workers, each sending its next create as soon as the previous
 /// one is answered, for `warmup + duration`; only answers completed in the window after the
-/// warm-up count.
+/// warm-up count. With a `token` (RBAC on) every create carries it.
 pub fn closed_loop(
     base: &str,
     prefix: &str,
@@ -214,6 +249,7 @@ pub fn closed_loop(
     warmup: Duration,
     duration: Duration,
     operators: usize,
+    token: Option<&Token>,
 ) -> anyhow::Result<LoopReport> {
     let concurrency = concurrency.clamp(1, 1024);
     let errors = AtomicU64::new(0);
@@ -231,6 +267,7 @@ pub fn closed_loop(
                     let Ok(http) = Http::new(base, REQUEST_TIMEOUT) else {
                         return lat;
                     };
+                    let http = http.with_token(token.cloned());
                     let mut n = 0u64;
                     while Instant::now() < end && n < MAX_PER_WORKER {
                         n += 1;
@@ -279,5 +316,40 @@ pub fn closed_loop(
         creates_per_sec: round1(all.len() as f64 / secs),
         latency: Latency::of(&all),
         first_errors: first_errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+        samples: all,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(ms: &[u64], errors: u64) -> LoopReport {
+        let samples: Vec<Duration> = ms.iter().map(|&m| Duration::from_millis(m)).collect();
+        LoopReport {
+            concurrency: 1,
+            warmup_seconds: 1.0,
+            seconds: 2.0,
+            creates: samples.len() as u64,
+            errors,
+            creates_per_sec: samples.len() as f64 / 2.0,
+            latency: Latency::of(&samples),
+            first_errors: (0..errors).map(|e| format!("e{e}")).collect(),
+            samples,
+        }
+    }
+
+    #[test]
+    fn merged_windows_pool_their_samples() {
+        let m = LoopReport::merge(vec![window(&[1, 2, 3], 4), window(&[100], 3)]);
+        assert_eq!(m.creates, 4);
+        assert_eq!(m.errors, 7);
+        assert_eq!(m.seconds, 4.0);
+        assert_eq!(m.warmup_seconds, 2.0);
+        assert_eq!(m.creates_per_sec, 1.0);
+        assert_eq!(m.latency.samples, 4);
+        assert_eq!(m.latency.p99_ms, 100.0);
+        assert_eq!(m.latency.p50_ms, 2.0);
+        assert_eq!(m.first_errors.len(), 5);
+    }
 }

@@ -13,16 +13,22 @@
 //! - **B5** an audit query with actor, event type and time filters over those 1M events, through
 //!   the API and offline (`autonomy audit query --audit-dir`);
 //! - **B6** the CLI round trip (`autonomy rollout get`, process start to exit) beside curl;
+//! - **B7** an operator's durable create latency (RBAC on, operator token) quiet and then
+//!   while raw keep-alive connections flood the CP with requests without a valid token
+//!   (issue 14): p50/p99 side by side, the flood's rate, the data dir's growth per refused
+//!   request (the flood alone, a fixed count), and the flood generator's CPU next to the CP's;
 //! - the CP's peak RSS in each.
 //!
 //! It runs the real `autonomy serve` (`--autonomy-bin`) on 127.0.0.1 port 0 with
-//! `AUTONOMY_RBAC_ENFORCEMENT=0`, talks plain HTTP to it, and stops every CP it started. Every
+//! `AUTONOMY_RBAC_ENFORCEMENT=0` (`=1` in B7), talks plain HTTP to it, and stops every CP it
+//! started. Every
 //! loop is bounded by a count or a duration. It writes a JSON report with the machine facts,
 //! every number and each of the issue's targets with `met`, plus `summary.txt`, and prints the
 //! summary. It asserts nothing about timings: it fails only when the bench itself cannot run.
 //! `--smoke` runs everything at tiny sizes in well under a minute (CI).
 
 mod cp;
+mod flood;
 mod http;
 mod limit;
 mod load;
@@ -48,6 +54,7 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// Full run (minutes; seeds 1M plans over HTTP):   autonomy-bench
 /// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
 /// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
+/// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
@@ -84,7 +91,7 @@ struct Args {
     smoke: bool,
 
     /// Phases to run, comma-separated [default: all]. B3–B6 share one data set (built by B2's
-    /// seeding when b2 runs).
+    /// seeding when b2 runs); B7 has its own CP, with RBAC on.
     #[arg(long, value_delimiter = ',', value_parser = PossibleValuesParser::new(PHASES))]
     phases: Vec<String>,
 
@@ -145,6 +152,39 @@ struct Args {
     #[arg(long, value_name = "N")]
     b6_runs: Option<usize>,
 
+    /// B7: measured seconds of the operator alone, and again under the flood, over all rounds
+    /// [full 20, smoke 2].
+    #[arg(long, value_name = "S")]
+    b7_seconds: Option<f64>,
+
+    /// B7: rounds of a quiet then a flooded window, so other load on the machine falls on
+    /// both [full 4, smoke 2].
+    #[arg(long, value_name = "N")]
+    b7_rounds: Option<usize>,
+
+    /// B7: warm-up seconds before each window, not counted (the flood starts with it)
+    /// [full 1, smoke 0.5].
+    #[arg(long, value_name = "S")]
+    b7_warmup_seconds: Option<f64>,
+
+    /// B7: the operator's concurrency (closed loop) [default 1].
+    #[arg(long, value_name = "N")]
+    b7_concurrency: Option<usize>,
+
+    /// B7: flood connections, one thread each [full 16, smoke 4].
+    #[arg(long, value_name = "N")]
+    b7_flood_connections: Option<usize>,
+
+    /// B7: requests the flood beside the operator sends at most (it also stops when the
+    /// operator's window ends) [full 20000000, smoke 2000000].
+    #[arg(long, value_name = "N")]
+    b7_flood_max_requests: Option<u64>,
+
+    /// B7: requests of the store probe (the flood alone, for the data dir's growth)
+    /// [full 2000, smoke 200].
+    #[arg(long, value_name = "N")]
+    b7_probe_requests: Option<u64>,
+
     /// Concurrency of the seeding that builds the data sets [default 64].
     #[arg(long, value_name = "N")]
     seed_concurrency: Option<usize>,
@@ -192,6 +232,13 @@ impl Args {
             b5_queries: pick_n(self.b5_queries, 200, 20),
             b5_offline_runs: pick_n(self.b5_offline_runs, 5, 2),
             b6_runs: pick_n(self.b6_runs, 50, 5),
+            b7_warmup_seconds: pick(self.b7_warmup_seconds, 1.0, 0.5),
+            b7_rounds: pick_n(self.b7_rounds, 4, 2),
+            b7_seconds: pick(self.b7_seconds, 20.0, 2.0),
+            b7_concurrency: self.b7_concurrency.unwrap_or(1),
+            b7_flood_connections: pick_n(self.b7_flood_connections, 16, 4),
+            b7_flood_max_requests: pick_u(self.b7_flood_max_requests, 20_000_000, 2_000_000),
+            b7_probe_requests: pick_u(self.b7_probe_requests, 2_000, 200),
             seed_concurrency: self.seed_concurrency.unwrap_or(64),
             operators: self.operators.unwrap_or(100),
             start_timeout_seconds: self.start_timeout_seconds,
@@ -206,6 +253,7 @@ impl Args {
             ("--limit-seconds", cfg.limit_seconds),
             ("--b1-seconds", cfg.b1_seconds),
             ("--b2-gap-seconds", cfg.b2_gap_seconds),
+            ("--b7-seconds", cfg.b7_seconds),
             ("--start-timeout-seconds", cfg.start_timeout_seconds),
             ("--stop-timeout-seconds", cfg.stop_timeout_seconds),
         ];
@@ -216,6 +264,21 @@ impl Args {
         }
         if !(cfg.b1_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.b1_warmup_seconds)) {
             bail!("--b1-warmup-seconds must be 0 to 3600");
+        }
+        if !(cfg.b7_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.b7_warmup_seconds)) {
+            bail!("--b7-warmup-seconds must be 0 to 3600");
+        }
+        if cfg.b7_rounds == 0 || cfg.b7_rounds > 100 {
+            bail!("--b7-rounds must be 1 to 100");
+        }
+        if cfg.b7_concurrency == 0 || cfg.b7_concurrency > 64 {
+            bail!("--b7-concurrency must be 1 to 64");
+        }
+        if cfg.b7_flood_connections == 0 || cfg.b7_flood_connections > 1024 {
+            bail!("--b7-flood-connections must be 1 to 1024");
+        }
+        if cfg.b7_flood_max_requests == 0 || cfg.b7_probe_requests == 0 {
+            bail!("--b7-flood-max-requests and --b7-probe-requests must be at least 1");
         }
         if !(cfg.b2_stale_percent > 0.0 && cfg.b2_stale_percent <= 100.0) {
             bail!("--b2-stale-percent must be more than 0 and at most 100");
@@ -411,6 +474,10 @@ fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
             results.seeding = ds.seeds.clone();
             results.seeding_peak_rss_kib = ds.seed_peak_rss_kib.clone();
             built?;
+        }
+        if cfg.wants("b7") {
+            mark("b7");
+            results.b7 = Some(suite::run_b7(env)?);
         }
         Ok(())
     })();

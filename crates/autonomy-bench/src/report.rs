@@ -6,7 +6,10 @@ use crate::limit::LimitReport;
 use crate::load::SeedReport;
 use crate::machine::Machine;
 use crate::stats::{fmt_ms, round3, Latency};
-use crate::suite::{B1Report, B2Report, B3Report, B4Report, B5Report, B6Report, Config};
+use crate::suite::{
+    B1Report, B2Report, B3Report, B4Report, B5Report, B6Report, B7Report, Config,
+    B7_STORE_LIMIT_PER_200,
+};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
@@ -17,6 +20,7 @@ pub struct Results {
     pub b4: Option<B4Report>,
     pub b5: Option<B5Report>,
     pub b6: Option<B6Report>,
+    pub b7: Option<B7Report>,
     pub seeding: Vec<SeedReport>,
     pub seeding_peak_rss_kib: Vec<Option<u64>>,
     /// `/proc/loadavg` (1, 5, 15 min) as each phase started and at the end: other work on the
@@ -24,7 +28,7 @@ pub struct Results {
     pub load_average: Vec<(String, String)>,
 }
 
-/// One target of issue 6.
+/// One target of issue 6 (B1–B6) or issue 14 (B7).
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub id: &'static str,
@@ -57,12 +61,13 @@ pub struct Report<'a> {
     pub notes: Vec<&'static str>,
 }
 
-pub const NOTES: [&str; 5] = [
+pub const NOTES: [&str; 6] = [
     "latencies are client-side (request sent to whole body read) over kept-alive HTTP/1.1 to 127.0.0.1, nearest-rank percentiles over every sample",
     "the bench and the CP share the machine's CPUs; bench_cpu_seconds in B1 shows what the load generator itself used",
+    "B7 runs the CP with RBAC on; its flood generator shares the CPUs with the CP and the operator's client: flood.generator_cpu_seconds (the flood threads alone) stands next to the CP's cp_cpu_seconds",
     "peak_rss_kib is VmHWM of the CP instance that served only that phase (each phase starts its own CP; seeding runs in separate instances, see seeding_peak_rss_kib)",
     "smoke runs use tiny sizes: their numbers prove the bench works, not the targets",
-    "targets: B1 c=64 creates/s >= 5x raw single-row commits/s; B2 p99 < 20 ms; B3 deep-page p50 <= 2x first-page p50; B4 median restart-to-ready < 1000 ms; B5 API p99 < 50 ms; B6 CLI p50 <= 2x curl p50",
+    "targets: B1 c=64 creates/s >= 5x raw single-row commits/s; B2 p99 < 20 ms; B3 deep-page p50 <= 2x first-page p50; B4 median restart-to-ready < 1000 ms; B5 API p99 < 50 ms; B6 CLI p50 <= 2x curl p50; B7 operator create p99 under the flood <= 2x quiet, and 200 refused requests grow the data dir by < 2 MiB",
 ];
 
 pub fn targets(r: &Results) -> Vec<Target> {
@@ -172,6 +177,41 @@ pub fn targets(r: &Results) -> Vec<Target> {
         threshold: 2.0,
         unit: "x",
         met: b6.map(|v| v <= 2.0),
+    });
+    let b7 = r.b7.as_ref();
+    t.push(Target {
+        id: "B7",
+        target: "operator create p99 under an unauthenticated flood within 2x the quiet p99",
+        basis: b7.map_or("not run".into(), |b| {
+            format!(
+                "flooded p99 {} / quiet p99 {}, flood {:.0} refused/s over {} connections",
+                fmt_ms(b.flooded.run.latency.p99_ms),
+                fmt_ms(b.quiet.run.latency.p99_ms),
+                b.flooded.flood.as_ref().map_or(0.0, |f| f.refused_per_sec),
+                b.flood_connections
+            )
+        }),
+        value: b7.and_then(|b| b.p99_ratio),
+        threshold: 2.0,
+        unit: "x",
+        // No create answered under the flood is a miss, not a missing value.
+        met: b7.map(|b| b.p99_ratio.is_some_and(|v| v <= 2.0)),
+    });
+    let mib_per_200 = b7.map(|b| round3(b.store_probe.bytes_per_200_refused / 1048576.0));
+    t.push(Target {
+        id: "B7",
+        target: "200 refused unauthenticated requests grow the data dir by < 2 MiB",
+        basis: b7.map_or("not run".into(), |b| {
+            format!(
+                "{} B over {} refused requests (the flood alone), x200",
+                b.store_probe.data_dir_growth_bytes,
+                b.store_probe.flood.refused()
+            )
+        }),
+        value: mib_per_200,
+        threshold: B7_STORE_LIMIT_PER_200 / 1048576.0,
+        unit: "MiB",
+        met: b7.map(|b| b.store_probe.bytes_per_200_refused < B7_STORE_LIMIT_PER_200),
     });
     t
 }
@@ -328,6 +368,76 @@ pub fn summary(rep: &Report) -> String {
             row("B6", "curl, same GET".into(), "".into(), lat(c), "".into());
         }
     }
+    if let Some(b) = &r.b7 {
+        let cpus = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.2}"));
+        row(
+            "B7",
+            format!(
+                "operator creates c={}, RBAC on, quiet ({} round{})",
+                b.operator_concurrency,
+                b.rounds,
+                if b.rounds == 1 { "" } else { "s" }
+            ),
+            format!(
+                "{:.0} creates/s, CP {} CPUs",
+                b.quiet.run.creates_per_sec,
+                cpus(b.quiet.cp_cpus_used)
+            ),
+            lat(&b.quiet.run.latency),
+            mib(b.peak_rss_kib),
+        );
+        let flood = b.flooded.flood.as_ref();
+        row(
+            "B7",
+            format!(
+                "… under a flood: {} conns, {:.0} refused/s",
+                b.flood_connections,
+                flood.map_or(0.0, |f| f.refused_per_sec)
+            ),
+            format!(
+                "{:.0} creates/s ({} errors), p99 {}x quiet",
+                b.flooded.run.creates_per_sec,
+                b.flooded.run.errors,
+                b.p99_ratio.map_or("?".into(), |v| v.to_string())
+            ),
+            lat(&b.flooded.run.latency),
+            "".into(),
+        );
+        row(
+            "B7",
+            format!("CPU under the flood ({} CPUs shared)", b.cpus),
+            format!(
+                "CP {}, flood generator {}, whole bench {}",
+                cpus(b.flooded.cp_cpus_used),
+                cpus(flood.and_then(|f| f.generator_cpus_used)),
+                cpus(b.flooded.bench_cpus_used)
+            ),
+            format!(
+                "disk stall share quiet {} flooded {}",
+                cpus(b.quiet.io_pressure_some),
+                cpus(b.flooded.io_pressure_some)
+            ),
+            "".into(),
+        );
+        row(
+            "B7",
+            format!(
+                "store probe: the flood alone, {} refused",
+                b.store_probe.flood.refused()
+            ),
+            format!(
+                "data dir +{} B = {} B per refused request",
+                b.store_probe.data_dir_growth_bytes, b.store_probe.bytes_per_refused_request
+            ),
+            format!(
+                "CP CPU {} ms per refused request",
+                b.store_probe
+                    .cp_cpu_ms_per_refused_request
+                    .map_or("?".into(), |v| v.to_string())
+            ),
+            "".into(),
+        );
+    }
     let mut widths = [0usize; 5];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -354,7 +464,7 @@ pub fn summary(rep: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out.push_str("\ntargets (issue 6):\n");
+    out.push_str("\ntargets (issue 6; B7 issue 14):\n");
     for t in &rep.targets {
         let verdict = match t.met {
             Some(true) => "met ",

@@ -1,5 +1,6 @@
 //! The phases: L (raw SQLite), B1 (durable creates), B2 (stuck scan), B3 (list pages), B4
-//! (restart to ready), B5 (audit query), B6 (CLI round trip).
+//! (restart to ready), B5 (audit query), B6 (CLI round trip), B7 (operator latency under an
+//! unauthenticated flood).
 //!
 //! Every phase that measures the CP starts its own CP instance and reads that instance's peak
 //! RSS (`VmHWM`) just before stopping it, so each phase's peak is its own (start-up included).
@@ -7,13 +8,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use autonomy_api::{timefmt, AuditEventList, AuditQuery, ListQuery, StuckQuery};
+use autonomy_api::{
+    timefmt, AuditEventList, AuditQuery, CreateTokenRequest, ListQuery, Role, StuckQuery,
+};
+use autonomy_client::Token;
 use serde::Serialize;
 
 use crate::cp::{self, Cp, Stopped};
+use crate::flood::{self, FloodReport, Spec as FloodSpec};
 use crate::http::{metric, Http};
 use crate::limit::{self, LimitReport};
 use crate::load::{self, LoopReport, SeedReport};
@@ -37,6 +43,13 @@ pub struct Config {
     pub b5_queries: usize,
     pub b5_offline_runs: usize,
     pub b6_runs: usize,
+    pub b7_warmup_seconds: f64,
+    pub b7_seconds: f64,
+    pub b7_concurrency: usize,
+    pub b7_flood_connections: usize,
+    pub b7_flood_max_requests: u64,
+    pub b7_probe_requests: u64,
+    pub b7_rounds: usize,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -73,6 +86,11 @@ impl Env {
 
     fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
         cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
+            .with_context(|| format!("starting the CP for {name}"))
+    }
+
+    fn start_rbac(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
+        cp::start_rbac(&self.bin, data_dir, &self.log(name), self.start_limit())
             .with_context(|| format!("starting the CP for {name}"))
     }
 
@@ -213,6 +231,7 @@ pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report
             Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
             Duration::from_secs_f64(env.cfg.b1_seconds),
             env.cfg.operators,
+            None,
         )?;
         let after = store_snap(&http)?;
         let cpu1 = cp.cpu_seconds();
@@ -922,8 +941,489 @@ pub fn run_b6(env: &Env, ds: &Dataset) -> anyhow::Result<B6Report> {
     Ok(report)
 }
 
+// ---------------------------------------------------------------------------------------------
+// B7
+// ---------------------------------------------------------------------------------------------
+
+/// The operator B7 creates as (role operator, token made with the admin token).
+const B7_OPERATOR: &str = "bench-operator";
+/// Longest B7's store probe (a count-bounded flood) may run.
+const B7_PROBE_LIMIT: Duration = Duration::from_secs(120);
+/// The store-growth target of issue 14: 200 refused requests grow the data dir by less than
+/// this.
+pub const B7_STORE_LIMIT_PER_200: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// B7's quiet or flooded windows (every round's, summed): the operator's closed loop, and the
+/// flood beside it if any.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Window {
+    /// The operator's durable creates (`POST /v1/rollouts` with an operator token).
+    #[serde(flatten)]
+    pub run: LoopReport,
+    /// First snapshot to last (warm-up and the flood's start and end included).
+    pub wall_seconds: f64,
+    /// Apparent bytes of every file under the data dir (database, WAL, audit segments), last
+    /// snapshot minus first: the operator's creates and whatever the flood wrote.
+    pub data_dir_growth_bytes: i64,
+    /// Growth of the CP's log file.
+    pub cp_log_growth_bytes: i64,
+    /// `autonomy_auth_denied_total` delta (`/metrics`).
+    pub auth_denied_counted: Option<u64>,
+    pub cp_cpu_seconds: Option<f64>,
+    /// `cp_cpu_seconds` ÷ `wall_seconds`.
+    pub cp_cpus_used: Option<f64>,
+    /// The whole bench process: the operator's client and, when flooded, the flood generator.
+    pub bench_cpu_seconds: Option<f64>,
+    pub bench_cpus_used: Option<f64>,
+    /// Share of the window in which some task on the machine waited for the disk
+    /// (`/proc/pressure/io`): other work on the machine shows up here.
+    pub io_pressure_some: Option<f64>,
+    /// The same for the CPUs (`/proc/pressure/cpu`).
+    pub cpu_pressure_some: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodReport>,
+}
+
+/// B7's store probe: the flood alone, bounded by a count, nothing else writing.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Probe {
+    pub flood: FloodReport,
+    /// The data dir's size stayed the same for 300 ms before the probe (at most 5 s of
+    /// waiting): the operator's earlier creates were no longer being checkpointed.
+    pub settled_before: bool,
+    pub data_dir_growth_bytes: i64,
+    pub cp_log_growth_bytes: i64,
+    pub auth_denied_counted: Option<u64>,
+    /// `data_dir_growth_bytes` ÷ refused requests (400 + 401).
+    pub bytes_per_refused_request: f64,
+    /// The same for 200 refused requests (issue 14's target: < 2 MiB).
+    pub bytes_per_200_refused: f64,
+    pub cp_cpu_seconds: Option<f64>,
+    /// CP CPU per refused request, ms (CPU time is read in 10 ms ticks: rough for a short
+    /// probe).
+    pub cp_cpu_ms_per_refused_request: Option<f64>,
+}
+
+/// One round of B7 on its own, to show how steady the pooled numbers are.
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Round {
+    pub quiet_p50_ms: f64,
+    pub quiet_p99_ms: f64,
+    pub flooded_p50_ms: f64,
+    pub flooded_p99_ms: f64,
+    pub flood_refused_per_sec: f64,
+    pub quiet_io_pressure_some: Option<f64>,
+    pub flooded_io_pressure_some: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct B7Report {
+    /// CPUs of the machine, shared by the CP, the operator's client and the flood generator.
+    pub cpus: usize,
+    pub operator: &'static str,
+    pub operator_concurrency: usize,
+    pub flood_connections: usize,
+    /// Quiet and flooded windows alternate this many times; each condition's samples are
+    /// pooled.
+    pub rounds: usize,
+    pub per_round: Vec<B7Round>,
+    pub quiet: B7Window,
+    pub store_probe: B7Probe,
+    pub flooded: B7Window,
+    /// flooded p50 ÷ quiet p50.
+    pub p50_ratio: Option<f64>,
+    /// flooded p99 ÷ quiet p99 (issue 14's target: ≤ 2).
+    pub p99_ratio: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
+    pub note: String,
+    pub method: &'static str,
+}
+
+/// What B7 reads before and after each window.
+struct B7Snap {
+    at: Instant,
+    dir: u64,
+    log: u64,
+    denied: Option<f64>,
+    cp_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+    io_stall_us: Option<u64>,
+    cpu_stall_us: Option<u64>,
+}
+
+/// `total=` of the `some` line of `/proc/pressure/<what>` (µs some task stalled), if the
+/// kernel has PSI.
+fn pressure_some_us(what: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/pressure/{what}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+impl B7Snap {
+    fn take(cp: &Cp, http: &Http) -> anyhow::Result<B7Snap> {
+        let metrics = http
+            .call(&http.api().get::<()>("/metrics", &[]))?
+            .text()
+            .into_owned();
+        Ok(B7Snap {
+            at: Instant::now(),
+            dir: dir_bytes(cp.data_dir()),
+            log: std::fs::metadata(cp.log()).map(|m| m.len()).unwrap_or(0),
+            denied: metric(&metrics, "autonomy_auth_denied_total"),
+            cp_cpu: cp.cpu_seconds(),
+            self_cpu: cp::cpu_seconds(Path::new("/proc/self/stat")),
+            io_stall_us: pressure_some_us("io"),
+            cpu_stall_us: pressure_some_us("cpu"),
+        })
+    }
+}
+
+/// What changed between two snapshots (or over several windows, summed).
+#[derive(Default)]
+struct B7Delta {
+    wall: f64,
+    dir: i64,
+    log: i64,
+    denied: Option<u64>,
+    cp_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+    io_stall: Option<f64>,
+    cpu_stall: Option<f64>,
+}
+
+impl B7Delta {
+    fn of(a: &B7Snap, b: &B7Snap) -> B7Delta {
+        let cpu = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| (y - x).max(0.0));
+        let stall = |x: Option<u64>, y: Option<u64>| {
+            x.zip(y).map(|(x, y)| y.saturating_sub(x) as f64 / 1e6)
+        };
+        B7Delta {
+            wall: (b.at - a.at).as_secs_f64(),
+            dir: b.dir as i64 - a.dir as i64,
+            log: b.log as i64 - a.log as i64,
+            denied: a.denied.zip(b.denied).map(|(x, y)| (y - x).max(0.0) as u64),
+            cp_cpu: cpu(a.cp_cpu, b.cp_cpu),
+            self_cpu: cpu(a.self_cpu, b.self_cpu),
+            io_stall: stall(a.io_stall_us, b.io_stall_us),
+            cpu_stall: stall(a.cpu_stall_us, b.cpu_stall_us),
+        }
+    }
+
+    /// Share of the wall time some task waited for the disk.
+    fn io_pressure(&self) -> Option<f64> {
+        self.io_stall.map(|s| round3(s / self.wall.max(1e-9)))
+    }
+
+    fn sum(parts: Vec<B7Delta>) -> B7Delta {
+        let add_f = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        let mut out = B7Delta {
+            denied: Some(0),
+            cp_cpu: Some(0.0),
+            self_cpu: Some(0.0),
+            io_stall: Some(0.0),
+            cpu_stall: Some(0.0),
+            ..B7Delta::default()
+        };
+        for p in parts {
+            out.wall += p.wall;
+            out.dir += p.dir;
+            out.log += p.log;
+            out.denied = out.denied.zip(p.denied).map(|(a, b)| a + b);
+            out.cp_cpu = add_f(out.cp_cpu, p.cp_cpu);
+            out.self_cpu = add_f(out.self_cpu, p.self_cpu);
+            out.io_stall = add_f(out.io_stall, p.io_stall);
+            out.cpu_stall = add_f(out.cpu_stall, p.cpu_stall);
+        }
+        out
+    }
+
+    fn window(self, run: LoopReport, flood: Option<FloodReport>) -> B7Window {
+        let wall = self.wall.max(1e-9);
+        let per_wall = |v: Option<f64>| v.map(|v| round3(v / wall));
+        B7Window {
+            run,
+            wall_seconds: round3(self.wall),
+            data_dir_growth_bytes: self.dir,
+            cp_log_growth_bytes: self.log,
+            auth_denied_counted: self.denied,
+            cp_cpus_used: per_wall(self.cp_cpu),
+            cp_cpu_seconds: self.cp_cpu.map(round3),
+            bench_cpus_used: per_wall(self.self_cpu),
+            bench_cpu_seconds: self.self_cpu.map(round3),
+            io_pressure_some: per_wall(self.io_stall),
+            cpu_pressure_some: per_wall(self.cpu_stall),
+            flood,
+        }
+    }
+}
+
+/// Apparent bytes of every file under `dir` (files that vanish while it walks count 0).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Waits (at most 5 s) until the size of `dir` stays the same for 300 ms; says whether it did.
+fn settle(dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = dir_bytes(dir);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = dir_bytes(dir);
+        if now == last {
+            return true;
+        }
+        last = now;
+    }
+    false
+}
+
+fn ratio(flooded: &Latency, quiet: &Latency, pick: fn(&Latency) -> f64) -> Option<f64> {
+    (flooded.samples > 0 && quiet.samples > 0 && pick(quiet) > 0.0)
+        .then(|| round3(pick(flooded) / pick(quiet)))
+}
+
+pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
+    let cfg = &env.cfg;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let (c, f, rounds) = (
+        cfg.b7_concurrency,
+        cfg.b7_flood_connections,
+        cfg.b7_rounds.max(1),
+    );
+    let warmup = Duration::from_secs_f64(cfg.b7_warmup_seconds);
+    let window = Duration::from_secs_f64(cfg.b7_seconds / rounds as f64);
+    eprintln!(
+        "B7: operator creates at concurrency {c} (RBAC on), {} s quiet and {} s under a flood \
+         of {f} unauthenticated connections, alternating over {rounds} round(s) (+{} s warm-up per \
+         window); {cpus} CPUs shared",
+        cfg.b7_seconds, cfg.b7_seconds, cfg.b7_warmup_seconds
+    );
+    let cp = env.start_rbac(&env.work.join("b7"), "b7")?;
+    let admin: Token = cp
+        .admin_token()
+        .context("reading the admin token")?
+        .parse()
+        .map_err(|e: String| anyhow!("the admin token: {e}"))?;
+    let admin = Http::new(&cp.url, load::REQUEST_TIMEOUT)?.with_token(Some(admin));
+    let created = admin
+        .call(&admin.api().create_token(&CreateTokenRequest {
+            operator: B7_OPERATOR.into(),
+            role: Role::Operator,
+        }))?
+        .value()?;
+    let token: Token = created
+        .token
+        .parse()
+        .map_err(|e: String| anyhow!("the operator token: {e}"))?;
+
+    let mut quiet_runs = Vec::new();
+    let mut quiet_deltas = Vec::new();
+    let mut flooded_runs = Vec::new();
+    let mut flooded_deltas = Vec::new();
+    let mut floods = Vec::new();
+    let mut store_probe = None;
+    let mut per_round = Vec::new();
+    for round in 1..=rounds {
+        // Quiet: the operator alone.
+        let s0 = B7Snap::take(&cp, &admin)?;
+        let quiet = load::closed_loop(
+            &cp.url,
+            &format!("b7-quiet-{round}"),
+            c,
+            warmup,
+            window,
+            cfg.operators,
+            Some(&token),
+        )?;
+        let s1 = B7Snap::take(&cp, &admin)?;
+        if quiet.creates == 0 {
+            bail!(
+                "B7: no create succeeded in quiet window {round} ({} errors: {:?})",
+                quiet.errors,
+                quiet.first_errors
+            );
+        }
+        eprintln!(
+            "  round {round} quiet: {:.0} creates/s, {}",
+            quiet.creates_per_sec,
+            quiet.latency.short()
+        );
+        quiet_runs.push(quiet);
+        quiet_deltas.push(B7Delta::of(&s0, &s1));
+
+        if store_probe.is_none() {
+            // The store probe: the flood alone, a fixed count of requests, once the CP's
+            // background checkpoints of the operator's creates have settled.
+            let settled = settle(cp.data_dir());
+            let s1 = B7Snap::take(&cp, &admin)?;
+            let spec = FloodSpec::new(&cp.url, f, cfg.b7_probe_requests, B7_PROBE_LIMIT)?;
+            let probe = flood::run(&spec, &AtomicBool::new(false));
+            let s2 = B7Snap::take(&cp, &admin)?;
+            if probe.refused() == 0 {
+                bail!(
+                    "B7: the flood got no 400 or 401 ({} answers, statuses {:?}, errors {:?})",
+                    probe.answered,
+                    probe.other_statuses,
+                    probe.first_errors
+                );
+            }
+            let d = B7Delta::of(&s1, &s2);
+            let per_request = d.dir as f64 / probe.refused() as f64;
+            eprintln!(
+                "  store probe: {} refused requests grew the data dir by {} B",
+                probe.refused(),
+                d.dir
+            );
+            store_probe = Some(B7Probe {
+                settled_before: settled,
+                data_dir_growth_bytes: d.dir,
+                cp_log_growth_bytes: d.log,
+                auth_denied_counted: d.denied,
+                bytes_per_refused_request: round1(per_request),
+                bytes_per_200_refused: round1(per_request * 200.0),
+                cp_cpu_seconds: d.cp_cpu.map(round3),
+                cp_cpu_ms_per_refused_request: d
+                    .cp_cpu
+                    .map(|s| round3(s * 1e3 / probe.refused() as f64)),
+                flood: probe,
+            });
+        }
+
+        // Flooded: the operator again while the flood runs (it starts first, stops after).
+        let stop = AtomicBool::new(false);
+        let spec = FloodSpec::new(
+            &cp.url,
+            f,
+            cfg.b7_flood_max_requests,
+            warmup + window + Duration::from_secs(30),
+        )?;
+        let s3 = B7Snap::take(&cp, &admin)?;
+        let (flooded, flood) = std::thread::scope(|s| {
+            let flood = s.spawn(|| flood::run(&spec, &stop));
+            let flooded = load::closed_loop(
+                &cp.url,
+                &format!("b7-flooded-{round}"),
+                c,
+                warmup,
+                window,
+                cfg.operators,
+                Some(&token),
+            );
+            stop.store(true, Ordering::Relaxed);
+            (flooded, flood.join())
+        });
+        let flood = flood.map_err(|_| anyhow!("B7: the flood generator panicked"))?;
+        let flooded = flooded?;
+        let s4 = B7Snap::take(&cp, &admin)?;
+        if flood.refused() == 0 {
+            bail!(
+                "B7: the flood beside the operator got no 400 or 401 ({} answers, statuses \
+                 {:?}, errors {:?})",
+                flood.answered,
+                flood.other_statuses,
+                flood.first_errors
+            );
+        }
+        if flood.ended_by != "stop" {
+            eprintln!(
+                "  warning: the flood ended by {} after {} s, before the operator's window did \
+                 (raise --b7-flood-max-requests)",
+                flood.ended_by, flood.seconds
+            );
+        }
+        eprintln!(
+            "  round {round} flooded: {:.0} creates/s, {} ({} errors); flood {:.0} refused/s",
+            flooded.creates_per_sec,
+            flooded.latency.short(),
+            flooded.errors,
+            flood.refused_per_sec
+        );
+        let delta = B7Delta::of(&s3, &s4);
+        if let Some(quiet) = quiet_runs.last() {
+            per_round.push(B7Round {
+                quiet_p50_ms: quiet.latency.p50_ms,
+                quiet_p99_ms: quiet.latency.p99_ms,
+                flooded_p50_ms: flooded.latency.p50_ms,
+                flooded_p99_ms: flooded.latency.p99_ms,
+                flood_refused_per_sec: flood.refused_per_sec,
+                quiet_io_pressure_some: quiet_deltas.last().and_then(B7Delta::io_pressure),
+                flooded_io_pressure_some: delta.io_pressure(),
+            });
+        }
+        flooded_runs.push(flooded);
+        flooded_deltas.push(delta);
+        floods.push(flood);
+    }
+    let peak = cp.peak_rss_kib();
+    env.stop(cp)?;
+    let store_probe = store_probe.ok_or_else(|| anyhow!("B7 ran no round"))?;
+    let quiet = B7Delta::sum(quiet_deltas).window(LoopReport::merge(quiet_runs), None);
+    let flooded = B7Delta::sum(flooded_deltas).window(
+        LoopReport::merge(flooded_runs),
+        Some(FloodReport::merge(floods)),
+    );
+    let report = B7Report {
+        cpus,
+        operator: B7_OPERATOR,
+        operator_concurrency: c,
+        flood_connections: f,
+        rounds,
+        per_round,
+        p50_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p50_ms),
+        p99_ratio: ratio(&flooded.run.latency, &quiet.run.latency, |l| l.p99_ms),
+        quiet,
+        store_probe,
+        flooded,
+        peak_rss_kib: peak,
+        note: format!(
+            "{cpus} CPUs shared by the CP, the operator's client and the flood generator: the \
+             generator's CPU (flood.generator_cpu_seconds) is taken from the CP; the disk and \
+             CPUs may be shared with other work too (io_pressure_some, cpu_pressure_some: share \
+             of each window in which some task on the machine stalled, from /proc/pressure)"
+        ),
+        method: "one CP with RBAC on; an operator-role token made with the admin token; the \
+                 operator's durable creates in a closed loop, alone and then while raw \
+                 keep-alive connections send pre-built requests without a valid token \
+                 (alternately POST /v1/rollouts/<60,000 x a>/start with no token and \
+                 POST /v1/rollouts/plan-N/start with a forged one), the two windows alternating \
+                 over the rounds so that other load on the machine falls on both; samples are \
+                 pooled per condition; after the first quiet window, once the data dir has settled, the same flood alone for a \
+                 fixed count measures the data dir's growth with nothing else writing",
+    };
+    let fl = report.flooded.flood.as_ref();
+    eprintln!(
+        "  quiet {}; flooded {}; p99 {}x quiet; flood {} refused/s, generator {} CPUs, CP {} CPUs",
+        report.quiet.run.latency.short(),
+        report.flooded.run.latency.short(),
+        opt_f(report.p99_ratio),
+        fl.map_or(0.0, |f| f.refused_per_sec),
+        opt_f(fl.and_then(|f| f.generator_cpus_used)),
+        opt_f(report.flooded.cp_cpus_used),
+    );
+    Ok(report)
+}
+
+fn opt_f(v: Option<f64>) -> String {
+    v.map_or("?".into(), |v| v.to_string())
+}
+
 /// The phases a run can select.
-pub const PHASES: [&str; 7] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6"];
+pub const PHASES: [&str; 8] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7"];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
 fn wall_us() -> i64 {
