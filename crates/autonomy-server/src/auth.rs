@@ -157,6 +157,9 @@ async fn authorize<S: Store, P: Permission>(
         Bearer::Missing => Err("authentication required: send Authorization: Bearer <token> (autonomy --token / AUTONOMY_TOKEN)"),
         Bearer::Malformed => Err("the Authorization header is not of the form 'Bearer <token>'"),
         Bearer::TooLong => Err("the bearer token is longer than any token this control plane issues (256 characters)"),
+        Bearer::Token(secret) if !autonomy_store::ids::is_secret_shaped(&secret) => {
+            Err("the bearer token is unknown or revoked")
+        }
         Bearer::Token(secret) => match state.store.identify(secret).await? {
             Some(who) => Ok(who),
             None => Err("the bearer token is unknown or revoked"),

@@ -10,6 +10,15 @@ pub fn new_secret() -> String {
     format!("aut_{}", random_hex(16))
 }
 
+/// Whether `s` has the shape of a secret [`new_secret`] makes (`aut_` and 32 lowercase hex
+/// digits). Anything else cannot be a token, so it is refused without a store lookup: a
+/// flood of forged tokens costs no database read.
+pub fn is_secret_shaped(s: &str) -> bool {
+    s.len() == 36
+        && s.starts_with("aut_")
+        && s[4..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Secrets are 128-bit random strings, so a fast hash is enough: there is nothing to guess.
 pub fn hash_secret(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
@@ -44,6 +53,10 @@ mod tests {
         assert_ne!(a, b);
         let s = new_secret();
         assert!(s.starts_with("aut_") && s.len() == 36, "{s}");
+        assert!(is_secret_shaped(&s));
+        for bad in ["aut_forged", "", &s[..35], &s.to_uppercase(), &format!("{s}0")] {
+            assert!(!is_secret_shaped(bad), "{bad}");
+        }
         assert_eq!(hash_secret(&s), hash_secret(&s));
         assert_ne!(hash_secret(&s), hash_secret(&new_secret()));
     }
