@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 #
-# lib/client.sh — talking to the lab's CP: the one curl wrapper (http_req), the one
-# pagination helper (list_pages), and the `autonomy` CLI under a timeout (cli, cp_cli).
+# lib/client.sh — talking to the lab's CP: the one curl wrapper (http_req; probe_http for a CP
+# that is not yet the lab's), the one pagination helper (list_pages), and the `autonomy` CLI
+# under a timeout (cli, cp_cli).
 
 CLI_RC=0      # the last cli/cp_cli exit status ...
 CLI_MS=0      # ... and how long it ran
@@ -62,6 +63,13 @@ http_req() {
   fi
   rm -f -- "$err"
   echo "$res"
+}
+
+# probe_http URL MAX_TIME: one GET that bypasses the lab checks of http_req, for a CP that is
+# not (yet) the lab's: prints the HTTP code (000: no answer), returns curl's exit status
+# (7: nothing listens).
+probe_http() {
+  curl -s -o /dev/null -w '%{http_code}' --max-time "$2" "$1" 2>/dev/null
 }
 
 # create_plan ID DRAFT ARTIFACT FINGERPRINT PURPOSE OUT: POST /v1/rollouts; prints the code.

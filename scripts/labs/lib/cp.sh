@@ -42,7 +42,7 @@ cp_alive() {
 # port_in_use PORT: something accepts TCP connections on 127.0.0.1:PORT.
 port_in_use() {
   local rc=0
-  curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/" 2>/dev/null || rc=$?
+  probe_http "http://127.0.0.1:$1/" 2 >/dev/null || rc=$?
   # 7 = could not connect: nothing listens there.
   [[ $rc -ne 7 ]]
 }
@@ -118,7 +118,7 @@ start_cp() {
       printf '# lab %s: start failed: %s\n' "$(utc_now)" "$CP_START_ERROR" >>"$log"
       return 1
     fi
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/v1/health" 2>/dev/null) || true
+    code=$(probe_http "http://127.0.0.1:$port/v1/health" 1) || true
     if [[ $code == 200 ]] && tail -c +"$((offset + 1))" "$log" | grep -qF "listening on http://127.0.0.1:$port"; then
       CUR_CP_PID=$pid
       CP_READY_MS=$(($(now_ms) - t0))
