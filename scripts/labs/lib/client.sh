@@ -11,13 +11,14 @@ LIST_PAGES=0  # list_pages: the pages requested
 LIST_COMPLETE=false
 LIST_CODE=""
 
-# http_req [--headers HDR] [--query NAME=VALUE]... [--timed] METHOD URL OUT [BODY]: one HTTP
-# request; prints the HTTP code (000: no answer; with --timed "CODE SECONDS"). The body goes
-# to OUT (on no answer: a JSON object with curl's error), the answer's headers to HDR.
-# --query parameters are url-encoded onto the URL. Nothing is sent unless the lab's own CP is
-# running, so a foreign process on the port can never answer for it.
+# http_req [--headers HDR] [--query NAME=VALUE]... [--timed] [--errors FILE] METHOD URL OUT
+# [BODY]: one HTTP request; prints the HTTP code (000: no answer; with --timed "CODE SECONDS").
+# The body goes to OUT (on no answer: a JSON object with curl's error), the answer's headers to
+# HDR. --query parameters are url-encoded onto the URL. curl's errors go to FILE (default
+# $WORK_DIR/curl.err; concurrent callers pass their own). Nothing is sent unless the lab's own
+# CP is running, so a foreign process on the port can never answer for it.
 http_req() {
-  local hdr="" fmt='%{http_code}' none=000 res="" err t
+  local hdr="" fmt='%{http_code}' none=000 res="" err="$WORK_DIR/curl.err" t
   local -a opt=()
   while (($# > 0)); do
     case $1 in
@@ -33,6 +34,10 @@ http_req() {
         fmt='%{http_code} %{time_total}'
         none="000 0"
         shift
+        ;;
+      --errors)
+        err=$2
+        shift 2
         ;;
       *) break ;;
     esac
@@ -50,8 +55,6 @@ http_req() {
   if [[ -n $body ]]; then
     opt+=(-H 'Content-Type: application/json' --data-binary "$body")
   fi
-  # One error file per call: concurrent workers (val08) must not share it.
-  err="$WORK_DIR/curl-$BASHPID.err"
   res=$(curl -sS -o "$out" -w "$fmt" --max-time "$HTTP_MAX_TIME" --connect-timeout 5 -X "$method" \
     -H "X-Autonomy-Operator: ${AUTONOMY_OPERATOR:-anonymous}" "${opt[@]}" "$url" 2>"$err") || true
   if [[ -z $res || ${res%% *} == 000 ]]; then
@@ -61,7 +64,6 @@ http_req() {
     t=${t//\"/}
     printf '{"lab_error":"no HTTP answer: %s"}\n' "$t" >"$out"
   fi
-  rm -f -- "$err"
   echo "$res"
 }
 

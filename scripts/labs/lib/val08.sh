@@ -19,7 +19,8 @@ val08_worker() {
         continue
       fi
       body=$(plan_body "$id" false "$(good_artifact val08)" "$(good_fingerprint)" val08 "worker-$w")
-      code=$(http_req --timed POST "$LAB_BASE/v1/rollouts" "$bodyf" "$body")
+      code=$(http_req --timed --errors "$LAB_WORK/worker-$w.curl.err" POST "$LAB_BASE/v1/rollouts" \
+        "$bodyf" "$body")
       printf '%s %s %s\n' "$k" "$id" "$code" >>"$out"
       case "$k:${code%% *}" in
         unique:201 | shared:201 | shared:409) ;;
