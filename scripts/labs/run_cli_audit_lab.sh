@@ -92,7 +92,7 @@ EOF
 WORK_DIR=""
 EVIDENCE_DIR=${EVIDENCE_DIR:-}
 AUTONOMY_BIN=${AUTONOMY_BIN:-}
-BG_PIDS=()      # load workers (val08, val12) still running
+BG_PIDS=()      # load workers (val08) still running
 MOUNTS=()       # filesystems this script mounted (val12), unmounted on exit
 
 # shellcheck source=lib/common.sh
@@ -440,14 +440,10 @@ resolve_binary() {
       return 1
     fi
   else
-    local target=${CARGO_TARGET_DIR:-target}
-    if [[ $target != /* ]]; then target="$REPO_ROOT/$target"; fi
-    say "building: cargo build -p autonomy (in $REPO_ROOT)"
-    if ! (cd "$REPO_ROOT" && timeout "$BUILD_TIMEOUT" cargo build -p autonomy >&2); then
+    if ! AUTONOMY_BIN=$(cargo_bin autonomy); then
       echo "error: cargo build -p autonomy failed" >&2
       return 1
     fi
-    AUTONOMY_BIN="$target/debug/autonomy"
     if [[ ! -x $AUTONOMY_BIN ]]; then
       echo "error: built, but $AUTONOMY_BIN is not there" >&2
       return 1

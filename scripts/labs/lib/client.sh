@@ -11,21 +11,17 @@ LIST_PAGES=0  # list_pages: the pages requested
 LIST_COMPLETE=false
 LIST_CODE=""
 
-# http_req [--headers HDR] [--query NAME=VALUE]... [--timed] [--errors FILE] METHOD URL OUT
-# [BODY]: one HTTP request; prints the HTTP code (000: no answer; with --timed "CODE SECONDS").
-# The body goes to OUT (on no answer: a JSON object with curl's error), the answer's headers to
-# HDR. --query parameters are url-encoded onto the URL. curl's errors go to FILE (default
-# $WORK_DIR/curl.err; concurrent callers pass their own). Nothing is sent unless the lab's own
-# CP is running, so a foreign process on the port can never answer for it.
+# http_req [--query NAME=VALUE]... [--timed] [--errors FILE] METHOD URL OUT [BODY]: one HTTP
+# request; prints the HTTP code (000: no answer; with --timed "CODE SECONDS"). The body goes to
+# OUT (on no answer: a JSON object with curl's error). --query parameters are url-encoded onto
+# the URL. curl's errors go to FILE (default $WORK_DIR/curl.err; concurrent callers pass their
+# own). Nothing is sent unless the lab's own CP is running, so a foreign process on the port can
+# never answer for it.
 http_req() {
-  local hdr="" fmt='%{http_code}' none=000 res="" err="$WORK_DIR/curl.err" t
+  local fmt='%{http_code}' none=000 res="" err="$WORK_DIR/curl.err" t
   local -a opt=()
   while (($# > 0)); do
     case $1 in
-      --headers)
-        hdr=$2
-        shift 2
-        ;;
       --query)
         opt+=(-G --data-urlencode "$2")
         shift 2
@@ -43,10 +39,6 @@ http_req() {
     esac
   done
   local method=$1 url=$2 out=$3 body=${4-}
-  if [[ -n $hdr ]]; then
-    : >"$hdr"
-    opt+=(-D "$hdr")
-  fi
   if ! cp_alive; then
     printf '{"lab_error":"request not sent: the lab control plane is not running"}\n' >"$out"
     echo "$none"

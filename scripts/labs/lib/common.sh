@@ -18,6 +18,17 @@ py() {
 # (py/pyj.py).
 pyj() { py pyj "$1" "$2" "${3-}"; }
 
+# cargo_bin PACKAGE: `cargo build -p PACKAGE` in the repo (bounded by BUILD_TIMEOUT); prints
+# the path of its debug binary, under ${CARGO_TARGET_DIR:-<repo>/target}. Fails when the build
+# does.
+cargo_bin() {
+  local target=${CARGO_TARGET_DIR:-target}
+  if [[ $target != /* ]]; then target="$REPO_ROOT/$target"; fi
+  say "building: cargo build -p $1 (in $REPO_ROOT)"
+  (cd "$REPO_ROOT" && timeout "$BUILD_TIMEOUT" cargo build -p "$1" >&2) || return 1
+  printf '%s/debug/%s\n' "$target" "$1"
+}
+
 say() { printf '[lab %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 utc_now() { date -u +%Y-%m-%dT%H:%M:%S.%6NZ; }
 now_ms() { date +%s%3N; }

@@ -15,6 +15,7 @@ LAB_T0=0
 LAB_DATA_DIR=""
 LAB_AUDIT_DIR=""
 LAB_NOTES=()
+LAB_SECS=""               # how long the last lab took (lab_summary)
 declare -A MV=()          # measured values of the current lab: MV[CHECK.key]=value
 declare -A LAB_RESULT=()  # lab -> PASS|FAIL
 declare -A LAB_LINE=()    # lab -> one-line summary
@@ -106,11 +107,20 @@ lab_aborted() {
   lab_end "$1"
 }
 
+# lab_summary RESULT PASS_COUNT TOTAL T0_MS: records the current lab's result and its line of
+# the summary main prints; LAB_SECS is the seconds since T0_MS.
+# shellcheck disable=SC2034 # LAB_RESULT and LAB_LINE are read by main
+lab_summary() {
+  LAB_SECS=$(awk -v ms="$(($(now_ms) - $4))" 'BEGIN { printf "%.1f", ms / 1000 }')
+  LAB_RESULT[$LAB]=$1
+  LAB_LINE[$LAB]=$(printf '%-5s %-5s %s/%s checks  %6ss  report: %s' "$LAB" "$1" "$2" "$3" \
+    "$LAB_SECS" "$LAB_DIR/$LAB-report.txt")
+}
+
 # lab_end TITLE [KEY=VALUE]...: stops the lab's CP, writes <lab>-report.json/.txt and the
 # summary line.
-# shellcheck disable=SC2034 # LAB_RESULT and LAB_LINE are read by main
 lab_end() {
-  local title=$1 finished res pass_count total result secs env="" kv notes=""
+  local title=$1 finished res pass_count total result env="" kv notes=""
   shift
   if [[ -n $CUR_CP_PID ]]; then
     lab_cp_stop || true
@@ -127,9 +137,6 @@ lab_end() {
   res=$(py report "$LAB" "$title" "$LAB_CHECKS" "$LAB_DIR/$LAB-report.json" \
     "$LAB_DIR/$LAB-report.txt" "$LAB_STARTED_AT" "$finished" "$env" "$notes") || res="0 0 FAIL"
   read -r pass_count total result <<<"$res"
-  secs=$(awk -v ms="$(($(now_ms) - LAB_T0))" 'BEGIN { printf "%.1f", ms / 1000 }')
-  LAB_RESULT[$LAB]=$result
-  LAB_LINE[$LAB]=$(printf '%-5s %-5s %s/%s checks  %6ss  report: %s' "$LAB" "$result" \
-    "$pass_count" "$total" "$secs" "$LAB_DIR/$LAB-report.txt")
-  say "$LAB: $result ($pass_count/$total checks, ${secs}s)"
+  lab_summary "$result" "$pass_count" "$total" "$LAB_T0"
+  say "$LAB: $result ($pass_count/$total checks, ${LAB_SECS}s)"
 }

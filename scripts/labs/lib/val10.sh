@@ -67,7 +67,7 @@ run_val10_lab() {
   mkdir -p "$d/setup" "$d/exec" "$d/phase"
   local -a phases=(draft published active paused aborted rolled_back) strategies=(retry rollback abort)
   local ph s id
-  declare -A setup_ok=() rc=() cli_out=() final=()
+  declare -A setup_ok=() exit_rc=() cli_out=() final=()
   for ph in "${phases[@]}"; do
     for s in "${strategies[@]}"; do
       id="val10-${ph//_/-}-$s"
@@ -75,7 +75,7 @@ run_val10_lab() {
       if val10_setup "$id" "$ph" "$d/setup/$id.txt"; then setup_ok[$id]=true; else setup_ok[$id]=false; fi
       cp_cli "$d/exec/$id.txt" - rollback execute --target rollout_plan --resource "$id" \
         --strategy "$s" --reason val10-matrix
-      rc[$id]=$CLI_RC
+      exit_rc[$id]=$CLI_RC
       cli_out[$id]=$(kv_from "$d/exec/$id.txt" outcome)
       http_req GET "$LAB_BASE/v1/rollouts/$id" "$d/phase/$id.json" >/dev/null
       final[$id]=$(pyj "$d/phase/$id.json" 'd["status"]["phase"]')
@@ -130,12 +130,12 @@ run_val10_lab() {
       out_ok=false
       if [[ "|$exp_out|" == *"|$got_out|"* ]]; then out_ok=true; fi
       local ac=${a_count[$id]:-0} ao=${a_outcome[$id]:-none}
-      pass=$(bool chk "${setup_ok[$id]}" = true "${rc[$id]}" = "$want_rc" "$out_ok" = true \
+      pass=$(bool chk "${setup_ok[$id]}" = true "${exit_rc[$id]}" = "$want_rc" "$out_ok" = true \
         "${final[$id]}" = "$exp_phase" "$ac" = 1 "$ao" = "$got_out")
       if [[ $pass == true ]]; then ok_cells=$((ok_cells + 1)); fi
       check_done "VAL10-$(printf '%02d' "$n_check")" "$s on $ph → $exp_out, exit $want_rc, phase $exp_phase" - \
         "setup/$id.txt exec/$id.txt phase/$id.json val10-audit-executed.json" \
-        "resource=$id" "setup_ok=${setup_ok[$id]}" "exit_code=${rc[$id]}" "expected_exit=$want_rc" \
+        "resource=$id" "setup_ok=${setup_ok[$id]}" "exit_code=${exit_rc[$id]}" "expected_exit=$want_rc" \
         "outcome=$got_out" "expected_outcome=$exp_out" "phase_after=${final[$id]}" \
         "expected_phase=$exp_phase" "audit_events=$ac" "audit_outcome=$ao" \
         "output=$(one_line "$d/exec/$id.txt")" "pass=$pass"

@@ -11,18 +11,13 @@
 # The binary: $AUTONOMY_LAB_BIN, else `cargo build -p autonomy-lab` and
 # ${CARGO_TARGET_DIR:-<repo>/target}/debug/autonomy-lab.
 run_val12_lab() {
-  local lab_bin=${AUTONOMY_LAB_BIN:-} target lab_rc=0 res pass_count total result secs t0
+  local lab_bin=${AUTONOMY_LAB_BIN:-} lab_rc=0 res pass_count total result t0
   LAB=val12
   LAB_DIR="$EVIDENCE_DIR/val12"
   t0=$(now_ms)
   stop_all_cps
   if [[ -z $lab_bin ]]; then
-    target=${CARGO_TARGET_DIR:-target}
-    if [[ $target != /* ]]; then target="$REPO_ROOT/$target"; fi
-    say "building: cargo build -p autonomy-lab (in $REPO_ROOT)"
-    if (cd "$REPO_ROOT" && timeout "$BUILD_TIMEOUT" cargo build -p autonomy-lab >&2); then
-      lab_bin="$target/debug/autonomy-lab"
-    fi
+    lab_bin=$(cargo_bin autonomy-lab) || lab_bin=""
   fi
   if [[ -n $lab_bin && -x $lab_bin ]]; then
     # Unmounted on exit should the run be cut short (nothing happens if it is not mounted).
@@ -35,9 +30,6 @@ run_val12_lab() {
   res=$(pyj "$LAB_DIR/val12-report.json" '"%s %s %s" % (d["pass_count"], d["total"], d["result"])' "0 0 FAIL")
   read -r pass_count total result <<<"$res"
   if ((lab_rc != 0)); then result=FAIL; fi
-  secs=$(awk -v ms="$(($(now_ms) - t0))" 'BEGIN { printf "%.1f", ms / 1000 }')
-  LAB_RESULT[$LAB]=$result
-  LAB_LINE[$LAB]=$(printf '%-5s %-5s %s/%s checks  %6ss  report: %s' "$LAB" "$result" \
-    "$pass_count" "$total" "$secs" "$LAB_DIR/$LAB-report.txt")
+  lab_summary "$result" "$pass_count" "$total" "$t0"
   if ((lab_rc != 0)); then say "$LAB: $result (autonomy-lab exit $lab_rc)"; fi
 }
