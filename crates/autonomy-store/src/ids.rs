@@ -16,7 +16,9 @@ pub fn new_secret() -> String {
 pub fn is_secret_shaped(s: &str) -> bool {
     s.len() == 36
         && s.starts_with("aut_")
-        && s[4..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Secrets are 128-bit random strings, so a fast hash is enough: there is nothing to guess.
@@ -54,7 +56,13 @@ mod tests {
         let s = new_secret();
         assert!(s.starts_with("aut_") && s.len() == 36, "{s}");
         assert!(is_secret_shaped(&s));
-        for bad in ["aut_forged", "", &s[..35], &s.to_uppercase(), &format!("{s}0")] {
+        for bad in [
+            "aut_forged",
+            "",
+            &s[..35],
+            &s.to_uppercase(),
+            &format!("{s}0"),
+        ] {
             assert!(!is_secret_shaped(bad), "{bad}");
         }
         assert_eq!(hash_secret(&s), hash_secret(&s));
