@@ -77,6 +77,12 @@ fn assert_damage_reported(damaged: &Cp, segment: &str, line: u64, seq: u64) {
     assert_eq!(damage["seq"], seq, "{health}");
     assert!(damage["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert_eq!(metric(&cp, "autonomy_audit_damaged"), "1");
+    // `autonomy health` says it too, and where.
+    let out = cp.cli(&["health"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("audit=damaged"), "{text}");
+    assert!(text.contains(&format!("audit_segment={segment}")), "{text}");
+    assert!(text.contains(&format!("audit_seq={seq}")), "{text}");
     // The CP still starts and serves.
     common::create_some(&cp, "still-serving", 1);
     assert_eq!(cp.get("/v1/ready", &[]).0, 200);

@@ -10,7 +10,9 @@ use crate::output::logfmt;
 
 /// Check that the control plane is up: GET /v1/health
 ///
-/// Prints `status=ok version=… store=… server=…`; exits 3 when nothing answers at --server.
+/// Prints `status=ok version=… store=… server=… audit=verifying|ok|damaged` (and, when damaged,
+/// where: `audit_segment=… audit_line=… audit_seq=… audit_problem=…`); exits 3 when nothing
+/// answers at --server.
 ///
 /// Examples:
 ///   autonomy health
@@ -24,12 +26,24 @@ impl HealthArgs {
         let reply = ctx.call(ctx.api.health())?;
         let server = ctx.transport.server();
         ctx.out.answer(&reply, |h: &Health| {
-            logfmt(&[
-                ("status", h.status.as_str()),
-                ("version", &h.version),
-                ("store", &h.store),
-                ("server", server),
-            ])
+            let mut fields = vec![
+                ("status", h.status.clone()),
+                ("version", h.version.clone()),
+                ("store", h.store.clone()),
+                ("server", server.to_string()),
+            ];
+            if let Some(audit) = h.audit {
+                fields.push(("audit", audit.as_str().to_string()));
+            }
+            if let Some(d) = &h.audit_damage {
+                fields.push(("audit_segment", d.segment.clone()));
+                fields.push(("audit_line", d.line.to_string()));
+                if let Some(seq) = d.seq {
+                    fields.push(("audit_seq", seq.to_string()));
+                }
+                fields.push(("audit_problem", d.message.clone()));
+            }
+            logfmt(&fields)
         })?;
         Ok(ExitCode::SUCCESS)
     }
