@@ -89,23 +89,29 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        // The resource a denial is recorded against: the path's id, when the route has one,
-        // validated first — a bad id is a 400 and nothing about the request is recorded.
-        let resource = match RawPathParams::from_request_parts(parts, state).await {
-            Ok(params) => match params.iter().find(|(k, _)| *k == "id") {
-                Some((_, id)) => {
-                    P::check_id(id).map_err(|m| ApiError::invalid(format!("invalid id: {m}")))?;
-                    id.to_string()
-                }
-                None => String::new(),
-            },
-            Err(e) => return Err(ApiError::invalid(format!("invalid path: {e}"))),
-        };
         let source = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_else(|| "unknown".to_string());
+        // The resource a denial is recorded against: the path's id, when the route has one,
+        // validated first — a bad id is a 400 and nothing about the request is recorded.
+        let resource = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => match params.iter().find(|(k, _)| *k == "id") {
+                Some((_, id)) => match P::check_id(id) {
+                    Ok(()) => id.to_string(),
+                    Err(m) => {
+                        unauthenticated_refusal(state, &parts.headers, &source).await;
+                        return Err(ApiError::invalid(format!("invalid id: {m}")));
+                    }
+                },
+                None => String::new(),
+            },
+            Err(e) => {
+                unauthenticated_refusal(state, &parts.headers, &source).await;
+                return Err(ApiError::invalid(format!("invalid path: {e}")));
+            }
+        };
         let what = format!("{} {} {}", parts.method, parts.uri.path(), P::EVENT);
         let asking = Asking {
             headers: &parts.headers,
@@ -119,6 +125,23 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
             ctx,
             _permission: PhantomData,
         })
+    }
+}
+
+/// A request refused before authentication (bad path) that carries no plausible token, with
+/// RBAC on: it counts against its source's budget like a 401, so a flood of garbage paths is
+/// tarpitted too (`denials::Denials::throttle`).
+async fn unauthenticated_refusal<S: Store>(state: &AppState<S>, headers: &HeaderMap, source: &str) {
+    if !state.config.rbac {
+        return;
+    }
+    if let Bearer::Token(t) = bearer(headers) {
+        if autonomy_store::ids::is_secret_shaped(&t) {
+            return;
+        }
+    }
+    if let Some(wait) = state.denials.throttle(source) {
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -168,8 +191,12 @@ async fn authorize<S: Store, P: Permission>(
     let who = match identity {
         Ok(who) => who,
         Err(why) => {
-            // Counted and audited in aggregate (denials.rs), never one write per request.
+            // Counted and audited in aggregate (denials.rs), never one write per request; a
+            // source over its budget waits before it hears back.
             state.denials.record(&asking.source, &asking.what);
+            if let Some(wait) = state.denials.throttle(&asking.source) {
+                tokio::time::sleep(wait).await;
+            }
             return Err(ApiError::unauthorized(why));
         }
     };

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// How often refusals for want of a token are written, as one `auth.denied` event per
     /// source address (SPEC §4: a minute).
     pub denied_window: std::time::Duration,
+    /// Refusals before authentication (401, or a bad path without a plausible token) one source
+    /// may cause per second; past it, each is answered after `refusal_tarpit`.
+    pub refusal_budget: u32,
+    pub refusal_tarpit: std::time::Duration,
     /// `--allowed-host`: names served besides loopback ones while RBAC is off (SPEC §4);
     /// compared without port, case-insensitively.
     pub allowed_hosts: Vec<String>,
@@ -70,6 +74,8 @@ impl ServerConfig {
             rbac,
             artifact_policy,
             denied_window: std::time::Duration::from_secs(60),
+            refusal_budget: 50,
+            refusal_tarpit: std::time::Duration::from_secs(1),
             allowed_hosts: Vec::new(),
             limits: Limits::default(),
         }
@@ -144,7 +150,11 @@ impl<S: Store> AppState<S> {
             .map(|h| host::normalize(h))
             .filter(|h| !h.is_empty())
             .collect();
-        let denials = Arc::new(denials::Denials::new(config.denied_window));
+        let denials = Arc::new(denials::Denials::new(
+            config.denied_window,
+            config.refusal_budget,
+            config.refusal_tarpit,
+        ));
         AppState {
             store,
             config: Arc::new(config),

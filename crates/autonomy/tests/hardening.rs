@@ -284,3 +284,51 @@ fn a_refused_start_leaves_no_file_behind() {
         other.display()
     );
 }
+
+#[test]
+fn a_source_over_its_refusal_budget_is_tarpitted_and_an_operator_is_not() {
+    let cp = Cp::start(
+        &["--refusal-budget", "5", "--refusal-tarpit-ms", "200"],
+        &[("AUTONOMY_RBAC_ENFORCEMENT", "1")],
+    );
+    let admin = cp.admin_token();
+    let tarpitted = |cp: &Cp| -> u64 {
+        let (_, m) = cp.get("/metrics", &[]);
+        m.lines()
+            .find_map(|l| l.strip_prefix("autonomy_auth_tarpitted_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("autonomy_auth_tarpitted_total")
+    };
+    assert_eq!(tarpitted(&cp), 0);
+    // Eight connections refused as fast as they can go: past five a second, each waits.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let cp = &cp;
+            s.spawn(move || {
+                for i in 0..10 {
+                    let (status, _) = if i % 2 == 0 {
+                        cp.post(&format!("/v1/rollouts/{}/start", "A".repeat(200)), &[], "")
+                    } else {
+                        cp.post(
+                            &format!("/v1/rollouts/p-{t}-{i}/start"),
+                            &[("Authorization", "Bearer aut_forged")],
+                            "",
+                        )
+                    };
+                    assert!(status == 400 || status == 401, "{status}");
+                }
+            });
+        }
+    });
+    let after_flood = tarpitted(&cp);
+    assert!(
+        after_flood > 0,
+        "80 refusals from one source in a burst must hit a budget of 5/s"
+    );
+    // An authenticated operator is never counted against the budget.
+    let auth = format!("Bearer {admin}");
+    for _ in 0..20 {
+        assert_eq!(cp.get("/v1/rollouts", &[("Authorization", &auth)]).0, 200);
+    }
+    assert_eq!(tarpitted(&cp), after_flood);
+}

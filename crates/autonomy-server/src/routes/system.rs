@@ -110,6 +110,11 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
     );
     let _ = writeln!(
         out,
+        "# HELP autonomy_auth_tarpitted_total Refusals answered after the tarpit delay (source over its budget).\n# TYPE autonomy_auth_tarpitted_total counter\nautonomy_auth_tarpitted_total {}",
+        state.denials.tarpitted()
+    );
+    let _ = writeln!(
+        out,
         "# HELP autonomy_plans Plans by phase.\n# TYPE autonomy_plans gauge"
     );
     for (phase, n) in state.store.phase_counts().await? {

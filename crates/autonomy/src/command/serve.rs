@@ -130,6 +130,27 @@ pub struct ServeArgs {
     )]
     idle_timeout: f64,
 
+    /// Refusals before authentication (401, or a bad path without a plausible token) one source
+    /// address may cause per second; past it each is answered only after --refusal-tarpit-ms.
+    #[arg(
+        long,
+        env = "AUTONOMY_REFUSAL_BUDGET",
+        value_name = "N",
+        default_value_t = 50,
+        hide = true
+    )]
+    refusal_budget: u32,
+
+    /// How long a refusal over its source's budget waits before it is answered.
+    #[arg(
+        long,
+        env = "AUTONOMY_REFUSAL_TARPIT_MS",
+        value_name = "MS",
+        default_value_t = 1000,
+        hide = true
+    )]
+    refusal_tarpit_ms: u64,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
@@ -273,6 +294,9 @@ impl ServeArgs {
         );
         config.allowed_hosts = allowed_hosts;
         config.limits = limits;
+        config.refusal_budget = self.refusal_budget;
+        config.refusal_tarpit =
+            std::time::Duration::from_millis(self.refusal_tarpit_ms.min(60_000));
         let state = AppState::new(store.clone(), config).with_audit_monitor(monitor);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
