@@ -35,6 +35,10 @@ impl Drop for App {
 static N: AtomicU32 = AtomicU32::new(0);
 
 async fn app(rbac: bool, policy: ArtifactPolicy) -> App {
+    app_with(ServerConfig::new(rbac, policy)).await
+}
+
+async fn app_with(config: ServerConfig) -> App {
     let dir = std::env::temp_dir().join(format!(
         "autonomy-inproc-{}-{}",
         std::process::id(),
@@ -55,7 +59,7 @@ async fn app(rbac: bool, policy: ArtifactPolicy) -> App {
         .unwrap()
         .trim()
         .to_string();
-    let state = AppState::new(store.clone(), ServerConfig::new(rbac, policy));
+    let state = AppState::new(store.clone(), config);
     App {
         router: router(state.clone()),
         state,
@@ -550,30 +554,9 @@ async fn with_rbac_off_a_foreign_host_is_403_before_any_handler() {
 
 #[tokio::test]
 async fn allowed_hosts_are_admitted_and_rbac_on_checks_no_host() {
-    let dir = std::env::temp_dir().join(format!(
-        "autonomy-inproc-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let d = dir.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        let config = StoreConfig::new(d.clone(), d.join("audit"));
-        let lock = SqliteStore::lock(&d).unwrap();
-        SqliteStore::open(&config, lock).unwrap().0
-    })
-    .await
-    .unwrap();
-    let store = Arc::new(store);
     let mut config = ServerConfig::new(false, ArtifactPolicy::Warn);
     config.allowed_hosts = vec!["CP.Lab.Example.".to_string()];
-    let state = AppState::new(store.clone(), config);
-    let lab = App {
-        router: router(state.clone()),
-        state,
-        store,
-        dir: dir.clone(),
-        admin: String::new(),
-    };
+    let lab = app_with(config).await;
     for (host, want) in [
         ("cp.lab.example:9000", StatusCode::OK),
         ("CP.LAB.EXAMPLE", StatusCode::OK),
