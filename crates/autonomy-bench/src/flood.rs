@@ -135,17 +135,9 @@ impl FloodReport {
             out.bad_id_400 += p.bad_id_400;
             out.unauthenticated_401 += p.unauthenticated_401;
             out.other_status += p.other_status;
-            for s in p.other_statuses {
-                if out.other_statuses.len() < 5 && !out.other_statuses.contains(&s) {
-                    out.other_statuses.push(s);
-                }
-            }
+            keep_first(&mut out.other_statuses, p.other_statuses, true);
             out.transport_errors += p.transport_errors;
-            for e in p.first_errors {
-                if out.first_errors.len() < 5 {
-                    out.first_errors.push(e);
-                }
-            }
+            keep_first(&mut out.first_errors, p.first_errors, false);
             out.connects += p.connects;
             cpu = cpu.zip(p.generator_cpu_seconds).map(|(a, b)| a + b);
             if p.ended_by != "stop" {
@@ -253,22 +245,23 @@ pub fn run(spec: &Spec, stop: &AtomicBool) -> FloodReport {
     }
 }
 
+/// Appends `from` to `into` up to five entries (skipping ones already there when `distinct`).
+fn keep_first<T: PartialEq>(into: &mut Vec<T>, from: Vec<T>, distinct: bool) {
+    for x in from {
+        if into.len() < 5 && !(distinct && into.contains(&x)) {
+            into.push(x);
+        }
+    }
+}
+
 fn merge(into: &mut Tally, t: Tally) {
     into.answered += t.answered;
     into.s400 += t.s400;
     into.s401 += t.s401;
     into.other += t.other;
-    for s in t.other_statuses {
-        if into.other_statuses.len() < 5 && !into.other_statuses.contains(&s) {
-            into.other_statuses.push(s);
-        }
-    }
+    keep_first(&mut into.other_statuses, t.other_statuses, true);
     into.errors += t.errors;
-    for e in t.first_errors {
-        if into.first_errors.len() < 5 {
-            into.first_errors.push(e);
-        }
-    }
+    keep_first(&mut into.first_errors, t.first_errors, false);
     into.connects += t.connects;
     into.cpu = match (into.cpu, t.cpu) {
         (Some(a), Some(b)) => Some(a + b),
