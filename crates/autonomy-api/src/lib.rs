@@ -11,7 +11,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod engine;
 pub mod timefmt;
+
+pub use engine::{
+    Approval, DeviceState, EngineReason, FailureThreshold, Gate, OnFailure, PausedBy, Policy,
+    RolloutStatus, Stage, StageSize, StageState, StageStatus, Targets,
+};
 
 /// Declares a string enum once: the variants and their wire names. Generates `ALL`, `as_str`,
 /// `Display`, `FromStr` (whose error lists the accepted names) and serde by the same names, so
