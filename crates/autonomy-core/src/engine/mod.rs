@@ -1,0 +1,20 @@
+//! The rollout engine's pure rules (SPEC §8): what makes a plan engine-driven and its typed
+//! spec ([`spec`]), which device goes in which stage ([`stages`]), and what the promoter does
+//! next ([`decide`]). No IO and no clock: the promoter loop in the server reads the store,
+//! calls these, and writes what they return.
+
+pub mod decide;
+pub mod spec;
+pub mod stages;
+
+pub use decide::{
+    decide, on_failure, threshold_reached, Action, InFlight, PlanView, StageCounters, StageView,
+};
+pub use spec::{
+    is_engine_driven, parse_engine_spec, target_digest, EngineSpec, SpecError, ALL_STAGE,
+    REMAINDER_STAGE,
+};
+pub use stages::{
+    assign_stages, matches_selector, order, order_key, required, resolve_targets, AssignError,
+    StagePlan, TargetDevice,
+};
