@@ -361,10 +361,7 @@ mod tests {
                 assert!(s.is_settled() && !s.is_in_flight(), "{s}");
             }
         }
-        let failures: Vec<_> = DeviceState::ALL
-            .iter()
-            .filter(|s| s.is_failure())
-            .collect();
+        let failures: Vec<_> = DeviceState::ALL.iter().filter(|s| s.is_failure()).collect();
         assert_eq!(failures, [&Failed, &TimedOut, &RolledBack, &Drifted]);
         let in_flight = DeviceState::ALL.iter().filter(|s| s.is_in_flight()).count();
         assert_eq!(in_flight, 5);

@@ -223,21 +223,24 @@ mod tests {
         }
     }
 
-    fn shape(plans: &[StagePlan]) -> Vec<(String, usize, u64, bool)> {
+    /// A stage's name, size, required and gate.
+    type Shape = (String, usize, u64, bool);
+
+    fn shape(plans: &[StagePlan]) -> Vec<Shape> {
         plans
             .iter()
             .map(|p| (p.name.clone(), p.devices.len(), p.required, p.gate))
             .collect()
     }
 
-    fn s(name: &str, size: usize, required: u64, gate: bool) -> (String, usize, u64, bool) {
+    fn s(name: &str, size: usize, required: u64, gate: bool) -> Shape {
         (name.to_string(), size, required, gate)
     }
 
     #[test]
     fn sizes_round_up_cap_and_leave_a_visible_remainder() {
         use StageSize::*;
-        let cases: Vec<(usize, Vec<Stage>, Vec<(String, usize, u64, bool)>)> = vec![
+        let cases: Vec<(usize, Vec<Stage>, Vec<Shape>)> = vec![
             // The spec's example over 10 devices: 2, then 50 % of 10 = 5, then the rest.
             (
                 10,
