@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use autonomy_api::{
-    DeviceState, EngineReason, FailureThreshold, OnFailure, Phase, Policy, StageState,
+    DeviceState, EngineReason, FailureThreshold, OnFailure, Phase, Policy, StageState, StageStatus,
 };
 
 use super::stages::{required, StagePlan};
@@ -187,6 +187,24 @@ fn stage_required(view: &StageView, c: &StageCounters) -> (u64, u64) {
         .saturating_sub(c.get(DeviceState::Cancelled))
         .saturating_sub(c.accepted);
     (size, required(view.success_threshold_pct, size))
+}
+
+/// `status.rollout.stages[i]` of an assigned stage: its size, the verified devices it needs
+/// now (cancelled and accepted devices left out) and its non-zero counts.
+pub fn stage_status(plan: &StagePlan, state: StageState, counters: &StageCounters) -> StageStatus {
+    let (_, required) = stage_required(&StageView::of(plan, state), counters);
+    StageStatus {
+        name: plan.name.clone(),
+        size: plan.devices.len() as u64,
+        required,
+        state,
+        counts: counters
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (*s, *n))
+            .collect(),
+    }
 }
 
 /// What the promoter does next for one plan at `now_us` (SPEC §8.3/§8.4):
@@ -907,6 +925,29 @@ mod tests {
             assert_eq!(decide(&view, &c.counters, NOW), got, "{}", c.name);
         }
         assert_eq!(seen_phases.len(), Phase::ALL.len(), "every phase has a row");
+    }
+
+    #[test]
+    fn stage_status_reports_required_after_cancellations_and_acceptances() {
+        let plan = StagePlan {
+            name: "wave".into(),
+            devices: (0..10).map(|i| format!("d{i}")).collect(),
+            required: 8,
+            gate: false,
+            success_threshold_pct: 80,
+            failure_threshold: FailureThreshold::Count(1),
+        };
+        let counters = StageCounters {
+            accepted: 1,
+            ..cnt(&[(Verified, 5), (Cancelled, 4), (Failed, 1), (Pending, 0)])
+        };
+        let status = stage_status(&plan, SActive, &counters);
+        assert_eq!((status.size, status.required), (10, 4));
+        assert_eq!(status.counts.len(), 3, "zero counts are left out");
+        assert_eq!(
+            stage_status(&plan, SPending, &StageCounters::default()).required,
+            8
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub mod spec;
 pub mod stages;
 
 pub use decide::{
-    decide, on_failure, threshold_reached, Action, InFlight, PlanView, StageCounters, StageView,
+    decide, on_failure, stage_status, threshold_reached, Action, InFlight, PlanView, StageCounters,
+    StageView,
 };
 pub use spec::{
     is_engine_driven, parse_engine_spec, target_digest, EngineSpec, SpecError, ALL_STAGE,

@@ -134,8 +134,8 @@ fn parse_at<T: serde::de::DeserializeOwned>(
             }
         }
         let message = e.into_inner().to_string();
-        // serde names an unknown field or variant in its message, not in the path.
-        for prefix in ["unknown field `", "unknown variant `"] {
+        // serde names a missing field (and not always an unknown one) in its message only.
+        for prefix in ["unknown field `", "unknown variant `", "missing field `"] {
             if let Some(rest) = message.strip_prefix(prefix) {
                 if let Some((name, _)) = rest.split_once('`') {
                     let name = shown(name);
@@ -490,7 +490,12 @@ mod tests {
                 None,
                 "spec.stages[0].sise",
             ),
-            (t(), json!([{"size": {"count": 1}}]), None, "spec.stages[0]"),
+            (
+                t(),
+                json!([{"size": {"count": 1}}]),
+                None,
+                "spec.stages[0].name",
+            ),
             (t(), json!([{"name": "Big"}]), None, "spec.stages[0].name"),
             (
                 t(),
