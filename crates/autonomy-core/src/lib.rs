@@ -10,6 +10,7 @@
 
 use autonomy_api::{timefmt, FieldError, Phase, Strategy, Verb};
 
+pub mod device;
 pub mod plan;
 
 pub use plan::NewPlan;
