@@ -644,4 +644,654 @@ pub fn validate_report(req: &ReportRequest) -> Result<ReportRequest, FieldError>
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    use super::*;
+    use ReportState as R;
+
+    const T0: i64 = 1_800_000_000_000_000;
+    const TARGET: &str = "sha256:aaaa";
+    const PREV: &str = "sha256:0000";
+    const OTHER: &str = "sha256:ffff";
+
+    /// An assignment in `state` as it would be reached: reported steps recorded, the boot id
+    /// `b1` recorded at install for states past `installing`; a revert fresh (no report yet).
+    fn at(state: AssignmentState) -> Assignment {
+        let mut a = Assignment::new("amr-0001", "p1", Some(PREV.into()), T0);
+        a.state = state;
+        let (step, installed) = match state {
+            S::Pending | S::Dispatched | S::Cancelled | S::Reverting => (None, false),
+            S::Downloading => (Some(R::Downloading), false),
+            S::Installing => (Some(R::Installing), true),
+            S::Rebooting => (Some(R::Rebooting), true),
+            S::Verifying => (Some(R::Verifying), true),
+            S::Failed | S::TimedOut => (Some(R::Failed), true),
+            S::RolledBack => (Some(R::RolledBack), true),
+            S::Verified | S::Drifted => (Some(R::Succeeded), true),
+            S::Reverted => (Some(R::Reverted), false),
+            S::RevertFailed => (Some(R::RevertFailed), false),
+            S::RevertUnavailable => (Some(R::Verifying), true),
+        };
+        a.step = step;
+        if installed {
+            a.boot_id_at_install = Some("b1".into());
+        }
+        if step.is_some() {
+            a.last_seq = 5;
+        }
+        a
+    }
+
+    fn report(state: ReportState, seq: u64, digest: &str, boot: &str) -> ReportRequest {
+        ReportRequest {
+            plan_id: "p1".into(),
+            attempt: 1,
+            seq,
+            state,
+            installed_digest: digest.into(),
+            boot_id: boot.into(),
+            message: "m".into(),
+        }
+    }
+
+    fn apply(a: &Assignment, r: &ReportRequest, reboot_required: bool) -> Assignment {
+        let out = apply_report(a, r, TARGET, reboot_required, T0 + 1).unwrap();
+        assert_eq!(out.result, ReportResult::Applied);
+        out.assignment
+    }
+
+    /// Every (state, reported state) pair, written out, so a change is a visible diff. The
+    /// report is a success case (the target digest, or the previous one while reverting; a new
+    /// boot); `None` is an illegal transition.
+    #[test]
+    fn report_table_is_complete() {
+        let cases: [(AssignmentState, [Option<AssignmentState>; 9]); 16] = [
+            // downloading, installing, rebooting, verifying, succeeded, failed, rolled_back,
+            // reverted, revert_failed
+            (
+                S::Pending,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::Dispatched,
+                [
+                    Some(S::Downloading),
+                    Some(S::Installing),
+                    None,
+                    None,
+                    None,
+                    Some(S::Failed),
+                    None,
+                    None,
+                    None,
+                ],
+            ),
+            (
+                S::Downloading,
+                [
+                    Some(S::Downloading),
+                    Some(S::Installing),
+                    None,
+                    None,
+                    None,
+                    Some(S::Failed),
+                    None,
+                    None,
+                    None,
+                ],
+            ),
+            (
+                S::Installing,
+                [
+                    None,
+                    Some(S::Installing),
+                    Some(S::Rebooting),
+                    Some(S::Verifying),
+                    Some(S::Verified),
+                    Some(S::Failed),
+                    Some(S::RolledBack),
+                    None,
+                    None,
+                ],
+            ),
+            (
+                S::Rebooting,
+                [
+                    None,
+                    None,
+                    Some(S::Rebooting),
+                    Some(S::Verifying),
+                    Some(S::Verified),
+                    Some(S::Failed),
+                    Some(S::RolledBack),
+                    None,
+                    None,
+                ],
+            ),
+            (
+                S::Verifying,
+                [
+                    None,
+                    None,
+                    None,
+                    Some(S::Verifying),
+                    Some(S::Verified),
+                    Some(S::Failed),
+                    Some(S::RolledBack),
+                    None,
+                    None,
+                ],
+            ),
+            (
+                S::Verified,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::Failed,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::TimedOut,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::RolledBack,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::Drifted,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::Cancelled,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::Reverting,
+                [
+                    Some(S::Reverting),
+                    Some(S::Reverting),
+                    Some(S::Reverting),
+                    Some(S::Reverting),
+                    Some(S::Reverted),
+                    Some(S::RevertFailed),
+                    Some(S::Reverted),
+                    Some(S::Reverted),
+                    Some(S::RevertFailed),
+                ],
+            ),
+            (
+                S::Reverted,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::RevertFailed,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+            (
+                S::RevertUnavailable,
+                [None, None, None, None, None, None, None, None, None],
+            ),
+        ];
+        assert_eq!(cases.len(), AssignmentState::ALL.len());
+        for (from, row) in cases {
+            for (to, want) in ReportState::ALL.iter().copied().zip(row) {
+                let a = at(from);
+                let digest = if from == S::Reverting { PREV } else { TARGET };
+                let r = report(to, 6, digest, "b2");
+                let got = apply_report(&a, &r, TARGET, true, T0 + 1);
+                match (want, got) {
+                    (Some(state), Ok(out)) => {
+                        assert_eq!(out.result, ReportResult::Applied, "{from} + {to}");
+                        assert_eq!(out.assignment.state, state, "{from} + {to}");
+                        assert_eq!(out.assignment.last_seq, 6, "{from} + {to}");
+                        assert_eq!(out.assignment.step, Some(to), "{from} + {to}");
+                        assert_eq!(out.assignment.updated_at_us, T0 + 1);
+                        assert_eq!(out.response().assignment_state, state);
+                    }
+                    (None, Err(refusal)) => {
+                        assert_eq!(
+                            refusal,
+                            ReportRefusal::IllegalTransition { from, to },
+                            "{from} + {to}"
+                        );
+                        assert_eq!(
+                            refusal.to_string(),
+                            format!("illegal transition: {from} → {to}")
+                        );
+                        assert_eq!(refusal.code(), "illegal_transition");
+                    }
+                    (want, got) => panic!("{from} + {to}: wanted {want:?}, got {got:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_install_records_its_boot_and_a_reboot_verifies_it() {
+        let a = dispatch(
+            &Assignment::new("amr-0001", "p1", Some(PREV.into()), T0),
+            T0,
+        )
+        .unwrap();
+        assert_eq!(a.state, S::Dispatched);
+        let a = apply(&a, &report(R::Downloading, 1, PREV, "b1"), true);
+        assert_eq!(a.installed_digest.as_deref(), Some(PREV));
+        let a = apply(&a, &report(R::Installing, 2, PREV, "b1"), true);
+        assert_eq!(a.boot_id_at_install.as_deref(), Some("b1"));
+        let a = apply(&a, &report(R::Rebooting, 3, PREV, "b1"), true);
+        let a = apply(&a, &report(R::Verifying, 4, TARGET, "b2"), true);
+        assert_eq!(
+            a.boot_id_at_install.as_deref(),
+            Some("b1"),
+            "kept after install"
+        );
+        let a = apply(&a, &report(R::Succeeded, 5, TARGET, "b2"), true);
+        assert_eq!(a.state, S::Verified);
+        assert_eq!(a.installed_digest.as_deref(), Some(TARGET));
+        assert_eq!(a.state_since_us, T0 + 1);
+    }
+
+    /// §9.3: a false success is never counted.
+    #[test]
+    fn success_is_verified_only_on_the_target_after_a_reboot() {
+        let installing = at(S::Installing);
+        // Same boot as at install: stays verifying, explained; a later real reboot verifies.
+        let same = apply(&installing, &report(R::Succeeded, 6, TARGET, "b1"), true);
+        assert_eq!(same.state, S::Verifying);
+        assert!(same.message.starts_with("same boot"), "{}", same.message);
+        let again = apply(&same, &report(R::Succeeded, 7, TARGET, "b1"), true);
+        assert_eq!(
+            again.state,
+            S::Verifying,
+            "a repeated false success stays uncounted"
+        );
+        let later = apply(&again, &report(R::Succeeded, 8, TARGET, "b2"), true);
+        assert_eq!(later.state, S::Verified);
+        // An unknown boot (empty) is never a reboot.
+        let empty = apply(&installing, &report(R::Succeeded, 6, TARGET, ""), true);
+        assert_eq!(empty.state, S::Verifying);
+        let mut unknown_at_install = installing.clone();
+        unknown_at_install.boot_id_at_install = Some(String::new());
+        let s = apply(
+            &unknown_at_install,
+            &report(R::Succeeded, 6, TARGET, "b2"),
+            true,
+        );
+        assert_eq!(s.state, S::Verifying);
+        // Without reboot_required the same boot is fine.
+        let no_reboot = apply(&installing, &report(R::Succeeded, 6, TARGET, "b1"), false);
+        assert_eq!(no_reboot.state, S::Verified);
+        // The previous digest: the device fell back by itself.
+        let back = apply(&installing, &report(R::Succeeded, 6, PREV, "b2"), true);
+        assert_eq!(back.state, S::RolledBack);
+        assert_eq!(back.installed_digest.as_deref(), Some(PREV));
+        // Any other digest: failed, digest_mismatch (even with reboot_required false).
+        for reboot_required in [true, false] {
+            let bad = apply(
+                &installing,
+                &report(R::Succeeded, 6, OTHER, "b2"),
+                reboot_required,
+            );
+            assert_eq!(bad.state, S::Failed);
+            assert!(
+                bad.message.starts_with("digest_mismatch"),
+                "{}",
+                bad.message
+            );
+            assert!(bad.message.contains(OTHER) && bad.message.contains(TARGET));
+        }
+        // No previous digest known: a non-target digest is a mismatch, never rolled_back.
+        let mut no_prev = installing.clone();
+        no_prev.previous_digest = None;
+        let bad = apply(&no_prev, &report(R::Succeeded, 6, PREV, "b2"), true);
+        assert_eq!(bad.state, S::Failed);
+    }
+
+    #[test]
+    fn seq_duplicates_and_stale_attempts_change_nothing() {
+        let a = at(S::Installing); // last_seq 5
+        for seq in [5, 4, 1] {
+            let out = apply_report(
+                &a,
+                &report(R::Verifying, seq, TARGET, "b1"),
+                TARGET,
+                true,
+                T0 + 9,
+            )
+            .unwrap();
+            assert_eq!(out.result, ReportResult::Duplicate, "seq {seq}");
+            assert_eq!(out.assignment, a, "seq {seq}");
+            assert_eq!(out.response().assignment_state, S::Installing);
+        }
+        // A duplicate is found before the transition: a retried report of a settled device
+        // answers duplicate, not illegal.
+        let done = apply(&a, &report(R::Succeeded, 6, TARGET, "b2"), true);
+        let out = apply_report(
+            &done,
+            &report(R::Succeeded, 6, TARGET, "b2"),
+            TARGET,
+            true,
+            T0,
+        )
+        .unwrap();
+        assert_eq!(
+            (out.result, out.assignment.state),
+            (ReportResult::Duplicate, S::Verified)
+        );
+        // Another attempt.
+        let mut second = a.clone();
+        second.attempt = 2;
+        let stale = apply_report(
+            &second,
+            &report(R::Verifying, 9, TARGET, "b1"),
+            TARGET,
+            true,
+            T0,
+        );
+        let stale = stale.unwrap_err();
+        assert_eq!(
+            stale,
+            ReportRefusal::Superseded {
+                reported: 1,
+                current: 2
+            }
+        );
+        assert_eq!(stale.code(), "superseded");
+        let mut future = report(R::Verifying, 9, TARGET, "b1");
+        future.attempt = 3;
+        let err = apply_report(&second, &future, TARGET, true, T0).unwrap_err();
+        assert_eq!(err.code(), "unknown_attempt");
+        let mut other_plan = report(R::Verifying, 9, TARGET, "b1");
+        other_plan.plan_id = "p2".into();
+        let err = apply_report(&a, &other_plan, TARGET, true, T0).unwrap_err();
+        assert_eq!(err.code(), "not_assigned");
+        // A refused report does not consume its seq.
+        let err = apply_report(
+            &a,
+            &report(R::Downloading, 6, TARGET, "b1"),
+            TARGET,
+            true,
+            T0,
+        );
+        assert!(err.is_err());
+        assert_eq!(
+            apply(&a, &report(R::Verifying, 6, TARGET, "b1"), true).state,
+            S::Verifying
+        );
+    }
+
+    #[test]
+    fn a_revert_moves_forward_and_ends_on_the_previous_digest() {
+        let installing = at(S::Installing);
+        let reverting = recover(&installing, Strategy::Rollback, T0 + 1).unwrap();
+        assert_eq!((reverting.state, reverting.attempt), (S::Reverting, 2));
+        assert_eq!((reverting.last_seq, reverting.step), (0, None));
+        assert_eq!(poll_action(reverting.state), Some(AssignmentAction::Revert));
+        // The install attempt is superseded.
+        let err = apply_report(
+            &reverting,
+            &report(R::Verifying, 9, TARGET, "b1"),
+            TARGET,
+            true,
+            T0,
+        );
+        assert_eq!(err.unwrap_err().code(), "superseded");
+        let r = |state, seq, digest: &str, boot: &str| {
+            let mut r = report(state, seq, digest, boot);
+            r.attempt = 2;
+            r
+        };
+        let a = apply(&reverting, &r(R::Installing, 1, TARGET, "b2"), true);
+        assert_eq!(
+            (a.state, a.boot_id_at_install.as_deref()),
+            (S::Reverting, Some("b2"))
+        );
+        let a = apply(&a, &r(R::Verifying, 2, PREV, "b3"), true);
+        let back = apply_report(&a, &r(R::Downloading, 3, PREV, "b3"), TARGET, true, T0);
+        assert_eq!(
+            back.unwrap_err(),
+            ReportRefusal::IllegalTransition {
+                from: S::Reverting,
+                to: R::Downloading
+            }
+        );
+        // Same boot as the revert's install: not counted yet.
+        let same = apply(&a, &r(R::Succeeded, 3, PREV, "b2"), true);
+        assert_eq!(same.state, S::Reverting);
+        assert_eq!(
+            apply(&a, &r(R::Succeeded, 3, PREV, "b3"), true).state,
+            S::Reverted
+        );
+        assert_eq!(
+            apply(&a, &r(R::Reverted, 3, PREV, "b3"), true).state,
+            S::Reverted
+        );
+        let bad = apply(&a, &r(R::Succeeded, 3, TARGET, "b3"), true);
+        assert_eq!(bad.state, S::RevertFailed);
+        assert!(bad.message.starts_with("digest_mismatch"));
+        assert_eq!(
+            apply(&a, &r(R::Failed, 3, TARGET, "b3"), true).state,
+            S::RevertFailed
+        );
+    }
+
+    #[test]
+    fn drift_is_detected_and_resolved_once() {
+        let verified = at(S::Verified);
+        assert!(poll_drift(&verified, TARGET, TARGET, T0).is_none());
+        assert!(
+            poll_drift(&verified, "", TARGET, T0).is_none(),
+            "unknown is not drift"
+        );
+        let d = poll_drift(&verified, OTHER, TARGET, T0 + 3).unwrap();
+        assert_eq!(d.assignment.state, S::Drifted);
+        assert_eq!(d.assignment.installed_digest.as_deref(), Some(OTHER));
+        assert_eq!(d.assignment.state_since_us, T0 + 3);
+        assert_eq!(d.event.event_type, "device.drift_detected");
+        assert_eq!(d.event.resource, "p1");
+        assert_eq!(d.event.details["device_id"], "amr-0001");
+        assert_eq!(d.event.details["installed_digest"], OTHER);
+        let drifted = d.assignment;
+        assert!(
+            poll_drift(&drifted, OTHER, TARGET, T0).is_none(),
+            "audited once"
+        );
+        assert!(poll_drift(&drifted, PREV, TARGET, T0).is_none());
+        let r = poll_drift(&drifted, TARGET, TARGET, T0 + 4).unwrap();
+        assert_eq!(r.assignment.state, S::Verified);
+        assert_eq!(r.event.event_type, "device.drift_resolved");
+        for s in AssignmentState::ALL.iter().copied() {
+            if !matches!(s, S::Verified | S::Drifted) {
+                assert!(poll_drift(&at(s), OTHER, TARGET, T0).is_none(), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_devices_time_out_at_their_deadline() {
+        let deadline = deadline_us(T0, 3600);
+        assert_eq!(deadline, T0 + 3_600_000_000);
+        assert_eq!(deadline_us(T0, u64::MAX), i64::MAX);
+        for s in AssignmentState::ALL.iter().copied() {
+            let a = at(s);
+            assert!(timed_out(&a, deadline, deadline - 1).is_none(), "{s}");
+            let got = timed_out(&a, deadline, deadline).map(|a| a.state);
+            let want = match s {
+                S::Dispatched | S::Downloading | S::Installing | S::Rebooting | S::Verifying => {
+                    Some(S::TimedOut)
+                }
+                _ => None,
+            };
+            assert_eq!(got, want, "{s}");
+        }
+        let t = timed_out(&at(S::Rebooting), deadline, deadline).unwrap();
+        assert!(t.message.contains("rebooting"), "{}", t.message);
+        assert_eq!(t.attempt, 1);
+    }
+
+    /// Every (state, strategy) pair, written out. `None`: unchanged.
+    #[test]
+    fn recovery_table_is_complete() {
+        use Strategy::{Abort, Retry, Rollback};
+        let cases: [(AssignmentState, [Option<AssignmentState>; 3]); 16] = [
+            // retry, rollback, abort
+            (S::Pending, [None, Some(S::Cancelled), Some(S::Cancelled)]),
+            (
+                S::Dispatched,
+                [None, Some(S::Cancelled), Some(S::Cancelled)],
+            ),
+            (S::Downloading, [None, Some(S::Reverting), None]),
+            (S::Installing, [None, Some(S::Reverting), None]),
+            (S::Rebooting, [None, Some(S::Reverting), None]),
+            (S::Verifying, [None, Some(S::Reverting), None]),
+            (S::Verified, [None, Some(S::Reverting), None]),
+            (S::Failed, [Some(S::Pending), Some(S::Reverting), None]),
+            (S::TimedOut, [Some(S::Pending), Some(S::Reverting), None]),
+            (S::RolledBack, [Some(S::Pending), Some(S::Reverting), None]),
+            (S::Drifted, [Some(S::Pending), Some(S::Reverting), None]),
+            (S::Cancelled, [None, None, None]),
+            (S::Reverting, [None, None, None]),
+            (S::Reverted, [None, None, None]),
+            (S::RevertFailed, [None, None, None]),
+            (S::RevertUnavailable, [None, None, None]),
+        ];
+        assert_eq!(cases.len(), AssignmentState::ALL.len());
+        for (from, row) in cases {
+            for (strategy, want) in [Retry, Rollback, Abort].into_iter().zip(row) {
+                let a = at(from);
+                let got = recover(&a, strategy, T0 + 7);
+                assert_eq!(got.as_ref().map(|a| a.state), want, "{from} + {strategy}");
+                if let Some(g) = got {
+                    assert_eq!(g.updated_at_us, T0 + 7);
+                    let new_attempt = matches!(g.state, S::Pending | S::Reverting);
+                    assert_eq!(
+                        g.attempt,
+                        if new_attempt { 2 } else { 1 },
+                        "{from} + {strategy}"
+                    );
+                    if new_attempt {
+                        assert_eq!((g.last_seq, g.step, g.boot_id_at_install), (0, None, None));
+                    }
+                }
+            }
+        }
+        // A failure that never reported (timed out while dispatched) has nothing to revert.
+        let mut silent = at(S::TimedOut);
+        silent.step = None;
+        assert_eq!(recover(&silent, Strategy::Rollback, T0), None);
+        // Without a previous digest, a started device cannot be reverted.
+        let mut unknown = at(S::Verified);
+        unknown.previous_digest = None;
+        let got = recover(&unknown, Strategy::Rollback, T0).unwrap();
+        assert_eq!((got.state, got.attempt), (S::RevertUnavailable, 1));
+        assert_eq!(poll_action(S::Cancelled), Some(AssignmentAction::Cancel));
+        assert_eq!(poll_action(S::Pending), None);
+        assert_eq!(poll_action(S::Dispatched), Some(AssignmentAction::Install));
+        assert_eq!(poll_action(S::Verified), None);
+    }
+
+    #[test]
+    fn device_requests_are_validated() {
+        assert!(validate_device_id("amr-0007").is_ok());
+        let err = validate_device_id("AMR 7").unwrap_err();
+        assert!(err.contains("not a valid device id"), "{err}");
+        let labels = BTreeMap::from([("bad key".to_string(), "x".to_string())]);
+        let reg = RegisterDeviceRequest {
+            id: "amr-1".into(),
+            labels,
+        };
+        let err = validate_register(&reg).unwrap_err();
+        assert_eq!(err.field, "labels.bad key");
+        let enroll = EnrollRequest {
+            id: "".into(),
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(validate_enroll(&enroll).unwrap_err().field, "id");
+        let key = |max_uses, ttl_seconds| EnrollKeyRequest {
+            labels: BTreeMap::new(),
+            max_uses,
+            ttl_seconds,
+        };
+        assert!(validate_enroll_key(&key(10, 3600)).is_ok());
+        assert_eq!(
+            validate_enroll_key(&key(0, 3600)).unwrap_err().field,
+            "max_uses"
+        );
+        assert_eq!(
+            validate_enroll_key(&key(1, 0)).unwrap_err().field,
+            "ttl_seconds"
+        );
+        let too_long = MAX_ENROLL_KEY_TTL_SECONDS + 1;
+        assert_eq!(
+            validate_enroll_key(&key(1, too_long)).unwrap_err().field,
+            "ttl_seconds"
+        );
+
+        let mut poll = PollRequest {
+            wait_seconds: 60,
+            ..Default::default()
+        };
+        assert!(validate_poll(&poll).is_ok());
+        poll.wait_seconds = 61;
+        assert_eq!(validate_poll(&poll).unwrap_err().field, "wait_seconds");
+        poll.wait_seconds = 0;
+        poll.boot_id = "b\u{202E}1".into();
+        assert_eq!(validate_poll(&poll).unwrap_err().field, "boot_id");
+        poll.boot_id = "b1".into();
+        poll.conditions
+            .insert("docked".into(), serde_json::json!(true));
+        poll.conditions
+            .insert("battery_pct".into(), serde_json::json!(73));
+        assert!(validate_poll(&poll).is_ok());
+        poll.conditions
+            .insert("nested".into(), serde_json::json!({"a": 1}));
+        assert_eq!(validate_poll(&poll).unwrap_err().field, "conditions.nested");
+
+        let good = report(R::Failed, 1, TARGET, "b1");
+        assert_eq!(validate_report(&good).unwrap(), good);
+        let mut long = good.clone();
+        long.message = "é".repeat(5000);
+        let cut = validate_report(&long).unwrap();
+        assert_eq!(cut.message.chars().count(), MAX_REPORT_MESSAGE_CHARS);
+        assert!(cut.message.ends_with(autonomy_api::CUT_MARKER));
+        for (field, bad) in [
+            (
+                "seq",
+                ReportRequest {
+                    seq: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "attempt",
+                ReportRequest {
+                    attempt: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "plan_id",
+                ReportRequest {
+                    plan_id: "P 1".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "installed_digest",
+                ReportRequest {
+                    installed_digest: "a b".into(),
+                    ..good.clone()
+                },
+            ),
+            (
+                "installed_digest",
+                ReportRequest {
+                    installed_digest: "x".repeat(257),
+                    ..good.clone()
+                },
+            ),
+        ] {
+            assert_eq!(validate_report(&bad).unwrap_err().field, field);
+        }
+    }
+}
