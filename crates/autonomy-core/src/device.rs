@@ -704,164 +704,185 @@ mod tests {
     /// boot); `None` is an illegal transition.
     #[test]
     fn report_table_is_complete() {
-        let cases: [(AssignmentState, [Option<AssignmentState>; 9]); 16] = [
-            // downloading, installing, rebooting, verifying, succeeded, failed, rolled_back,
-            // reverted, revert_failed
-            (
-                S::Pending,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::Dispatched,
-                [
-                    Some(S::Downloading),
-                    Some(S::Installing),
-                    None,
-                    None,
-                    None,
-                    Some(S::Failed),
-                    None,
-                    None,
-                    None,
-                ],
-            ),
-            (
-                S::Downloading,
-                [
-                    Some(S::Downloading),
-                    Some(S::Installing),
-                    None,
-                    None,
-                    None,
-                    Some(S::Failed),
-                    None,
-                    None,
-                    None,
-                ],
-            ),
-            (
-                S::Installing,
-                [
-                    None,
-                    Some(S::Installing),
-                    Some(S::Rebooting),
-                    Some(S::Verifying),
-                    Some(S::Verified),
-                    Some(S::Failed),
-                    Some(S::RolledBack),
-                    None,
-                    None,
-                ],
-            ),
-            (
-                S::Rebooting,
-                [
-                    None,
-                    None,
-                    Some(S::Rebooting),
-                    Some(S::Verifying),
-                    Some(S::Verified),
-                    Some(S::Failed),
-                    Some(S::RolledBack),
-                    None,
-                    None,
-                ],
-            ),
-            (
-                S::Verifying,
-                [
-                    None,
-                    None,
-                    None,
-                    Some(S::Verifying),
-                    Some(S::Verified),
-                    Some(S::Failed),
-                    Some(S::RolledBack),
-                    None,
-                    None,
-                ],
-            ),
-            (
-                S::Verified,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::Failed,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::TimedOut,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::RolledBack,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::Drifted,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::Cancelled,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::Reverting,
-                [
-                    Some(S::Reverting),
-                    Some(S::Reverting),
-                    Some(S::Reverting),
-                    Some(S::Reverting),
-                    Some(S::Reverted),
-                    Some(S::RevertFailed),
-                    Some(S::Reverted),
-                    Some(S::Reverted),
-                    Some(S::RevertFailed),
-                ],
-            ),
-            (
-                S::Reverted,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::RevertFailed,
-                [None, None, None, None, None, None, None, None, None],
-            ),
-            (
-                S::RevertUnavailable,
-                [None, None, None, None, None, None, None, None, None],
-            ),
+        let cases: [(AssignmentState, ReportState, Option<AssignmentState>); 144] = [
+            (S::Pending, R::Downloading, None),
+            (S::Pending, R::Installing, None),
+            (S::Pending, R::Rebooting, None),
+            (S::Pending, R::Verifying, None),
+            (S::Pending, R::Succeeded, None),
+            (S::Pending, R::Failed, None),
+            (S::Pending, R::RolledBack, None),
+            (S::Pending, R::Reverted, None),
+            (S::Pending, R::RevertFailed, None),
+            (S::Dispatched, R::Downloading, Some(S::Downloading)),
+            (S::Dispatched, R::Installing, Some(S::Installing)),
+            (S::Dispatched, R::Rebooting, None),
+            (S::Dispatched, R::Verifying, None),
+            (S::Dispatched, R::Succeeded, None),
+            (S::Dispatched, R::Failed, Some(S::Failed)),
+            (S::Dispatched, R::RolledBack, None),
+            (S::Dispatched, R::Reverted, None),
+            (S::Dispatched, R::RevertFailed, None),
+            (S::Downloading, R::Downloading, Some(S::Downloading)),
+            (S::Downloading, R::Installing, Some(S::Installing)),
+            (S::Downloading, R::Rebooting, None),
+            (S::Downloading, R::Verifying, None),
+            (S::Downloading, R::Succeeded, None),
+            (S::Downloading, R::Failed, Some(S::Failed)),
+            (S::Downloading, R::RolledBack, None),
+            (S::Downloading, R::Reverted, None),
+            (S::Downloading, R::RevertFailed, None),
+            (S::Installing, R::Downloading, None),
+            (S::Installing, R::Installing, Some(S::Installing)),
+            (S::Installing, R::Rebooting, Some(S::Rebooting)),
+            (S::Installing, R::Verifying, Some(S::Verifying)),
+            (S::Installing, R::Succeeded, Some(S::Verified)),
+            (S::Installing, R::Failed, Some(S::Failed)),
+            (S::Installing, R::RolledBack, Some(S::RolledBack)),
+            (S::Installing, R::Reverted, None),
+            (S::Installing, R::RevertFailed, None),
+            (S::Rebooting, R::Downloading, None),
+            (S::Rebooting, R::Installing, None),
+            (S::Rebooting, R::Rebooting, Some(S::Rebooting)),
+            (S::Rebooting, R::Verifying, Some(S::Verifying)),
+            (S::Rebooting, R::Succeeded, Some(S::Verified)),
+            (S::Rebooting, R::Failed, Some(S::Failed)),
+            (S::Rebooting, R::RolledBack, Some(S::RolledBack)),
+            (S::Rebooting, R::Reverted, None),
+            (S::Rebooting, R::RevertFailed, None),
+            (S::Verifying, R::Downloading, None),
+            (S::Verifying, R::Installing, None),
+            (S::Verifying, R::Rebooting, None),
+            (S::Verifying, R::Verifying, Some(S::Verifying)),
+            (S::Verifying, R::Succeeded, Some(S::Verified)),
+            (S::Verifying, R::Failed, Some(S::Failed)),
+            (S::Verifying, R::RolledBack, Some(S::RolledBack)),
+            (S::Verifying, R::Reverted, None),
+            (S::Verifying, R::RevertFailed, None),
+            (S::Verified, R::Downloading, None),
+            (S::Verified, R::Installing, None),
+            (S::Verified, R::Rebooting, None),
+            (S::Verified, R::Verifying, None),
+            (S::Verified, R::Succeeded, None),
+            (S::Verified, R::Failed, None),
+            (S::Verified, R::RolledBack, None),
+            (S::Verified, R::Reverted, None),
+            (S::Verified, R::RevertFailed, None),
+            (S::Failed, R::Downloading, None),
+            (S::Failed, R::Installing, None),
+            (S::Failed, R::Rebooting, None),
+            (S::Failed, R::Verifying, None),
+            (S::Failed, R::Succeeded, None),
+            (S::Failed, R::Failed, None),
+            (S::Failed, R::RolledBack, None),
+            (S::Failed, R::Reverted, None),
+            (S::Failed, R::RevertFailed, None),
+            (S::TimedOut, R::Downloading, None),
+            (S::TimedOut, R::Installing, None),
+            (S::TimedOut, R::Rebooting, None),
+            (S::TimedOut, R::Verifying, None),
+            (S::TimedOut, R::Succeeded, None),
+            (S::TimedOut, R::Failed, None),
+            (S::TimedOut, R::RolledBack, None),
+            (S::TimedOut, R::Reverted, None),
+            (S::TimedOut, R::RevertFailed, None),
+            (S::RolledBack, R::Downloading, None),
+            (S::RolledBack, R::Installing, None),
+            (S::RolledBack, R::Rebooting, None),
+            (S::RolledBack, R::Verifying, None),
+            (S::RolledBack, R::Succeeded, None),
+            (S::RolledBack, R::Failed, None),
+            (S::RolledBack, R::RolledBack, None),
+            (S::RolledBack, R::Reverted, None),
+            (S::RolledBack, R::RevertFailed, None),
+            (S::Drifted, R::Downloading, None),
+            (S::Drifted, R::Installing, None),
+            (S::Drifted, R::Rebooting, None),
+            (S::Drifted, R::Verifying, None),
+            (S::Drifted, R::Succeeded, None),
+            (S::Drifted, R::Failed, None),
+            (S::Drifted, R::RolledBack, None),
+            (S::Drifted, R::Reverted, None),
+            (S::Drifted, R::RevertFailed, None),
+            (S::Cancelled, R::Downloading, None),
+            (S::Cancelled, R::Installing, None),
+            (S::Cancelled, R::Rebooting, None),
+            (S::Cancelled, R::Verifying, None),
+            (S::Cancelled, R::Succeeded, None),
+            (S::Cancelled, R::Failed, None),
+            (S::Cancelled, R::RolledBack, None),
+            (S::Cancelled, R::Reverted, None),
+            (S::Cancelled, R::RevertFailed, None),
+            (S::Reverting, R::Downloading, Some(S::Reverting)),
+            (S::Reverting, R::Installing, Some(S::Reverting)),
+            (S::Reverting, R::Rebooting, Some(S::Reverting)),
+            (S::Reverting, R::Verifying, Some(S::Reverting)),
+            (S::Reverting, R::Succeeded, Some(S::Reverted)),
+            (S::Reverting, R::Failed, Some(S::RevertFailed)),
+            (S::Reverting, R::RolledBack, Some(S::Reverted)),
+            (S::Reverting, R::Reverted, Some(S::Reverted)),
+            (S::Reverting, R::RevertFailed, Some(S::RevertFailed)),
+            (S::Reverted, R::Downloading, None),
+            (S::Reverted, R::Installing, None),
+            (S::Reverted, R::Rebooting, None),
+            (S::Reverted, R::Verifying, None),
+            (S::Reverted, R::Succeeded, None),
+            (S::Reverted, R::Failed, None),
+            (S::Reverted, R::RolledBack, None),
+            (S::Reverted, R::Reverted, None),
+            (S::Reverted, R::RevertFailed, None),
+            (S::RevertFailed, R::Downloading, None),
+            (S::RevertFailed, R::Installing, None),
+            (S::RevertFailed, R::Rebooting, None),
+            (S::RevertFailed, R::Verifying, None),
+            (S::RevertFailed, R::Succeeded, None),
+            (S::RevertFailed, R::Failed, None),
+            (S::RevertFailed, R::RolledBack, None),
+            (S::RevertFailed, R::Reverted, None),
+            (S::RevertFailed, R::RevertFailed, None),
+            (S::RevertUnavailable, R::Downloading, None),
+            (S::RevertUnavailable, R::Installing, None),
+            (S::RevertUnavailable, R::Rebooting, None),
+            (S::RevertUnavailable, R::Verifying, None),
+            (S::RevertUnavailable, R::Succeeded, None),
+            (S::RevertUnavailable, R::Failed, None),
+            (S::RevertUnavailable, R::RolledBack, None),
+            (S::RevertUnavailable, R::Reverted, None),
+            (S::RevertUnavailable, R::RevertFailed, None),
         ];
-        assert_eq!(cases.len(), AssignmentState::ALL.len());
-        for (from, row) in cases {
-            for (to, want) in ReportState::ALL.iter().copied().zip(row) {
-                let a = at(from);
-                let digest = if from == S::Reverting { PREV } else { TARGET };
-                let r = report(to, 6, digest, "b2");
-                let got = apply_report(&a, &r, TARGET, true, T0 + 1);
-                match (want, got) {
-                    (Some(state), Ok(out)) => {
-                        assert_eq!(out.result, ReportResult::Applied, "{from} + {to}");
-                        assert_eq!(out.assignment.state, state, "{from} + {to}");
-                        assert_eq!(out.assignment.last_seq, 6, "{from} + {to}");
-                        assert_eq!(out.assignment.step, Some(to), "{from} + {to}");
-                        assert_eq!(out.assignment.updated_at_us, T0 + 1);
-                        assert_eq!(out.response().assignment_state, state);
-                    }
-                    (None, Err(refusal)) => {
-                        assert_eq!(
-                            refusal,
-                            ReportRefusal::IllegalTransition { from, to },
-                            "{from} + {to}"
-                        );
-                        assert_eq!(
-                            refusal.to_string(),
-                            format!("illegal transition: {from} → {to}")
-                        );
-                        assert_eq!(refusal.code(), "illegal_transition");
-                    }
-                    (want, got) => panic!("{from} + {to}: wanted {want:?}, got {got:?}"),
+        let pairs: Vec<_> = cases.iter().map(|&(from, to, _)| (from, to)).collect();
+        let every: Vec<_> = AssignmentState::ALL
+            .iter()
+            .flat_map(|&from| ReportState::ALL.iter().map(move |&to| (from, to)))
+            .collect();
+        assert_eq!(pairs, every, "one row per pair, in declaration order");
+        for (from, to, want) in cases {
+            let a = at(from);
+            let digest = if from == S::Reverting { PREV } else { TARGET };
+            let r = report(to, 6, digest, "b2");
+            let got = apply_report(&a, &r, TARGET, true, T0 + 1);
+            match (want, got) {
+                (Some(state), Ok(out)) => {
+                    assert_eq!(out.result, ReportResult::Applied, "{from} + {to}");
+                    assert_eq!(out.assignment.state, state, "{from} + {to}");
+                    assert_eq!(out.assignment.last_seq, 6, "{from} + {to}");
+                    assert_eq!(out.assignment.step, Some(to), "{from} + {to}");
+                    assert_eq!(out.assignment.updated_at_us, T0 + 1);
+                    assert_eq!(out.response().assignment_state, state);
                 }
+                (None, Err(refusal)) => {
+                    assert_eq!(
+                        refusal,
+                        ReportRefusal::IllegalTransition { from, to },
+                        "{from} + {to}"
+                    );
+                    assert_eq!(
+                        refusal.to_string(),
+                        format!("illegal transition: {from} → {to}")
+                    );
+                    assert_eq!(refusal.code(), "illegal_transition");
+                }
+                (want, got) => panic!("{from} + {to}: wanted {want:?}, got {got:?}"),
             }
         }
     }
