@@ -13,11 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use autonomy_api::device::{
-    AssignmentAction, AssignmentState, EnrollKeyRequest, EnrollRequest, PollRequest,
-    RegisterDeviceRequest, ReportRequest, ReportResponse, ReportResult, ReportState,
-    MAX_POLL_WAIT_SECONDS, MAX_REPORT_MESSAGE_CHARS,
+    AssignmentAction, AssignmentState, AssignmentView, DeviceAssignment, EnrollKeyRequest,
+    EnrollRequest, PollRequest, RegisterDeviceRequest, ReportRequest, ReportResponse, ReportResult,
+    ReportState, MAX_POLL_WAIT_SECONDS, MAX_REPORT_MESSAGE_CHARS,
 };
-use autonomy_api::{cut_chars, AuditEvent, EventType, FieldError, Outcome, Strategy, Target};
+use autonomy_api::{
+    cut_chars, timefmt, AuditEvent, EventType, FieldError, Outcome, Strategy, Target,
+};
 
 use crate::{hidden_char, validate_id, validate_labels};
 
@@ -49,8 +51,12 @@ pub struct Assignment {
     pub boot_id_at_install: Option<String>,
     /// The digest the device last reported.
     pub installed_digest: Option<String>,
-    /// The digest the device had before this plan, recorded at dispatch (`None`: unknown).
+    /// The digest the device had before this plan, recorded at its first dispatch (`None`:
+    /// unknown).
     pub previous_digest: Option<String>,
+    /// When the current attempt was dispatched (µs); `None` before. Its deadline is
+    /// [`deadline_us`] of this.
+    pub dispatched_at_us: Option<i64>,
     /// When anything in the record last changed (µs since the epoch).
     pub updated_at_us: i64,
     /// When `state` last changed (µs): what a non-converging scan measures.
@@ -62,12 +68,7 @@ pub struct Assignment {
 
 impl Assignment {
     /// A new `pending` assignment, attempt 1.
-    pub fn new(
-        device_id: impl Into<String>,
-        plan_id: impl Into<String>,
-        previous_digest: Option<String>,
-        now_us: i64,
-    ) -> Self {
+    pub fn new(device_id: impl Into<String>, plan_id: impl Into<String>, now_us: i64) -> Self {
         Assignment {
             device_id: device_id.into(),
             plan_id: plan_id.into(),
@@ -77,7 +78,8 @@ impl Assignment {
             step: None,
             boot_id_at_install: None,
             installed_digest: None,
-            previous_digest,
+            previous_digest: None,
+            dispatched_at_us: None,
             updated_at_us: now_us,
             state_since_us: now_us,
             message: String::new(),
@@ -103,7 +105,23 @@ impl Assignment {
         next.last_seq = 0;
         next.step = None;
         next.boot_id_at_install = None;
+        next.dispatched_at_us = None;
         next
+    }
+
+    /// This record as an item of `GET /v1/rollouts/{id}/devices`; `stage` is the name of the
+    /// device's stage, `last_seen_at` the device's (kept outside the record).
+    pub fn item(&self, stage: &str, last_seen_at: Option<String>) -> DeviceAssignment {
+        DeviceAssignment {
+            device_id: self.device_id.clone(),
+            stage: stage.to_string(),
+            state: self.state,
+            attempt: self.attempt,
+            installed_digest: self.installed_digest.clone(),
+            last_seen_at,
+            updated_at: timefmt::format_us(self.updated_at_us),
+            message: self.message.clone(),
+        }
     }
 }
 
@@ -126,8 +144,51 @@ pub fn poll_action(state: AssignmentState) -> Option<AssignmentAction> {
 }
 
 /// `pending` → `dispatched` (the promoter's dispatch of one device); `None` in any other state.
-pub fn dispatch(a: &Assignment, now_us: i64) -> Option<Assignment> {
-    (a.state == S::Pending).then(|| a.moved(S::Dispatched, "", now_us))
+/// `device_digest` is what the device last said it runs: it becomes the previous digest (the
+/// one a rollback reverts to) unless an earlier attempt already recorded one.
+pub fn dispatch(a: &Assignment, device_digest: Option<&str>, now_us: i64) -> Option<Assignment> {
+    (a.state == S::Pending).then(|| {
+        let mut next = a.moved(S::Dispatched, "", now_us);
+        next.dispatched_at_us = Some(now_us);
+        if next.previous_digest.is_none() {
+            next.previous_digest = device_digest.filter(|d| !d.is_empty()).map(str::to_string);
+        }
+        next
+    })
+}
+
+/// What a poll shows the device for this record (`None`: nothing to do), given the plan's
+/// artifact, target digest, `reboot_required` and `device_timeout_seconds`. A revert's
+/// `target_digest` is the previous digest; an install's `deadline_at` is its dispatch time
+/// plus the timeout.
+pub fn poll_view(
+    a: &Assignment,
+    artifact_ref: &str,
+    target_digest: &str,
+    reboot_required: bool,
+    device_timeout_seconds: u64,
+) -> Option<AssignmentView> {
+    let action = poll_action(a.state)?;
+    let target = match action {
+        AssignmentAction::Revert => a.previous_digest.clone().unwrap_or_default(),
+        _ => target_digest.to_string(),
+    };
+    let deadline_at = match action {
+        AssignmentAction::Install => a
+            .dispatched_at_us
+            .map(|at| timefmt::format_us(deadline_us(at, device_timeout_seconds))),
+        _ => None,
+    };
+    Some(AssignmentView {
+        plan_id: a.plan_id.clone(),
+        attempt: a.attempt,
+        action,
+        artifact_ref: artifact_ref.to_string(),
+        target_digest: target,
+        previous_digest: a.previous_digest.clone(),
+        reboot_required,
+        deadline_at,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,7 +717,9 @@ mod tests {
     /// An assignment in `state` as it would be reached: reported steps recorded, the boot id
     /// `b1` recorded at install for states past `installing`; a revert fresh (no report yet).
     fn at(state: AssignmentState) -> Assignment {
-        let mut a = Assignment::new("amr-0001", "p1", Some(PREV.into()), T0);
+        let mut a = Assignment::new("amr-0001", "p1", T0);
+        a.previous_digest = Some(PREV.into());
+        a.dispatched_at_us = Some(T0);
         a.state = state;
         let (step, installed) = match state {
             S::Pending | S::Dispatched | S::Cancelled | S::Reverting => (None, false),
@@ -889,12 +952,26 @@ mod tests {
 
     #[test]
     fn an_install_records_its_boot_and_a_reboot_verifies_it() {
-        let a = dispatch(
-            &Assignment::new("amr-0001", "p1", Some(PREV.into()), T0),
-            T0,
-        )
-        .unwrap();
+        let pending = Assignment::new("amr-0001", "p1", T0);
+        assert_eq!(
+            poll_view(&pending, "oci://r/a@sha256:aaaa", TARGET, true, 60),
+            None
+        );
+        let a = dispatch(&pending, Some(PREV), T0 + 1).unwrap();
+        assert_eq!(dispatch(&a, Some(PREV), T0 + 2), None, "dispatched once");
         assert_eq!(a.state, S::Dispatched);
+        assert_eq!(
+            (a.previous_digest.as_deref(), a.dispatched_at_us),
+            (Some(PREV), Some(T0 + 1))
+        );
+        let view = poll_view(&a, "oci://r/a@sha256:aaaa", TARGET, true, 60).unwrap();
+        assert_eq!(view.action, AssignmentAction::Install);
+        assert_eq!((view.attempt, view.target_digest.as_str()), (1, TARGET));
+        assert_eq!(view.previous_digest.as_deref(), Some(PREV));
+        assert_eq!(
+            view.deadline_at,
+            Some(timefmt::format_us(T0 + 1 + 60_000_000))
+        );
         let a = apply(&a, &report(R::Downloading, 1, PREV, "b1"), true);
         assert_eq!(a.installed_digest.as_deref(), Some(PREV));
         let a = apply(&a, &report(R::Installing, 2, PREV, "b1"), true);
@@ -910,6 +987,40 @@ mod tests {
         assert_eq!(a.state, S::Verified);
         assert_eq!(a.installed_digest.as_deref(), Some(TARGET));
         assert_eq!(a.state_since_us, T0 + 1);
+    }
+
+    #[test]
+    fn the_previous_digest_is_the_first_dispatch_s_and_a_revert_targets_it() {
+        let failed = at(S::Failed);
+        let retried = recover(&failed, Strategy::Retry, T0 + 1).unwrap();
+        assert_eq!(retried.dispatched_at_us, None);
+        let again = dispatch(&retried, Some(OTHER), T0 + 2).unwrap();
+        assert_eq!(
+            again.previous_digest.as_deref(),
+            Some(PREV),
+            "kept from attempt 1"
+        );
+        assert_eq!(again.dispatched_at_us, Some(T0 + 2));
+        let unknown = dispatch(&Assignment::new("d", "p1", T0), Some(""), T0).unwrap();
+        assert_eq!(unknown.previous_digest, None, "an empty digest is unknown");
+
+        let reverting = recover(&at(S::Verified), Strategy::Rollback, T0 + 3).unwrap();
+        let view = poll_view(&reverting, "oci://r/a@sha256:aaaa", TARGET, true, 60).unwrap();
+        assert_eq!(view.action, AssignmentAction::Revert);
+        assert_eq!((view.attempt, view.target_digest.as_str()), (2, PREV));
+        assert_eq!(view.deadline_at, None, "reverts have no deadline");
+        let cancelled = recover(&at(S::Dispatched), Strategy::Abort, T0).unwrap();
+        let view = poll_view(&cancelled, "oci://r/a", TARGET, true, 60).unwrap();
+        assert_eq!(view.action, AssignmentAction::Cancel);
+
+        let item = reverting.item("canary", Some("2027-01-01T00:00:00Z".into()));
+        assert_eq!(
+            (item.device_id.as_str(), item.stage.as_str()),
+            ("amr-0001", "canary")
+        );
+        assert_eq!((item.state, item.attempt), (S::Reverting, 2));
+        assert_eq!(item.updated_at, timefmt::format_us(T0 + 3));
+        assert_eq!(item.last_seen_at.as_deref(), Some("2027-01-01T00:00:00Z"));
     }
 
     /// §9.3: a false success is never counted.
