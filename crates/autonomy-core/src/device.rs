@@ -356,7 +356,7 @@ fn rebooted(a: &Assignment, boot_id: &str, reboot_required: bool) -> bool {
 /// [`validate_report`]. `target_digest` is the plan's; `previous_digest` is the record's
 /// (recorded at dispatch). In order: another plan → `NotAssigned`; an older attempt →
 /// `Superseded`; a newer one → `UnknownAttempt`; a `seq` not above the last → `Duplicate`,
-/// nothing changes; a move the table of [`step`] refuses → `IllegalTransition`. Otherwise the
+/// nothing changes; a move the transition table refuses → `IllegalTransition`. Otherwise the
 /// record moves:
 /// - `succeeded` of an install is `verified` only on the target digest and, when
 ///   `reboot_required`, a boot other than the one of `installing` (same boot: `verifying`, never
