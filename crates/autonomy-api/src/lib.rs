@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod device;
 pub mod engine;
 pub mod timefmt;
 
@@ -166,6 +167,10 @@ string_enum! {
         /// Requests refused for want of a valid token, aggregated per source address and
         /// window (never one event per request: an attacker must not write at will).
         AuthDenied = "auth.denied",
+        /// A verified device polled with another digest (SPEC §9.3); once per drift.
+        DeviceDriftDetected = "device.drift_detected",
+        /// A drifted device polled with the target digest again.
+        DeviceDriftResolved = "device.drift_resolved",
     }
 }
 

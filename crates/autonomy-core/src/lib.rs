@@ -10,6 +10,7 @@
 
 use autonomy_api::{timefmt, FieldError, Phase, Strategy, Verb};
 
+pub mod device;
 pub mod engine;
 pub mod plan;
 
