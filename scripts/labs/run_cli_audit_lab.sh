@@ -31,13 +31,21 @@ readonly SCRIPT_NAME SCRIPT_DIR REPO_ROOT
 
 readonly ALL_LABS=(audit val08 val09 val10 val11 val12)
 
-# Bounds: every wait in this script is bounded by one of these.
+# Bounds: every wait in this script is bounded by one of these. They are read by the sourced
+# lib/*.sh, so SC2034 is off for each: shellcheck follows the sources only with -x (as CI runs it).
+# shellcheck disable=SC2034
 readonly HTTP_MAX_TIME=15       # seconds per curl request
+# shellcheck disable=SC2034
 readonly CLI_TIMEOUT=60         # seconds per CLI invocation (killed after that)
+# shellcheck disable=SC2034
 readonly CP_READY_POLLS=100     # health polls after a CP start ...
+# shellcheck disable=SC2034
 readonly CP_POLL_INTERVAL=0.1   # ... this far apart (10 s in all)
+# shellcheck disable=SC2034
 readonly CP_STOP_POLLS=100      # polls for a CP to exit after SIGTERM (10 s), then SIGKILL
+# shellcheck disable=SC2034
 readonly PROBE_TIMEOUT=10       # seconds a second-CP probe may run before it is killed
+# shellcheck disable=SC2034
 readonly BUILD_TIMEOUT=3600     # seconds for `cargo build -p autonomy`
 
 usage() {
