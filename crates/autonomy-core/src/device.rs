@@ -21,7 +21,7 @@ use autonomy_api::{
     cut_chars, timefmt, AuditEvent, EventType, FieldError, Outcome, Strategy, Target,
 };
 
-use crate::{hidden_char, validate_id, validate_labels};
+use crate::{hidden_char, validate_id};
 
 use DeviceState as S;
 
@@ -584,13 +584,7 @@ pub fn validate_device_id(id: &str) -> Result<(), String> {
 
 /// Device labels follow the plan-label rules ([`validate_labels`]); the field is `labels.<k>`.
 pub fn validate_device_labels(labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
-    validate_labels(labels.iter()).map_err(|e| {
-        let field = match e.field.strip_prefix("metadata.") {
-            Some(rest) => rest.to_string(),
-            None => e.field,
-        };
-        FieldError::new(field, e.message)
-    })
+    crate::validate_labels_at("labels", labels.iter())
 }
 
 fn id_and_labels(id: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {

@@ -147,8 +147,17 @@ pub fn validate_id(id: &str) -> Result<(), String> {
 pub fn validate_labels<'a>(
     labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
 ) -> Result<(), FieldError> {
+    validate_labels_at("metadata.labels", labels)
+}
+
+/// [`validate_labels`] for labels at another place of a request (`at` names it in errors:
+/// `labels`, `spec.targets.selector`, …).
+pub fn validate_labels_at<'a>(
+    at: &str,
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), FieldError> {
     if labels.len() > 64 {
-        return Err(FieldError::new("metadata.labels", "at most 64 labels"));
+        return Err(FieldError::new(at, "at most 64 labels"));
     }
     for (k, v) in labels {
         let key_ok = !k.is_empty()
@@ -157,13 +166,13 @@ pub fn validate_labels<'a>(
                 .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
         if !key_ok {
             return Err(FieldError::new(
-                format!("metadata.labels.{}", truncate(k, 80)),
+                format!("{at}.{}", truncate(k, 80)),
                 "label keys are 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-'",
             ));
         }
         if v.len() > 253 || v.chars().any(is_hidden_char) {
             return Err(FieldError::new(
-                format!("metadata.labels.{k}"),
+                format!("{at}.{k}"),
                 "label values are at most 253 characters, without control, bidi-override or \
                  zero-width characters",
             ));

@@ -176,29 +176,7 @@ fn valid_name(s: &str) -> bool {
 }
 
 fn check_selector(selector: &BTreeMap<String, String>, at: &str) -> Result<(), FieldError> {
-    if selector.len() > 64 {
-        return Err(FieldError::new(at, "at most 64 labels"));
-    }
-    for (k, v) in selector {
-        let key_ok = !k.is_empty()
-            && k.len() <= 63
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
-        if !key_ok {
-            return Err(FieldError::new(
-                format!("{at}.{}", shown(k)),
-                "label keys are 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '/', '-'",
-            ));
-        }
-        if v.len() > 253 || v.chars().any(is_hidden_char) {
-            return Err(FieldError::new(
-                format!("{at}.{k}"),
-                "label values are at most 253 characters, without control, bidi-override or \
-                 zero-width characters",
-            ));
-        }
-    }
-    Ok(())
+    crate::validate_labels_at(at, selector.iter())
 }
 
 /// The most devices `targets.devices` may list.
