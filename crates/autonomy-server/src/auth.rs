@@ -112,13 +112,13 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
                 return Err(ApiError::invalid(format!("invalid path: {e}")));
             }
         };
-        let what = format!("{} {} {}", parts.method, parts.uri.path(), P::EVENT);
         let asking = Asking {
             headers: &parts.headers,
             request_id,
             resource,
             source,
-            what,
+            method: &parts.method,
+            path: parts.uri.path(),
         };
         let ctx = authorize::<S, P>(state, asking).await?;
         Ok(Caller {
@@ -152,8 +152,9 @@ struct Asking<'a> {
     resource: String,
     /// The peer's address (`unknown` in-process).
     source: String,
-    /// Method, path and attempted action, for the aggregated denial's samples.
-    what: String,
+    /// Method and path, for the aggregated denial's samples (formatted only when one is kept).
+    method: &'a axum::http::Method,
+    path: &'a str,
 }
 
 async fn authorize<S: Store, P: Permission>(
@@ -193,7 +194,10 @@ async fn authorize<S: Store, P: Permission>(
         Err(why) => {
             // Counted and audited in aggregate (denials.rs), never one write per request; a
             // source over its budget waits before it hears back.
-            state.denials.record(&asking.source, &asking.what);
+            let (method, path) = (asking.method, asking.path);
+            state
+                .denials
+                .record(&asking.source, || format!("{method} {path} {}", P::EVENT));
             if let Some(wait) = state.denials.throttle(&asking.source) {
                 tokio::time::sleep(wait).await;
             }

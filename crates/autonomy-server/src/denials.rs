@@ -104,8 +104,9 @@ impl Denials {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Counts one refusal from `source` (`what`: method, path and the attempted action).
-    pub fn record(&self, source: &str, what: &str) {
+    /// Counts one refusal from `source` (`what`: method, path and the attempted action, made
+    /// only when the window keeps it as a sample).
+    pub fn record(&self, source: &str, what: impl FnOnce() -> String) {
         self.total.fetch_add(1, Ordering::Relaxed);
         let now = now_us();
         {
@@ -124,7 +125,7 @@ impl Denials {
             if entry.samples.len() < MAX_SAMPLES {
                 entry
                     .samples
-                    .push(autonomy_api::cut_bytes(&escape(what), SAMPLE_BYTES));
+                    .push(autonomy_api::cut_bytes(&escape(&what()), SAMPLE_BYTES));
             }
         }
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());

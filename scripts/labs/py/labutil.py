@@ -1,4 +1,4 @@
-"""Helpers shared by the lab scripts in this directory (imported, never run)."""
+"""Helpers for the lab scripts in this directory (imported, never run)."""
 
 import json
 

@@ -222,22 +222,14 @@ impl ServeArgs {
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         // The checkpoint signing key (SPEC §5.9): made at the first start, kept in the data dir.
-        let (signer, key_created) = autonomy_audit::Signer::load_or_create(&self.data_dir)
+        // The checkpoint signing key (SPEC §5.9): made at the first start, kept in the data dir
+        // (a refused start removes it again with everything else it made: StartGuard).
+        let (signer, _created) = autonomy_audit::Signer::load_or_create(&self.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot start: audit signing key: {e}"))?;
         let public_key = signer.public_key();
         config.audit_signer = Some(signer);
-        let (store, report) = SqliteStore::open(&config, lock).map_err(|e| {
-            if key_created {
-                // A refused start leaves no file behind (SPEC §5.10).
-                for name in [
-                    autonomy_audit::SIGNING_KEY_FILE,
-                    autonomy_audit::PUBLIC_KEY_FILE,
-                ] {
-                    let _ = std::fs::remove_file(self.data_dir.join(name));
-                }
-            }
-            anyhow::anyhow!("cannot start: {e}")
-        })?;
+        let (store, report) =
+            SqliteStore::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         let store = Arc::new(store);
         guard.disarm();
         tracing::info!(
