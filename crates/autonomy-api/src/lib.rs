@@ -171,6 +171,27 @@ string_enum! {
         DeviceDriftDetected = "device.drift_detected",
         /// A drifted device polled with the target digest again.
         DeviceDriftResolved = "device.drift_resolved",
+        /// The promoter started dispatching a stage (SPEC §8.3).
+        RolloutStageStarted = "rollout.stage_started",
+        /// The promoter stopped at a manual gate.
+        RolloutGateReached = "rollout.gate_reached",
+        /// A stage reached its success threshold.
+        RolloutStagePassed = "rollout.stage_passed",
+        /// The promoter dispatched devices of a stage (one event per tick and stage, with ids).
+        RolloutDevicesDispatched = "rollout.devices_dispatched",
+        /// An in-flight device passed `device_timeout_seconds`.
+        DeviceTimedOut = "device.timed_out",
+        /// Failed devices went back to `pending` on an automatic retry.
+        DeviceRetried = "device.retried",
+        /// A device was registered by an operator (SPEC §9.1).
+        DeviceRegistered = "device.registered",
+        /// A device enrolled itself with an enroll key.
+        DeviceEnrolled = "device.enrolled",
+        DeviceLabelsChanged = "device.labels_changed",
+        DeviceRevoked = "device.revoked",
+        DeviceRead = "device.read",
+        DeviceListed = "device.listed",
+        EnrollKeyCreated = "enroll_key.created",
     }
 }
 
@@ -182,6 +203,8 @@ string_enum! {
         Audit = "audit",
         /// The API's authentication (`auth.denied`: `resource` is the source address).
         Auth = "auth",
+        Device = "device",
+        EnrollKey = "enroll_key",
     }
 }
 
@@ -229,6 +252,9 @@ pub struct PlanSpec {
     /// The stages the rollout goes in (free-form objects, in order).
     #[serde(default)]
     pub stages: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// How an engine-driven plan rolls out (SPEC §8.1); free-form for a record-only plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn empty_object() -> serde_json::Map<String, serde_json::Value> {
@@ -245,6 +271,9 @@ pub struct PlanStatus {
     pub warnings: Vec<String>,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The engine's state of an engine-driven plan (SPEC §8.4); absent on record-only plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// One phase change, appended to `status.history` by every transition.
@@ -291,6 +320,9 @@ pub struct CreateMetadata {
 pub struct TransitionRequest {
     #[serde(default)]
     pub reason: String,
+    /// `start` only: the gate the approval is for; 409 unless the plan waits at that gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
 }
 
 /// `GET /v1/rollouts`.
@@ -320,6 +352,9 @@ pub struct StuckQuery {
     pub threshold_seconds: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// Only plans whose main reason is this code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// `GET /v1/rollouts/stuck`.
@@ -329,6 +364,9 @@ pub struct StuckReport {
     pub scanned_at: String,
     pub stuck_count: u64,
     pub items: Vec<StuckItem>,
+    /// Stuck plans per main reason code (before `?code=` and `limit`).
+    #[serde(default)]
+    pub by_code: BTreeMap<StuckCode, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +380,51 @@ pub struct StuckItem {
     pub diagnosis: String,
     /// Ready-to-run CLI lines.
     pub suggested_actions: Vec<String>,
+    /// The main reason (the first of `reasons` in precedence order).
+    pub code: StuckCode,
+    /// Every reason found, in precedence order (engine-driven plans; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<StuckReason>,
+    /// The stage the plan is on (engine-driven plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StuckStage>,
+}
+
+string_enum! {
+    /// Why a plan is stuck (SPEC §8.6), in precedence order.
+    pub enum StuckCode("stuck code") {
+        PromoterNotRunning = "promoter_not_running",
+        AwaitingStart = "awaiting_start",
+        AwaitingApproval = "awaiting_approval",
+        FailureThresholdReached = "failure_threshold_reached",
+        StageThresholdUnreachable = "stage_threshold_unreachable",
+        FailingDevices = "failing_devices",
+        SilentDevices = "silent_devices",
+        NonConvergingDevices = "non_converging_devices",
+        DriftedDevices = "drifted_devices",
+        RevertNotConverging = "revert_not_converging",
+        /// A record-only plan with no progress for the threshold.
+        NoProgress = "no_progress",
+    }
+}
+
+/// One reason a plan is stuck: how many devices it concerns and up to 10 of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StuckReason {
+    pub code: StuckCode,
+    pub count: u64,
+    pub devices: Vec<String>,
+}
+
+/// The stage a stuck plan is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StuckStage {
+    pub index: u32,
+    pub name: String,
+    pub required: u64,
+    pub verified: u64,
+    pub in_flight: u64,
+    pub failed: u64,
 }
 
 /// `POST /v1/rollback/execute`.

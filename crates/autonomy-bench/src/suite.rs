@@ -455,6 +455,7 @@ pub fn run_b2(env: &Env, ds: &mut Dataset) -> anyhow::Result<B2Report> {
         let (a, elapsed) = http.timed(&http.api().stuck_rollouts(&StuckQuery {
             threshold_seconds: Some(t.clone()),
             limit: None,
+            code: None,
         }))?;
         let r = a.value()?;
         lat.push(elapsed);

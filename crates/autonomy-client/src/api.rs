@@ -353,6 +353,7 @@ mod tests {
         let stuck = StuckQuery {
             threshold_seconds: Some("0.5".into()),
             limit: None,
+            code: None,
         };
         let audit = AuditQuery {
             event_type: Some("plan.created".into()),
@@ -422,6 +423,7 @@ mod tests {
     fn no_reason() -> TransitionRequest {
         TransitionRequest {
             reason: String::new(),
+            stage: None,
         }
     }
 

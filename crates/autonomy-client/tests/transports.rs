@@ -103,6 +103,7 @@ fn blocking_a_post_carries_its_body_and_an_error_answer_is_typed() {
         Verb::Start,
         &TransitionRequest {
             reason: "go".into(),
+            stage: None,
         },
     );
     let e = t.call(&call).unwrap_err();

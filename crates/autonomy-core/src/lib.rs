@@ -401,6 +401,7 @@ mod tests {
                 target_lock_fingerprint: None,
                 targets: Default::default(),
                 stages: vec![],
+                policy: None,
             };
             assert!(validate_spec(&spec).is_err(), "{bad:?}");
             let labels = std::collections::BTreeMap::from([("k".to_string(), bad.to_string())]);

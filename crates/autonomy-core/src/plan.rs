@@ -61,6 +61,7 @@ pub fn create(new: &NewPlan, actor: &str, now_us: i64) -> (Rollout, AuditEvent) 
                 actor: actor.to_string(),
                 reason: String::new(),
             }],
+            rollout: None,
         },
     };
     let event = AuditEvent::draft(
@@ -260,6 +261,7 @@ mod tests {
                     target_lock_fingerprint: None,
                     targets: Default::default(),
                     stages: vec![],
+                    policy: None,
                 },
                 draft,
             },

@@ -214,6 +214,9 @@ impl ReadConn {
                 phase,
                 diagnosis,
                 suggested_actions,
+                code: autonomy_api::StuckCode::NoProgress,
+                reasons: Vec::new(),
+                stage: None,
             });
         }
         Ok(StuckReport {
@@ -221,6 +224,10 @@ impl ReadConn {
             scanned_at: timefmt::format_us(now),
             stuck_count: count,
             items,
+            by_code: [(autonomy_api::StuckCode::NoProgress, count)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
         })
     }
 

@@ -39,6 +39,7 @@ async fn a_backward_clock_step_never_hides_a_stale_plan() {
                 target_lock_fingerprint: None,
                 targets: Default::default(),
                 stages: vec![],
+                policy: None,
             },
             draft: false,
         },

@@ -102,6 +102,7 @@ impl CreateArgs {
                 target_lock_fingerprint: self.fingerprint.clone(),
                 targets: serde_json::Map::new(),
                 stages: Vec::new(),
+                policy: None,
             },
             draft: self.draft,
         })

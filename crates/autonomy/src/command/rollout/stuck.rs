@@ -36,6 +36,7 @@ impl StuckArgs {
         let query = StuckQuery {
             threshold_seconds: self.threshold_seconds.map(|t| t.to_string()),
             limit: self.limit.map(|l| l.to_string()),
+            code: None,
         };
         let reply = ctx.call(ctx.api.stuck_rollouts(&query))?;
         ctx.out.answer(&reply, |report: &StuckReport| {

@@ -44,6 +44,7 @@ impl TransitionArgs {
     pub fn run(self, verb: Verb, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         let body = TransitionRequest {
             reason: self.reason.unwrap_or_default(),
+            stage: None,
         };
         let reply = ctx.call(ctx.api.transition(&self.id, verb, &body))?;
         ctx.out.answer(&reply, rollout_line)?;
