@@ -89,6 +89,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
             StoreError::Unprocessable(m) => ApiError::new(ErrorCode::Unprocessable, m),
             StoreError::Invalid(f) => ApiError::field(f),
+            StoreError::Unauthorized(m) => ApiError::unauthorized(m),
             e @ (StoreError::Unavailable(_) | StoreError::Overloaded(_)) => {
                 tracing::warn!(error = %e, "answering 503");
                 ApiError::new(ErrorCode::Unavailable, e.to_string())

@@ -10,14 +10,22 @@
 
 use std::future::Future;
 
+use autonomy_api::device::{
+    AssignmentView, Device, DeviceAssignmentList, DeviceList, DeviceRegistered, EnrollKeyCreated,
+    EnrollKeyRequest, EnrollRequest, Enrolled, RegisterDeviceRequest, ReportRequest,
+    ReportResponse,
+};
 use autonomy_api::{
-    AuditEvent, AuditFilter, ExecuteRequest, ExecuteResponse, FieldError, Phase, Role, Rollout,
-    StuckReport, TokenCreated, TokenInfo, Verb,
+    AuditEvent, AuditFilter, DeviceState, ExecuteRequest, ExecuteResponse, FieldError, Phase,
+    Role, Rollout, StuckCode, StuckReport, TokenCreated, TokenInfo, Verb,
 };
 pub use autonomy_core::NewPlan;
 use serde::{Deserialize, Serialize};
 
 pub mod ids;
+pub mod live;
+
+pub use live::{Beat, Live};
 
 /// The wall clock, in microseconds since the Unix epoch (UTC). Stores and the server read the
 /// clock; `autonomy-api` and `autonomy-core` never do (callers pass `now`).
@@ -52,6 +60,9 @@ pub enum StoreError {
     Unprocessable(String),
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// A credential the store checks itself (an enroll key) is unknown, spent or expired.
+    #[error("{0}")]
+    Unauthorized(String),
     /// Storage fault (disk full, I/O error, failed fsync): retry later; nothing changed.
     #[error("{0}")]
     Unavailable(String),
@@ -99,12 +110,53 @@ pub enum Reply {
     TokenCreated(TokenCreated),
     TokenRevoked(TokenInfo),
     Audited,
+    DeviceRegistered(Box<DeviceRegistered>),
+    Device(Box<Device>),
+    EnrollKeyCreated(Box<EnrollKeyCreated>),
+    Enrolled(Enrolled),
+    Report(ReportResponse),
+    /// A promoter tick of one plan: how many actions it applied (0: the plan changed since
+    /// it was read, or there was nothing to do).
+    Promoted {
+        actions: u64,
+    },
     /// Kept by an idempotency record instead of a plan answer over
     /// [`IDEMPOTENCY_MAX_REPLY`]; a replay answers the plan as it is now. Never leaves a store.
     PlanRef {
         id: String,
         created: bool,
     },
+}
+
+/// What a device's poll shows it, read in one snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollState {
+    /// The device's revision: rises whenever what a poll shows changes.
+    pub revision: u64,
+    pub assignment: Option<AssignmentView>,
+    /// The device's latest assignment, when it is settled and could drift (SPEC §9.3).
+    pub drift: Option<DriftCheck>,
+}
+
+/// A settled assignment a poll's digest is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftCheck {
+    pub plan_id: String,
+    pub state: DeviceState,
+    pub target_digest: String,
+}
+
+/// An engine-driven plan the promoter has something to do for, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoterDue {
+    pub plan_id: String,
+    pub generation: u64,
+}
+
+/// The device a device token (or, with RBAC off, the `X-Autonomy-Device` header) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub device_id: String,
 }
 
 /// Who a bearer token belongs to.
@@ -152,12 +204,14 @@ pub trait Store: Send + Sync + 'static {
 
     fn create_plan(&self, ctx: &Ctx, plan: NewPlan) -> impl Future<Output = Result<Reply>> + Send;
 
+    /// An operator verb; `stage` (start only) is the gate the approval is for.
     fn transition(
         &self,
         ctx: &Ctx,
         id: &str,
         verb: Verb,
         reason: String,
+        stage: Option<u32>,
     ) -> impl Future<Output = Result<Reply>> + Send;
 
     /// Executes (or, for a dry run, only evaluates: nothing is written or audited) a recovery
@@ -192,10 +246,14 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
     ) -> impl Future<Output = Result<(Vec<Rollout>, Option<i64>)>> + Send;
 
+    /// The stuck scan (SPEC §8.6). `promoter_running` says whether a promoter drives the
+    /// engine-driven plans; `code` keeps only plans whose main reason it is.
     fn stuck(
         &self,
         threshold_seconds: f64,
         limit: usize,
+        code: Option<StuckCode>,
+        promoter_running: bool,
     ) -> impl Future<Output = Result<StuckReport>> + Send;
 
     fn audit_events(
@@ -209,4 +267,119 @@ pub trait Store: Send + Sync + 'static {
 
     /// Plans per phase, for `/metrics`.
     fn phase_counts(&self) -> impl Future<Output = Result<Vec<(String, u64)>>> + Send;
+
+    // --- devices (SPEC §9.1) ---------------------------------------------------------------
+
+    fn register_device(
+        &self,
+        ctx: &Ctx,
+        req: RegisterDeviceRequest,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    fn create_enroll_key(
+        &self,
+        ctx: &Ctx,
+        req: EnrollKeyRequest,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    /// A device enrolls itself with an enroll key's secret (401 when spent, expired or
+    /// unknown: `StoreError::NotFound` is never used for keys).
+    fn enroll(
+        &self,
+        ctx: &Ctx,
+        key: String,
+        req: EnrollRequest,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    /// Replaces the device's labels.
+    fn set_device_labels(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        labels: std::collections::BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    /// Revokes the device's token; its unstarted assignments are cancelled.
+    fn revoke_device(&self, ctx: &Ctx, id: &str) -> impl Future<Output = Result<Reply>> + Send;
+
+    fn device(&self, id: &str) -> impl Future<Output = Result<Device>> + Send;
+
+    /// A page of devices matching every label of `selector`, after the id `after`.
+    fn devices(
+        &self,
+        selector: std::collections::BTreeMap<String, String>,
+        limit: usize,
+        after: Option<String>,
+    ) -> impl Future<Output = Result<DeviceList>> + Send;
+
+    /// The device a device token belongs to (`None`: unknown or revoked).
+    fn identify_device(
+        &self,
+        secret: String,
+    ) -> impl Future<Output = Result<Option<DeviceIdentity>>> + Send;
+
+    /// With RBAC off: the device named by id, if registered and not revoked.
+    fn known_device(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<DeviceIdentity>>> + Send;
+
+    // --- the device protocol (SPEC §9.2) ---------------------------------------------------
+
+    /// The device's in-memory state: heartbeats and the waiters of long polls.
+    fn live(&self) -> &Live;
+
+    fn poll(&self, device_id: &str) -> impl Future<Output = Result<PollState>> + Send;
+
+    /// Applies a report, answered once durable.
+    fn report(
+        &self,
+        ctx: &Ctx,
+        device_id: &str,
+        req: ReportRequest,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    /// A poll found a settled device on another digest (or back on the target): records the
+    /// drift change once, audited.
+    fn drift(
+        &self,
+        ctx: &Ctx,
+        device_id: &str,
+        plan_id: &str,
+        installed_digest: String,
+    ) -> impl Future<Output = Result<Reply>> + Send;
+
+    /// `GET /v1/rollouts/{id}/devices`.
+    fn rollout_devices(
+        &self,
+        plan_id: &str,
+        state: Option<DeviceState>,
+        stage: Option<String>,
+        limit: usize,
+        after: Option<i64>,
+    ) -> impl Future<Output = Result<DeviceAssignmentList>> + Send;
+
+    // --- the promoter (SPEC §8.3) ----------------------------------------------------------
+
+    /// The leader epoch this store writes under.
+    fn epoch(&self) -> u64;
+
+    /// The engine-driven plans `decide` has something for at `now_us`, read in one snapshot.
+    fn promoter_due(
+        &self,
+        now_us: i64,
+        max_dispatch: u64,
+    ) -> impl Future<Output = Result<Vec<PromoterDue>>> + Send;
+
+    /// One promoter tick of one plan, in one transaction: decides again on what is stored
+    /// now and applies the actions, only if the plan's generation is still `generation` and
+    /// `epoch` is still the leader's (else `Promoted { actions: 0 }`).
+    fn promote(
+        &self,
+        ctx: &Ctx,
+        plan_id: &str,
+        generation: u64,
+        epoch: u64,
+        max_dispatch: u64,
+    ) -> impl Future<Output = Result<Reply>> + Send;
 }

@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod spec;
 pub mod stages;
+pub mod state;
 
 pub use decide::{
     decide, on_failure, stage_status, threshold_reached, Action, InFlight, PlanView, StageCounters,
@@ -19,3 +20,4 @@ pub use stages::{
     assign_stages, matches_selector, order, order_key, required, resolve_targets, AssignError,
     StagePlan, TargetDevice,
 };
+pub use state::{action_event, holds_device, holds_devices, EnginePlan, EngineStage, GateError};

@@ -1,0 +1,136 @@
+//! What a store keeps of devices in memory only (SPEC §9.2): the heartbeats of polls, flushed
+//! to the store in batches (a poll never writes), and the waiters of long polls, woken when a
+//! committed change raises a device's revision.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// What one poll says about its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    pub at_us: i64,
+    pub installed_digest: String,
+    pub boot_id: String,
+}
+
+/// Heartbeats not yet flushed, and long-poll waiters, by device id.
+#[derive(Debug, Default)]
+pub struct Live {
+    beats: Mutex<HashMap<String, Beat>>,
+    waiters: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Live {
+    /// Records a poll's heartbeat (the latest per device wins).
+    pub fn beat(&self, device_id: &str, beat: Beat) {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        match beats.get_mut(device_id) {
+            Some(b) => *b = beat,
+            None => {
+                beats.insert(device_id.to_string(), beat);
+            }
+        }
+    }
+
+    /// The unflushed heartbeat of a device.
+    pub fn pending_beat(&self, device_id: &str) -> Option<Beat> {
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device_id)
+            .cloned()
+    }
+
+    /// Takes every unflushed heartbeat (the store writes them in one transaction).
+    pub fn take_beats(&self) -> Vec<(String, Beat)> {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        beats.drain().collect()
+    }
+
+    /// Puts heartbeats back whose flush failed (newer ones win).
+    pub fn restore_beats(&self, taken: Vec<(String, Beat)>) {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, b) in taken {
+            beats.entry(id).or_insert(b);
+        }
+    }
+
+    /// A receiver that changes when the device's revision is raised. Subscribe before reading
+    /// the revision, so a change in between is not missed.
+    pub fn watch(&self, device_id: &str) -> watch::Receiver<u64> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters
+            .entry(device_id.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Drops the device's waiter entry once nobody waits on it.
+    pub fn unwatch(&self, device_id: &str) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters
+            .get(device_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            waiters.remove(device_id);
+        }
+    }
+
+    /// Wakes the long polls of these devices (after their change committed).
+    pub fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a str>) {
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for id in devices {
+            if let Some(tx) = waiters.get(id) {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Devices with a long poll waiting now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(at: i64) -> Beat {
+        Beat {
+            at_us: at,
+            installed_digest: "d".into(),
+            boot_id: "b".into(),
+        }
+    }
+
+    #[test]
+    fn beats_keep_the_latest_and_restore_keeps_newer() {
+        let live = Live::default();
+        live.beat("a", beat(1));
+        live.beat("a", beat(2));
+        let taken = live.take_beats();
+        assert_eq!(taken, vec![("a".to_string(), beat(2))]);
+        live.beat("a", beat(3));
+        live.restore_beats(taken);
+        assert_eq!(live.pending_beat("a"), Some(beat(3)));
+    }
+
+    #[test]
+    fn a_wake_reaches_a_watcher_and_unwatch_drops_idle_entries() {
+        let live = Live::default();
+        let mut rx = live.watch("a");
+        live.wake(["b"]);
+        assert!(!rx.has_changed().unwrap());
+        live.wake(["a"]);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        live.unwatch("a");
+        assert_eq!(live.waiting(), 1, "a receiver still exists");
+        drop(rx);
+        live.unwatch("a");
+        assert_eq!(live.waiting(), 0);
+    }
+}
