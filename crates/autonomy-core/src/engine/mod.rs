@@ -1,11 +1,13 @@
 //! The rollout engine's pure rules (SPEC §8): what makes a plan engine-driven and its typed
-//! spec ([`spec`]), which device goes in which stage ([`stages`]), and what the promoter does
-//! next ([`decide`]). No IO and no clock: the promoter loop in the server reads the store,
-//! calls these, and writes what they return.
+//! spec ([`spec`]), which device goes in which stage ([`stages`]), what the promoter does
+//! next ([`decide`]) and why a plan is stuck ([`stuck`]). No IO and no clock: the promoter
+//! loop and the stuck scan in the server read the store, call these, and write or answer what
+//! they return.
 
 pub mod decide;
 pub mod spec;
 pub mod stages;
+pub mod stuck;
 
 pub use decide::{
     decide, on_failure, stage_status, threshold_reached, Action, InFlight, PlanView, StageCounters,
@@ -18,4 +20,7 @@ pub use spec::{
 pub use stages::{
     assign_stages, matches_selector, order, order_key, required, resolve_targets, AssignError,
     StagePlan, TargetDevice,
+};
+pub use stuck::{
+    engine_stuck, suggested_actions, DeviceSample, EngineStuck, StuckFacts, MAX_REASON_DEVICES,
 };
