@@ -1,12 +1,14 @@
 //! The rollout engine's pure rules (SPEC §8): what makes a plan engine-driven and its typed
-//! spec ([`spec`]), which device goes in which stage ([`stages`]), and what the promoter does
-//! next ([`decide`]). No IO and no clock: the promoter loop in the server reads the store,
-//! calls these, and writes what they return.
+//! spec ([`spec`]), which device goes in which stage ([`stages`]), what the promoter does
+//! next ([`decide`]) and why a plan is stuck ([`stuck`]). No IO and no clock: the promoter
+//! loop and the stuck scan in the server read the store, call these, and write or answer what
+//! they return.
 
 pub mod decide;
 pub mod spec;
 pub mod stages;
 pub mod state;
+pub mod stuck;
 
 pub use decide::{
     decide, on_failure, stage_status, threshold_reached, Action, InFlight, PlanView, StageCounters,
@@ -21,3 +23,6 @@ pub use stages::{
     StagePlan, TargetDevice,
 };
 pub use state::{action_event, holds_device, holds_devices, EnginePlan, EngineStage, GateError};
+pub use stuck::{
+    engine_stuck, suggested_actions, DeviceSample, EngineStuck, StuckFacts, MAX_REASON_DEVICES,
+};
