@@ -69,6 +69,139 @@ permissions! {
     CreateToken = Admin, TokenCreated, Token;
     ListTokens = Admin, TokenListed, Token;
     RevokeToken = Admin, TokenRevoked, Token;
+    RegisterDevice = Operator, DeviceRegistered, Device;
+    ReadDevice = Viewer, DeviceRead, Device;
+    ListDevices = Viewer, DeviceListed, Device;
+    LabelDevice = Operator, DeviceLabelsChanged, Device;
+    RevokeDevice = Operator, DeviceRevoked, Device;
+    CreateEnrollKey = Admin, EnrollKeyCreated, EnrollKey;
+}
+
+/// The header that names the device while RBAC is off (SPEC §9.1).
+pub const DEVICE_HEADER: &str = "x-autonomy-device";
+
+/// A device calling a device endpoint: with RBAC on, its device token (an operator token is
+/// refused, 401); with RBAC off, the registered device the `X-Autonomy-Device` header names.
+/// Refusals count against the source's budget like operator 401s.
+pub struct DeviceCaller {
+    pub device_id: String,
+    pub ctx: Ctx,
+}
+
+impl<S: Store> FromRequestParts<AppState<S>> for DeviceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_string());
+        let found = if state.config.rbac {
+            match bearer(&parts.headers) {
+                Bearer::Token(secret) if autonomy_store::ids::is_secret_shaped(&secret) => {
+                    state.store.identify_device(secret).await?
+                }
+                _ => None,
+            }
+        } else {
+            let named = parts
+                .headers
+                .get(DEVICE_HEADER)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}").to_string());
+            match named {
+                None => {
+                    return Err(ApiError::unauthorized(
+                        "a device endpoint needs the device: send X-Autonomy-Device: <id> (RBAC                          is off)",
+                    ))
+                }
+                Some(id) => {
+                    autonomy_core::device::validate_device_id(&id).map_err(|m| {
+                        ApiError::invalid(format!("invalid header X-Autonomy-Device: {m}"))
+                    })?;
+                    state.store.known_device(id).await?
+                }
+            }
+        };
+        match found {
+            Some(who) => Ok(DeviceCaller {
+                ctx: Ctx {
+                    actor: format!("device:{}", who.device_id),
+                    request_id,
+                    idempotency: None,
+                },
+                device_id: who.device_id,
+            }),
+            None => {
+                let (method, path) = (&parts.method, parts.uri.path());
+                state
+                    .denials
+                    .record(&source, || format!("{method} {path} device"));
+                if let Some(wait) = state.denials.throttle(&source) {
+                    tokio::time::sleep(wait).await;
+                }
+                Err(ApiError::unauthorized(if state.config.rbac {
+                    "a device endpoint needs a device token (Authorization: Bearer <device \
+                     token>); the token is unknown or revoked, or is not a device's"
+                } else {
+                    "the device named by X-Autonomy-Device is not registered or is revoked"
+                }))
+            }
+        }
+    }
+}
+
+/// The enroll key a device enrolls with (`POST /v1/device/enroll`): the bearer, checked by
+/// the store (a spent, expired or unknown key is 401).
+pub struct EnrollKey {
+    pub key: String,
+    pub ctx: Ctx,
+}
+
+impl<S: Store> FromRequestParts<AppState<S>> for EnrollKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_string());
+        match bearer(&parts.headers) {
+            Bearer::Token(key) if autonomy_store::ids::is_secret_shaped(&key) => Ok(EnrollKey {
+                key,
+                ctx: Ctx {
+                    actor: "enroll".into(),
+                    request_id,
+                    idempotency: None,
+                },
+            }),
+            _ => {
+                if let Some(wait) = state.denials.throttle(&source) {
+                    tokio::time::sleep(wait).await;
+                }
+                Err(ApiError::unauthorized(
+                    "enrolling needs an enroll key: Authorization: Bearer <key>",
+                ))
+            }
+        }
+    }
 }
 
 /// An authorised caller of an action `P`.

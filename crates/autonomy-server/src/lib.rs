@@ -18,6 +18,7 @@ mod denials;
 mod error;
 mod host;
 mod input;
+pub mod promoter;
 mod respond;
 mod routes;
 
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 pub use conn::Limits;
 pub use error::{status_of, ApiError};
 use input::MAX_BODY;
+pub use promoter::{EngineState, PromoterConfig};
 
 /// What `serve --artifact-policy` chose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Connection bounds for [`run`] (SPEC §5.11).
     pub limits: Limits,
+    /// The promoter [`run`] starts (`None`: `serve --promoter off`).
+    pub promoter: Option<PromoterConfig>,
 }
 
 impl ServerConfig {
@@ -78,6 +82,7 @@ impl ServerConfig {
             refusal_tarpit: std::time::Duration::from_secs(1),
             allowed_hosts: Vec::new(),
             limits: Limits::default(),
+            promoter: Some(PromoterConfig::default()),
         }
     }
 }
@@ -128,6 +133,7 @@ pub struct AppState<S> {
     http: Arc<HttpMetrics>,
     denials: Arc<denials::Denials>,
     audit: Option<Arc<AuditMonitor>>,
+    engine: Arc<EngineState>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -138,6 +144,7 @@ impl<S> Clone for AppState<S> {
             http: self.http.clone(),
             denials: self.denials.clone(),
             audit: self.audit.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -161,7 +168,13 @@ impl<S: Store> AppState<S> {
             http: Arc::default(),
             denials,
             audit: None,
+            engine: promoter::new_state(),
         }
+    }
+
+    /// The promoter's state (its counters, whether it runs).
+    pub fn engine(&self) -> &Arc<EngineState> {
+        &self.engine
     }
 
     /// Writes the refusals counted so far (one `auth.denied` event per source address). [`run`]
@@ -185,7 +198,7 @@ struct RequestId(String);
 
 /// Builds the API.
 pub fn router<S: Store>(state: AppState<S>) -> Router {
-    use routes::{audit, plans, recovery, system, tokens};
+    use routes::{audit, devices, plans, recovery, system, tokens};
     Router::new()
         .route("/v1/health", get(system::health::<S>))
         .route("/v1/ready", get(system::ready::<S>))
@@ -195,6 +208,18 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         )
         .route("/v1/rollouts/stuck", get(plans::stuck::<S>))
         .route("/v1/rollouts/{id}", get(plans::get::<S>))
+        .route("/v1/rollouts/{id}/devices", get(devices::of_rollout::<S>))
+        .route(
+            "/v1/devices",
+            get(devices::list::<S>).post(devices::register::<S>),
+        )
+        .route("/v1/devices/{id}", get(devices::get::<S>))
+        .route("/v1/devices/{id}/labels", post(devices::labels::<S>))
+        .route("/v1/devices/{id}/revoke", post(devices::revoke::<S>))
+        .route("/v1/enroll-keys", post(devices::create_enroll_key::<S>))
+        .route("/v1/device/enroll", post(devices::enroll::<S>))
+        .route("/v1/device/poll", post(devices::poll::<S>))
+        .route("/v1/device/reports", post(devices::report::<S>))
         .route("/v1/rollouts/{id}/publish", post(plans::publish::<S>))
         .route("/v1/rollouts/{id}/start", post(plans::start::<S>))
         .route("/v1/rollouts/{id}/pause", post(plans::pause::<S>))
@@ -242,9 +267,17 @@ pub async fn run<S: Store>(
             }
         })
     };
+    let promoter = state
+        .config
+        .promoter
+        .clone()
+        .map(|p| tokio::spawn(promoter::run(state.clone(), p)));
     let limits = state.config.limits.clone();
     let served = conn::serve(listener, router(state.clone()), limits, shutdown).await;
     flusher.abort();
+    if let Some(p) = promoter {
+        p.abort();
+    }
     state.flush_denied().await;
     served
 }

@@ -28,6 +28,16 @@ pub fn reply(r: Reply) -> Response {
         Reply::TokenCreated(t) => (StatusCode::CREATED, Json(t)).into_response(),
         Reply::TokenRevoked(t) => (StatusCode::OK, Json(t)).into_response(),
         Reply::Audited => StatusCode::NO_CONTENT.into_response(),
+        Reply::DeviceRegistered(d) => (StatusCode::CREATED, Json(d)).into_response(),
+        Reply::Device(d) => (StatusCode::OK, Json(d)).into_response(),
+        Reply::EnrollKeyCreated(k) => (StatusCode::CREATED, Json(k)).into_response(),
+        Reply::Enrolled(e) => (StatusCode::CREATED, Json(e)).into_response(),
+        Reply::Report(r) => (StatusCode::OK, Json(r)).into_response(),
+        Reply::Promoted { actions } => (
+            StatusCode::OK,
+            Json(serde_json::json!({"actions": actions})),
+        )
+            .into_response(),
         Reply::PlanRef { id, .. } => {
             ApiError::internal(format!("a store answered with a plan reference ({id})"))
                 .into_response()

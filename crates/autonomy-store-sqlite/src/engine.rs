@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use autonomy_api::device::{Device, ReportState};
-use autonomy_api::{timefmt, DeviceState, Phase, Rollout};
+use autonomy_api::{timefmt, DeviceState, Rollout};
 use autonomy_core::device::Assignment;
 use autonomy_core::engine::{EnginePlan, InFlight, StageCounters};
 use autonomy_store::{Result, StoreError};
@@ -162,7 +162,12 @@ pub(crate) fn snapshot(
     now_us: i64,
 ) -> Result<Snapshot> {
     let mut counters = counters(conn, plan_id, engine.stages.len())?;
-    retryable(conn, plan_id, engine.policy.max_device_retries, &mut counters)?;
+    retryable(
+        conn,
+        plan_id,
+        engine.policy.max_device_retries,
+        &mut counters,
+    )?;
     let counters = engine.with_accepted(counters);
     let timeout_us = i64::try_from(engine.policy.device_timeout_seconds)
         .unwrap_or(i64::MAX)
@@ -393,13 +398,13 @@ pub(crate) fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
 pub(crate) fn device_of(conn: &Connection, row: DeviceRow) -> Result<Device> {
     let (id, labels, digest, seen, created, revoked, plan) = row;
     let assignment = match plan {
-        Some(p) => load_assignment(conn, &p, &id)?.map(|(a, _)| {
-            autonomy_api::device::AssignmentSummary {
+        Some(p) => {
+            load_assignment(conn, &p, &id)?.map(|(a, _)| autonomy_api::device::AssignmentSummary {
                 plan_id: a.plan_id,
                 attempt: a.attempt,
                 state: a.state,
-            }
-        }),
+            })
+        }
         None => None,
     };
     Ok(Device {
@@ -411,15 +416,4 @@ pub(crate) fn device_of(conn: &Connection, row: DeviceRow) -> Result<Device> {
         assignment,
         id,
     })
-}
-
-/// The phase of a plan.
-pub(crate) fn plan_phase(conn: &Connection, plan_id: &str) -> Result<Option<Phase>> {
-    let phase: Option<String> = conn
-        .prepare_cached("SELECT phase FROM plans WHERE id = ?1")
-        .and_then(|mut s| s.query_row([plan_id], |r| r.get(0)).optional())
-        .map_err(sql_error)?;
-    phase
-        .map(|p| p.parse().map_err(|e| internal("phase", e)))
-        .transpose()
 }

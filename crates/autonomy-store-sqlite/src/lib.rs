@@ -15,6 +15,7 @@
 //! [`StoreError::Unavailable`] and changes nothing. What a request does is decided by
 //! `autonomy_core::plan`; this crate loads, asks the core, and persists the answer.
 
+mod engine;
 pub mod limit;
 mod read;
 mod writer;
@@ -26,11 +27,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use std::collections::BTreeMap;
+
+use autonomy_api::device::{
+    Device, DeviceAssignmentList, DeviceList, EnrollKeyRequest, EnrollRequest,
+    RegisterDeviceRequest, ReportRequest,
+};
 use autonomy_api::{
-    AuditEvent, AuditFilter, ExecuteRequest, Phase, Role, Rollout, StuckReport, TokenInfo, Verb,
+    AuditEvent, AuditFilter, DeviceState, ExecuteRequest, Phase, Role, Rollout, StuckCode,
+    StuckReport, TokenInfo, Verb,
 };
 use autonomy_store::{
-    Ctx, Identity, NewPlan, Reply, Result, StartupError, Store, StoreError, StoreMetrics,
+    Ctx, DeviceIdentity, Identity, Live, NewPlan, PollState, PromoterDue, Reply, Result,
+    StartupError, Store, StoreError, StoreMetrics,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -101,6 +110,8 @@ pub struct SqliteStore {
     checkpointer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
     readers: Arc<read::Readers>,
     metrics: Arc<Metrics>,
+    live: Arc<autonomy_store::Live>,
+    epoch: u64,
     queue_depth: usize,
     _lock: File,
 }
@@ -154,13 +165,32 @@ impl SqliteStore {
             .map_err(|e| StartupError(format!("cannot read {}: {e}", db_path.display())))?;
         let readers = Arc::new(read::Readers::new(db_path.clone()));
         readers.check()?;
+        let epoch: i64 = conn
+            .query_row(
+                "INSERT INTO leader (id, epoch) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| StartupError(format!("cannot raise the leader epoch: {e}")))?;
         let metrics = Arc::new(Metrics::default());
+        let live = Arc::new(autonomy_store::Live::default());
         let (tx, rx) = mpsc::channel(config.queue_depth);
-        let handle = writer::spawn(conn, audit, rx, metrics.clone(), config.max_batch)?;
+        let handle = writer::spawn(
+            conn,
+            audit,
+            rx,
+            metrics.clone(),
+            config.max_batch,
+            live.clone(),
+            epoch as u64,
+        )?;
         let (stop_tx, stop_rx) = std::sync::mpsc::channel();
         let checkpointer = writer::spawn_checkpointer(&db_path, stop_rx)?;
         let store = SqliteStore {
             jobs: Mutex::new(Some(tx)),
+            live,
+            epoch: epoch as u64,
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
             readers,
@@ -341,11 +371,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn transition(&self, ctx: &Ctx, id: &str, verb: Verb, reason: String) -> Result<Reply> {
+    async fn transition(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        verb: Verb,
+        reason: String,
+        stage: Option<u32>,
+    ) -> Result<Reply> {
         let command = writer::Command::Transition {
             id: id.to_string(),
             verb,
             reason,
+            stage,
         };
         self.write(ctx, command).await
     }
@@ -391,8 +429,15 @@ impl Store for SqliteStore {
         self.read(move |r| r.list(phase, limit, after)).await
     }
 
-    async fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
-        self.read(move |r| r.stuck(threshold_seconds, limit)).await
+    async fn stuck(
+        &self,
+        threshold_seconds: f64,
+        limit: usize,
+        code: Option<StuckCode>,
+        promoter_running: bool,
+    ) -> Result<StuckReport> {
+        self.read(move |r| r.stuck(threshold_seconds, limit, code, promoter_running))
+            .await
     }
 
     async fn audit_events(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>> {
@@ -409,6 +454,136 @@ impl Store for SqliteStore {
 
     async fn phase_counts(&self) -> Result<Vec<(String, u64)>> {
         self.read(|r| r.phase_counts()).await
+    }
+
+    async fn register_device(&self, ctx: &Ctx, req: RegisterDeviceRequest) -> Result<Reply> {
+        self.write(ctx, writer::Command::RegisterDevice(Box::new(req)))
+            .await
+    }
+
+    async fn create_enroll_key(&self, ctx: &Ctx, req: EnrollKeyRequest) -> Result<Reply> {
+        self.write(ctx, writer::Command::CreateEnrollKey(Box::new(req)))
+            .await
+    }
+
+    async fn enroll(&self, ctx: &Ctx, key: String, req: EnrollRequest) -> Result<Reply> {
+        let command = writer::Command::Enroll {
+            key,
+            req: Box::new(req),
+        };
+        self.write(ctx, command).await
+    }
+
+    async fn set_device_labels(
+        &self,
+        ctx: &Ctx,
+        id: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Reply> {
+        let command = writer::Command::DeviceLabels {
+            id: id.to_string(),
+            labels,
+        };
+        self.write(ctx, command).await
+    }
+
+    async fn revoke_device(&self, ctx: &Ctx, id: &str) -> Result<Reply> {
+        self.write(ctx, writer::Command::RevokeDevice { id: id.to_string() })
+            .await
+    }
+
+    async fn device(&self, id: &str) -> Result<Device> {
+        let id = id.to_string();
+        self.read(move |r| r.device(&id)).await
+    }
+
+    async fn devices(
+        &self,
+        selector: BTreeMap<String, String>,
+        limit: usize,
+        after: Option<String>,
+    ) -> Result<DeviceList> {
+        self.read(move |r| r.devices(&selector, limit, after.as_deref()))
+            .await
+    }
+
+    async fn identify_device(&self, secret: String) -> Result<Option<DeviceIdentity>> {
+        self.read(move |r| r.identify_device(&secret)).await
+    }
+
+    async fn known_device(&self, id: String) -> Result<Option<DeviceIdentity>> {
+        self.read(move |r| r.known_device(&id)).await
+    }
+
+    fn live(&self) -> &Live {
+        &self.live
+    }
+
+    async fn poll(&self, device_id: &str) -> Result<PollState> {
+        let id = device_id.to_string();
+        self.read(move |r| r.poll(&id)).await
+    }
+
+    async fn report(&self, ctx: &Ctx, device_id: &str, req: ReportRequest) -> Result<Reply> {
+        let command = writer::Command::Report {
+            device_id: device_id.to_string(),
+            req: Box::new(req),
+        };
+        self.write(ctx, command).await
+    }
+
+    async fn drift(
+        &self,
+        ctx: &Ctx,
+        device_id: &str,
+        plan_id: &str,
+        installed_digest: String,
+    ) -> Result<Reply> {
+        let command = writer::Command::Drift {
+            device_id: device_id.to_string(),
+            plan_id: plan_id.to_string(),
+            digest: installed_digest,
+        };
+        self.write(ctx, command).await
+    }
+
+    async fn rollout_devices(
+        &self,
+        plan_id: &str,
+        state: Option<DeviceState>,
+        stage: Option<String>,
+        limit: usize,
+        after: Option<i64>,
+    ) -> Result<DeviceAssignmentList> {
+        let id = plan_id.to_string();
+        self.read(move |r| r.rollout_devices(&id, state, stage.as_deref(), limit, after))
+            .await
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
+        self.read(move |r| r.promoter_due(now_us, max_dispatch))
+            .await
+    }
+
+    async fn promote(
+        &self,
+        ctx: &Ctx,
+        plan_id: &str,
+        generation: u64,
+        epoch: u64,
+        max_dispatch: u64,
+    ) -> Result<Reply> {
+        let command = writer::Command::Promote {
+            plan_id: plan_id.to_string(),
+            generation,
+            epoch,
+            max_dispatch,
+        };
+        self.write(ctx, command).await
     }
 }
 

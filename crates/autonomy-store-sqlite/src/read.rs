@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use autonomy_api::{
-    timefmt, AuditEvent, AuditFilter, ExecuteRequest, Phase, Rollout, StuckItem, StuckReport,
-    TokenInfo,
+    timefmt, AuditEvent, AuditFilter, ExecuteRequest, Phase, Rollout, StuckCode, StuckItem,
+    StuckReport, TokenInfo,
 };
 use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 
@@ -14,6 +14,9 @@ use autonomy_store::ids::{hash_secret, new_id};
 use autonomy_store::{now_us, Identity, Reply, Result, StartupError, StoreError};
 
 use crate::writer::sql_error;
+
+#[path = "read_engine.rs"]
+mod engine_reads;
 
 /// Idle read connections are kept up to this many.
 const POOL: usize = 8;
@@ -104,7 +107,11 @@ impl ReadConn {
             .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
             .map_err(sql_error)?;
         match doc {
-            Some(d) => parse_doc(id, &d),
+            Some(d) => {
+                let mut r = parse_doc(id, &d)?;
+                crate::engine::fill_rollout(&self.conn, &mut r)?;
+                Ok(r)
+            }
             None => Err(StoreError::NotFound(format!(
                 "no rollout plan with id '{id}'"
             ))),
@@ -150,13 +157,23 @@ impl ReadConn {
                 break;
             }
             bytes += doc.len();
-            items.push(parse_doc(&id, &doc)?);
+            let mut r = parse_doc(&id, &doc)?;
+            crate::engine::fill_rollout(&self.conn, &mut r)?;
+            items.push(r);
             last = Some(pk);
         }
         Ok((items, if more { last } else { None }))
     }
 
-    pub(crate) fn stuck(&self, threshold_seconds: f64, limit: usize) -> Result<StuckReport> {
+    /// The stuck scan: record-only plans by staleness (today's rule), engine-driven plans by
+    /// their reasons (SPEC §8.6); oldest progress first, `code` filtering by main reason.
+    pub(crate) fn stuck(
+        &self,
+        threshold_seconds: f64,
+        limit: usize,
+        code: Option<StuckCode>,
+        promoter_running: bool,
+    ) -> Result<StuckReport> {
         // Staleness is measured on the wall clock (it must survive restarts), but never behind
         // the newest time the store has recorded: a clock stepped backwards cannot make a
         // stale plan look fresh. (A forward step makes plans stale early; see ARCHITECTURE.md.)
@@ -173,6 +190,7 @@ impl ReadConn {
             .prepare_cached(
                 "SELECT id, phase, phase_changed_us, last_progress_us FROM plans \
                  WHERE phase IN (?1, ?2) AND last_progress_us <= ?3 \
+                 AND id NOT IN (SELECT plan_id FROM engine_plans) \
                  ORDER BY last_progress_us LIMIT ?4",
             )
             .map_err(sql_error)?;
@@ -195,7 +213,8 @@ impl ReadConn {
         } else {
             self.conn
                 .query_row(
-                    "SELECT count(*) FROM plans WHERE phase IN (?1, ?2) AND last_progress_us <= ?3",
+                    "SELECT count(*) FROM plans WHERE phase IN (?1, ?2) AND last_progress_us <= ?3 \
+                     AND id NOT IN (SELECT plan_id FROM engine_plans)",
                     rusqlite::params![phases[0], phases[1], cutoff],
                     |r| r.get::<_, i64>(0),
                 )
@@ -203,31 +222,53 @@ impl ReadConn {
         };
         let mut items = Vec::with_capacity(rows.len());
         for (id, phase, changed, progress) in rows {
+            if code.is_some_and(|c| c != StuckCode::NoProgress) {
+                break;
+            }
             let phase: Phase = phase.parse().map_err(StoreError::Internal)?;
             let (diagnosis, suggested_actions) =
                 autonomy_core::diagnose_stuck(&id, phase, changed, progress, now);
-            items.push(StuckItem {
-                stale_seconds: ((now - progress).max(0) as f64 / 1e3).round() / 1e3,
-                last_progress_at: timefmt::format_us(progress),
-                phase_changed_at: timefmt::format_us(changed),
-                id,
-                phase,
-                diagnosis,
-                suggested_actions,
-                code: autonomy_api::StuckCode::NoProgress,
-                reasons: Vec::new(),
-                stage: None,
-            });
+            items.push((
+                progress,
+                StuckItem {
+                    stale_seconds: ((now - progress).max(0) as f64 / 1e3).round() / 1e3,
+                    last_progress_at: timefmt::format_us(progress),
+                    phase_changed_at: timefmt::format_us(changed),
+                    id,
+                    phase,
+                    diagnosis,
+                    suggested_actions,
+                    code: StuckCode::NoProgress,
+                    reasons: Vec::new(),
+                    stage: None,
+                },
+            ));
         }
+        let mut by_code = std::collections::BTreeMap::new();
+        if count > 0 {
+            by_code.insert(StuckCode::NoProgress, count);
+        }
+        let mut stuck_count = if code.is_none_or(|c| c == StuckCode::NoProgress) {
+            count
+        } else {
+            0
+        };
+        let threshold_us = (threshold_seconds * 1e6) as i64;
+        for (progress, item) in self.engine_stuck(now, threshold_us, promoter_running)? {
+            *by_code.entry(item.code).or_default() += 1;
+            if code.is_none_or(|c| c == item.code) {
+                stuck_count += 1;
+                items.push((progress, item));
+            }
+        }
+        items.sort_by_key(|(progress, _)| *progress);
+        items.truncate(limit);
         Ok(StuckReport {
             threshold_seconds,
             scanned_at: timefmt::format_us(now),
-            stuck_count: count,
-            items,
-            by_code: [(autonomy_api::StuckCode::NoProgress, count)]
-                .into_iter()
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            stuck_count,
+            items: items.into_iter().map(|(_, i)| i).collect(),
+            by_code,
         })
     }
 

@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Metrics;
 
+#[path = "writer_engine.rs"]
+mod engine_ops;
+
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../migrations/sqlite/0002_heartbeat.sql")),
@@ -43,7 +46,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../migrations/sqlite/0005_idempotency_per_actor.sql"),
     ),
+    (6, include_str!("../migrations/sqlite/0006_engine.sql")),
 ];
+
+/// Heartbeats of polls are written at most this often (SPEC §9.2: polls never write).
+const BEAT_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Expired idempotency records are purged at most this often, a bounded number at a time.
 const PURGE_EVERY_US: i64 = 60 * 1_000_000;
@@ -70,6 +77,7 @@ pub(crate) enum Command {
         id: String,
         verb: Verb,
         reason: String,
+        stage: Option<u32>,
     },
     Execute(Box<ExecuteRequest>),
     /// `secret: None` makes a fresh one.
@@ -86,6 +94,34 @@ pub(crate) enum Command {
     /// A write of `PROBE_BYTES` that proves the store has room again (readiness after a
     /// storage fault).
     Probe,
+    RegisterDevice(Box<autonomy_api::device::RegisterDeviceRequest>),
+    CreateEnrollKey(Box<autonomy_api::device::EnrollKeyRequest>),
+    Enroll {
+        key: String,
+        req: Box<autonomy_api::device::EnrollRequest>,
+    },
+    DeviceLabels {
+        id: String,
+        labels: std::collections::BTreeMap<String, String>,
+    },
+    RevokeDevice {
+        id: String,
+    },
+    Report {
+        device_id: String,
+        req: Box<autonomy_api::device::ReportRequest>,
+    },
+    Drift {
+        device_id: String,
+        plan_id: String,
+        digest: String,
+    },
+    Promote {
+        plan_id: String,
+        generation: u64,
+        epoch: u64,
+        max_dispatch: u64,
+    },
 }
 
 /// Opens the write connection and refuses a database that won't give WAL + synchronous=FULL.
@@ -235,6 +271,8 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    live: Arc<autonomy_store::Live>,
+    epoch: u64,
 ) -> Result<JoinHandle<()>, StartupError> {
     let (seq, hash) = conn
         .query_row(
@@ -272,6 +310,11 @@ pub(crate) fn spawn(
         metrics,
         last_time_us,
         last_purge_us: 0,
+        live,
+        woken: Vec::new(),
+        epoch,
+        engine_params: std::collections::HashMap::new(),
+        last_beat_flush: Instant::now(),
         timer: tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -314,6 +357,15 @@ struct Writer {
     last_purge_us: i64,
     /// Wakes the idle writer when an audit checkpoint is due.
     timer: tokio::runtime::Runtime,
+    /// Heartbeats and long-poll waiters (shared with the store handle).
+    live: Arc<autonomy_store::Live>,
+    /// Devices whose revision this batch raised: their long polls are woken after commit.
+    woken: Vec<String>,
+    /// The leader epoch this writer writes under.
+    epoch: u64,
+    /// Target digest and `reboot_required` per engine-driven plan (immutable once created).
+    engine_params: std::collections::HashMap<String, (String, bool)>,
+    last_beat_flush: Instant,
 }
 
 /// What an idempotency record keeps of an answer: never a secret, and at most
@@ -323,6 +375,22 @@ fn kept_reply(reply: &Reply) -> Reply {
         Reply::TokenCreated(t) => Reply::TokenCreated(TokenCreated {
             token: String::new(),
             ..t.clone()
+        }),
+        Reply::DeviceRegistered(d) => {
+            Reply::DeviceRegistered(Box::new(autonomy_api::device::DeviceRegistered {
+                token: String::new(),
+                ..d.as_ref().clone()
+            }))
+        }
+        Reply::EnrollKeyCreated(k) => {
+            Reply::EnrollKeyCreated(Box::new(autonomy_api::device::EnrollKeyCreated {
+                key: String::new(),
+                ..k.as_ref().clone()
+            }))
+        }
+        Reply::Enrolled(e) => Reply::Enrolled(autonomy_api::device::Enrolled {
+            token: String::new(),
+            ..e.clone()
         }),
         Reply::Created(p) | Reply::Transitioned(p)
             if serde_json::to_vec(p).map_or(0, |v| v.len()) > IDEMPOTENCY_MAX_REPLY =>
@@ -379,6 +447,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.flush_beats_alone();
             self.run_batch(batch);
         }
     }
@@ -415,15 +484,47 @@ impl Writer {
     /// waiting (SPEC §5.9); `None` once the queue is closed and empty.
     fn next_job(&mut self, rx: &mut mpsc::Receiver<Job>) -> Option<Job> {
         loop {
-            let Some(due) = self.audit.checkpoint_due() else {
-                return rx.blocking_recv();
-            };
+            let beats_due = self.last_beat_flush + BEAT_FLUSH_EVERY;
+            let checkpoint = self.audit.checkpoint_due();
+            let due = checkpoint.map_or(beats_due, |c| c.min(beats_due));
             let waited = self
                 .timer
                 .block_on(async { tokio::time::timeout_at(due.into(), rx.recv()).await });
             match waited {
                 Ok(job) => return job,
-                Err(_) => self.audit_checkpoint(),
+                Err(_) => {
+                    if checkpoint.is_some_and(|c| c <= Instant::now()) {
+                        self.audit_checkpoint();
+                    }
+                    self.flush_beats_alone();
+                }
+            }
+        }
+    }
+
+    /// Writes the polls' heartbeats in a transaction of their own, at most once a second (not
+    /// audited: a heartbeat is not a change anybody asked for).
+    fn flush_beats_alone(&mut self) {
+        if self.last_beat_flush.elapsed() < BEAT_FLUSH_EVERY {
+            return;
+        }
+        self.last_beat_flush = Instant::now();
+        if self.check_ground().is_err() || self.export().is_err() {
+            return;
+        }
+        if self.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+            return;
+        }
+        match self.flush_beats() {
+            Ok(_) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    tracing::warn!(error = %e, "flushing heartbeats failed; will retry");
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::warn!(error = %e, "flushing heartbeats failed; will retry");
             }
         }
     }
@@ -479,6 +580,7 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.chain = chain_before;
             self.pending.clear();
+            self.woken.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
             self.metrics.storage_fault.store(true, Ordering::SeqCst);
             let why = match sql_error(e) {
@@ -511,6 +613,10 @@ impl Writer {
         }
         m.commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if !self.woken.is_empty() {
+            let woken = std::mem::take(&mut self.woken);
+            self.live.wake(woken.iter().map(String::as_str));
+        }
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }
@@ -648,9 +754,12 @@ impl Writer {
         self.last_time_us = now;
         match command {
             Command::Create(plan) => self.create(ctx, plan, now),
-            Command::Transition { id, verb, reason } => {
-                self.transition(ctx, id, *verb, reason, now)
-            }
+            Command::Transition {
+                id,
+                verb,
+                reason,
+                stage,
+            } => self.transition(ctx, id, *verb, reason, *stage, now),
             Command::Execute(req) => self.execute(ctx, req, now),
             Command::TokenCreate {
                 operator,
@@ -672,6 +781,23 @@ impl Writer {
                 self.record(ctx, event.as_ref().clone())?;
                 Ok(Reply::Audited)
             }
+            Command::RegisterDevice(req) => self.register_device(ctx, req, now),
+            Command::CreateEnrollKey(req) => self.create_enroll_key(ctx, req, now),
+            Command::Enroll { key, req } => self.enroll(ctx, key, req, now),
+            Command::DeviceLabels { id, labels } => self.set_device_labels(ctx, id, labels),
+            Command::RevokeDevice { id } => self.revoke_device(ctx, id, now),
+            Command::Report { device_id, req } => self.report(device_id, req, now),
+            Command::Drift {
+                device_id,
+                plan_id,
+                digest,
+            } => self.drift(ctx, device_id, plan_id, digest, now),
+            Command::Promote {
+                plan_id,
+                generation,
+                epoch,
+                max_dispatch,
+            } => self.promote(ctx, plan_id, *generation, *epoch, *max_dispatch, now),
         }
     }
 
@@ -729,8 +855,17 @@ impl Writer {
             .ok_or_else(|| StoreError::NotFound(format!("no rollout plan with id '{id}'")).into())
     }
 
+    /// Stores the plan document (`status.rollout` is never stored: reads fill it from the
+    /// engine's tables).
     fn save(&self, r: &Rollout, insert: bool) -> Result<(), Failure> {
-        let doc = serde_json::to_string(r).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let doc = if r.status.rollout.is_some() {
+            let mut bare = r.clone();
+            bare.status.rollout = None;
+            serde_json::to_string(&bare)
+        } else {
+            serde_json::to_string(r)
+        }
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
         let s = &r.status;
         let changed = timefmt::parse_rfc3339_us(&s.phase_changed_at).unwrap_or(0);
         let progress = timefmt::parse_rfc3339_us(&s.last_progress_at).unwrap_or(0);
@@ -757,9 +892,11 @@ impl Writer {
                 audit: Some(refusal.event),
             });
         }
-        let (rollout, event) = plan::create(new, &ctx.actor, now);
+        let (mut rollout, event) = plan::create(new, &ctx.actor, now);
         self.save(&rollout, true)?;
+        self.engine_create(&rollout, now)?;
         self.record(ctx, event)?;
+        crate::engine::fill_rollout(&self.conn, &mut rollout)?;
         Ok(Reply::Created(Box::new(rollout)))
     }
 
@@ -769,13 +906,17 @@ impl Writer {
         id: &str,
         verb: Verb,
         reason: &str,
+        stage: Option<u32>,
         now: i64,
     ) -> Result<Reply, Failure> {
         let mut rollout = self.load_existing(id)?;
+        let before = rollout.clone();
         match plan::transition(&mut rollout, verb, &ctx.actor, reason, now) {
             Ok(event) => {
+                self.engine_verb(&before, &rollout, verb, stage, reason, now)?;
                 self.save(&rollout, false)?;
                 self.record(ctx, event)?;
+                crate::engine::fill_rollout(&self.conn, &mut rollout)?;
                 Ok(Reply::Transitioned(Box::new(rollout)))
             }
             Err(refusal) => Err(Failure {
@@ -791,6 +932,7 @@ impl Writer {
         let (mut response, event) =
             plan::recover(&mut rollout, req, &ctx.actor, new_id("exe"), now);
         if rollout.plan.metadata.generation != generation {
+            self.engine_recover(&rollout, req, now)?;
             self.save(&rollout, false)?;
         }
         response.audit_event_id = Some(self.record(ctx, event)?);

@@ -10,8 +10,8 @@ use autonomy_api::device::{
     RegisterDeviceRequest, ReportRequest, ReportResult,
 };
 use autonomy_api::{
-    timefmt, AuditEvent, DeviceState, EventType, ExecuteRequest, Outcome, Phase, Rollout,
-    Strategy, Target, Verb,
+    timefmt, AuditEvent, DeviceState, EventType, ExecuteRequest, Outcome, Phase, Rollout, Strategy,
+    Target, Verb,
 };
 use autonomy_core::device::{self as dev, Assignment};
 use autonomy_core::engine::{
@@ -25,7 +25,6 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{Failure, Writer};
 use crate::engine as sql;
-use crate::writer::sql_error;
 
 /// The most devices a refusal names.
 const NAMED: usize = 20;
@@ -140,12 +139,8 @@ impl Writer {
         })?;
         let registry = self.registry()?;
         let (targets, unknown) = engine::resolve_targets(&spec.targets, registry.iter());
-        let refuse = |why: String| {
-            conflict(
-                why.clone(),
-                rejected(id, "start", r.status.phase, "", &why),
-            )
-        };
+        let refuse =
+            |why: String| conflict(why.clone(), rejected(id, "start", r.status.phase, "", &why));
         if !unknown.is_empty() {
             return Err(refuse(format!(
                 "spec.targets.devices names devices that are not registered (or are revoked): {}",
@@ -210,7 +205,11 @@ impl Writer {
     }
 
     /// The targets another plan holds (SPEC §8.2).
-    fn held_elsewhere(&self, plan_id: &str, targets: &[TargetDevice]) -> Result<Vec<String>, Failure> {
+    fn held_elsewhere(
+        &self,
+        plan_id: &str,
+        targets: &[TargetDevice],
+    ) -> Result<Vec<String>, Failure> {
         let wanted: BTreeSet<&str> = targets.iter().map(|t| t.id.as_str()).collect();
         let mut stmt = self.conn.prepare_cached(
             "SELECT d.id, p.phase, a.state FROM devices d \
@@ -269,8 +268,7 @@ impl Writer {
         for (a, _, _) in all {
             if let Some(n) = dev::recover(&a, req.strategy, now) {
                 sql::update_assignment(&self.conn, &n)?;
-                if dev::poll_action(n.state) != dev::poll_action(a.state)
-                    || n.attempt != a.attempt
+                if dev::poll_action(n.state) != dev::poll_action(a.state) || n.attempt != a.attempt
                 {
                     sql::bump_revision(&self.conn, &a.device_id)?;
                     self.woken.push(a.device_id.clone());
@@ -470,7 +468,14 @@ impl Writer {
                 for a in picked {
                     if let Some(n) = dev::recover(&a, Strategy::Retry, now) {
                         sql::update_assignment(&self.conn, &n)?;
-                        sql::shift(&self.conn, plan_id, *stage as u32, Some(a.state), n.state, 1)?;
+                        sql::shift(
+                            &self.conn,
+                            plan_id,
+                            *stage as u32,
+                            Some(a.state),
+                            n.state,
+                            1,
+                        )?;
                         sql::bump_revision(&self.conn, &a.device_id)?;
                         self.woken.push(a.device_id.clone());
                         ids.push(a.device_id);
@@ -627,7 +632,8 @@ impl Writer {
             let n = &outcome.assignment;
             sql::update_assignment(&self.conn, n)?;
             sql::shift(&self.conn, &req.plan_id, stage, Some(a.state), n.state, 1)?;
-            let body = serde_json::to_string(req).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let body =
+                serde_json::to_string(req).map_err(|e| StoreError::Internal(e.to_string()))?;
             self.conn
                 .prepare_cached(
                     "INSERT INTO device_reports (device_id, plan_id, attempt, seq, state, result, \
@@ -679,7 +685,14 @@ impl Writer {
             return done;
         };
         sql::update_assignment(&self.conn, &change.assignment)?;
-        sql::shift(&self.conn, plan_id, stage, Some(a.state), change.assignment.state, 1)?;
+        sql::shift(
+            &self.conn,
+            plan_id,
+            stage,
+            Some(a.state),
+            change.assignment.state,
+            1,
+        )?;
         self.conn
             .prepare_cached("UPDATE devices SET installed_digest = ?2 WHERE id = ?1")?
             .execute(params![device_id, digest])?;
@@ -751,13 +764,20 @@ impl Writer {
             .optional()?
             .is_some();
         if exists {
-            return Err(StoreError::Conflict(format!("a device with id '{id}' already exists")).into());
+            return Err(
+                StoreError::Conflict(format!("a device with id '{id}' already exists")).into(),
+            );
         }
         self.conn
             .prepare_cached(
                 "INSERT INTO devices (id, token_hash, labels, created_us) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![id, hash_secret(token), sql::labels_text(labels), now])?;
+            .execute(params![
+                id,
+                hash_secret(token),
+                sql::labels_text(labels),
+                now
+            ])?;
         Ok(())
     }
 
@@ -885,7 +905,12 @@ impl Writer {
         Ok(Reply::Device(Box::new(self.device_now(id)?)))
     }
 
-    pub(super) fn revoke_device(&mut self, ctx: &Ctx, id: &str, now: i64) -> Result<Reply, Failure> {
+    pub(super) fn revoke_device(
+        &mut self,
+        ctx: &Ctx,
+        id: &str,
+        now: i64,
+    ) -> Result<Reply, Failure> {
         let before = self.device_now(id)?;
         if before.revoked_at.is_some() {
             return Ok(Reply::Device(Box::new(before)));

@@ -63,7 +63,7 @@ async fn a_backward_clock_step_never_hides_a_stale_plan() {
     let store = open(&dir).await;
     // On the wall clock the plan looks two hours fresh; it was 60 s stale when the clock went
     // back, and stays at least that stale.
-    let report = store.stuck(30.0, 100).await.unwrap();
+    let report = store.stuck(30.0, 100, None, true).await.unwrap();
     assert_eq!(report.stuck_count, 1, "{report:#?}");
     assert!(report.items[0].stale_seconds >= 60.0, "{report:#?}");
     store.close().unwrap();

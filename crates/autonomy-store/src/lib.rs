@@ -16,8 +16,8 @@ use autonomy_api::device::{
     ReportResponse,
 };
 use autonomy_api::{
-    AuditEvent, AuditFilter, DeviceState, ExecuteRequest, ExecuteResponse, FieldError, Phase,
-    Role, Rollout, StuckCode, StuckReport, TokenCreated, TokenInfo, Verb,
+    AuditEvent, AuditFilter, DeviceState, ExecuteRequest, ExecuteResponse, FieldError, Phase, Role,
+    Rollout, StuckCode, StuckReport, TokenCreated, TokenInfo, Verb,
 };
 pub use autonomy_core::NewPlan;
 use serde::{Deserialize, Serialize};

@@ -141,7 +141,10 @@ impl EnginePlan {
 
     /// Stamps each stage's accepted failures into its counters (what `decide` subtracts).
     pub fn with_accepted(&self, mut counters: Vec<StageCounters>) -> Vec<StageCounters> {
-        counters.resize(self.stages.len().max(counters.len()), StageCounters::default());
+        counters.resize(
+            self.stages.len().max(counters.len()),
+            StageCounters::default(),
+        );
         for (c, s) in counters.iter_mut().zip(&self.stages) {
             c.accepted = s.accepted;
         }
@@ -338,9 +341,7 @@ pub fn action_event(action: &super::Action) -> autonomy_api::EventType {
         A::DispatchDevices { .. } => E::RolloutDevicesDispatched,
         A::PassStage { .. } => E::RolloutStagePassed,
         A::ReachGate { .. } => E::RolloutGateReached,
-        A::Complete | A::Pause { .. } | A::Fail { .. } | A::Abort { .. } => {
-            E::RolloutPhaseChanged
-        }
+        A::Complete | A::Pause { .. } | A::Fail { .. } | A::Abort { .. } => E::RolloutPhaseChanged,
     }
 }
 
@@ -475,7 +476,10 @@ mod tests {
         ];
         let st = e.status(Phase::Published, &c);
         assert_eq!(st.gate.as_ref().map(|g| g.stage), Some(0));
-        assert_eq!(st.stages[1].required, 1, "a cancelled device is not required");
+        assert_eq!(
+            st.stages[1].required, 1,
+            "a cancelled device is not required"
+        );
         assert_eq!(st.stages[1].size, 2);
         assert_eq!(st.stages[0].counts[&DeviceState::Verified], 1);
         assert!(e.status(Phase::Active, &c).gate.is_none());

@@ -1,6 +1,7 @@
 //! The handlers, one module per resource.
 
 pub mod audit;
+pub mod devices;
 pub mod plans;
 pub mod recovery;
 pub mod system;

@@ -1,8 +1,8 @@
 //! `/v1/rollouts`: create, list, get, the operator verbs, the stuck scan.
 
 use autonomy_api::{
-    CreateRolloutRequest, ErrorCode, ListQuery, Phase, RolloutList, StuckQuery, TransitionRequest,
-    Verb,
+    CreateRolloutRequest, ErrorCode, ListQuery, Phase, RolloutList, StuckCode, StuckQuery,
+    TransitionRequest, Verb,
 };
 use autonomy_store::{NewPlan, Store};
 use axum::body::Bytes;
@@ -34,6 +34,21 @@ pub async fn create<S: Store>(
     };
     autonomy_core::validate_labels(req.metadata.labels.iter()).map_err(ApiError::field)?;
     autonomy_core::validate_spec(&req.spec).map_err(ApiError::field)?;
+    let s = &req.spec;
+    let engine = autonomy_core::engine::parse_engine_spec(
+        &s.targets,
+        &s.stages,
+        s.policy.as_ref(),
+        &s.artifact_ref,
+        s.target_lock_fingerprint.as_deref(),
+    )
+    .map_err(|e| match e {
+        autonomy_core::engine::SpecError::Invalid(f) => ApiError::field(f),
+        e @ autonomy_core::engine::SpecError::NoTargetDigest => {
+            ApiError::new(ErrorCode::Unprocessable, e.to_string())
+        }
+    })?;
+    let _ = engine;
     let warnings = autonomy_core::artifact_warnings(
         &req.spec.artifact_ref,
         req.spec.target_lock_fingerprint.as_deref(),
@@ -121,10 +136,18 @@ async fn transition<S: Store>(
     let body = input::body_bytes(body)?;
     let req: TransitionRequest = input::json(&headers, &body, true)?.unwrap_or_default();
     autonomy_core::validate_reason(&req.reason, false).map_err(ApiError::field)?;
+    if req.stage.is_some() && verb != Verb::Start {
+        return Err(ApiError::invalid(format!(
+            "invalid stage: only start takes a stage, not {verb}"
+        )));
+    }
     let path = format!("/v1/rollouts/{id}/{}", verb.as_str());
     idempotency(&mut ctx, &headers, "POST", &path, &body)?;
     Ok(reply(
-        state.store.transition(&ctx, &id, verb, req.reason).await?,
+        state
+            .store
+            .transition(&ctx, &id, verb, req.reason, req.stage)
+            .await?,
     ))
 }
 
@@ -147,5 +170,14 @@ pub async fn stuck<S: Store>(
     };
     let limit =
         autonomy_api::parse_limit(q.limit.as_deref(), 1000, 10_000).map_err(ApiError::field)?;
-    Ok(Json(state.store.stuck(threshold, limit).await?).into_response())
+    let code = q
+        .code
+        .as_deref()
+        .map(|c| {
+            c.parse::<StuckCode>()
+                .map_err(|m| ApiError::invalid(format!("invalid code: {m}")))
+        })
+        .transpose()?;
+    let running = state.engine.promoter_running(autonomy_store::now_us());
+    Ok(Json(state.store.stuck(threshold, limit, code, running).await?).into_response())
 }

@@ -77,3 +77,10 @@ CREATE TABLE device_reports (
     at_us     INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX device_reports_by_device ON device_reports (device_id, id);
+
+-- The leader epoch: raised by every start of the writer (one writer per data dir, under its
+-- lock); promoter writes carry the epoch they read and are refused under another.
+CREATE TABLE leader (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+) STRICT;

@@ -151,9 +151,41 @@ pub struct ServeArgs {
     )]
     refusal_tarpit_ms: u64,
 
+    /// Whether this control plane runs the promoter that rolls engine-driven plans out (SPEC
+    /// §8.3). `off` is for tests: nothing is dispatched, and the stuck scan says
+    /// `promoter_not_running` for active engine-driven plans.
+    #[arg(long, env = "AUTONOMY_PROMOTER", value_enum, default_value_t = Switch::On)]
+    promoter: Switch,
+
+    /// Seconds between promoter ticks (it also ticks within ~20 ms of a report that settles a
+    /// device).
+    #[arg(
+        long,
+        env = "AUTONOMY_PROMOTER_INTERVAL",
+        value_name = "SECONDS",
+        default_value_t = 1.0,
+        value_parser = parse_interval
+    )]
+    promoter_interval: f64,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a number of seconds from 0.01 to 3600"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -289,6 +321,10 @@ impl ServeArgs {
         config.refusal_budget = self.refusal_budget;
         config.refusal_tarpit =
             std::time::Duration::from_millis(self.refusal_tarpit_ms.min(60_000));
+        config.promoter = (self.promoter == Switch::On).then(|| autonomy_server::PromoterConfig {
+            interval: std::time::Duration::from_secs_f64(self.promoter_interval),
+            ..Default::default()
+        });
         let state = AppState::new(store.clone(), config).with_audit_monitor(monitor);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
