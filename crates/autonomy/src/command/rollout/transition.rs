@@ -54,7 +54,7 @@ pub struct StartArgs {
 
     /// Pass gate K only (the index of the stage it stands before; 0 is the start gate):
     /// refused (exit 5) unless the plan waits at gate K.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub stage: Option<u32>,
 }
 
