@@ -417,9 +417,31 @@ fn rollout_create_engine_flags_fill_the_spec() {
         })
     );
 
+    // `@-` reads stdin.
+    let out = run(
+        &[
+            "rollout",
+            "create",
+            "--artifact-ref",
+            "oci://r/fw@sha256:bb",
+            "--device",
+            "amr-0007",
+            "--stages",
+            "@-",
+            "--server",
+            &cp.url,
+        ],
+        &[],
+        Some(br#"[{"name":"all"}]"#),
+    );
+    out.assert_code(0);
+    let body = body_of(&cp.seen()[1]);
+    assert_eq!(body["spec"]["stages"], json!([{"name": "all"}]));
+    assert_eq!(body["spec"]["targets"], json!({"devices": ["amr-0007"]}));
+
     // Without the engine flags, the spec is what it always was (no policy key at all).
     cli(&cp, &["rollout", "create", "--artifact-ref", "oci://r/a"]).assert_code(0);
-    let body = body_of(&cp.seen()[1]);
+    let body = body_of(&cp.seen()[2]);
     assert_eq!(
         body["spec"],
         json!({"artifact_ref": "oci://r/a", "targets": {}, "stages": []})

@@ -38,7 +38,8 @@ pub enum Command {
     /// Run the control plane (CP).
     Serve(serve::ServeArgs),
     Health(health::HealthArgs),
-    /// Rollout plans: create, get, list, the stuck scan, and operator transitions.
+    /// Rollout plans: create, get, list, their devices, the stuck scan, and operator
+    /// transitions.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
     /// The device registry: register, list, get, label and revoke devices; enroll keys.

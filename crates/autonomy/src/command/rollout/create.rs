@@ -25,10 +25,10 @@ use crate::exit;
 /// accepted and reported as `warnings`. Exit 5 if the id is taken.
 ///
 /// A plan whose targets name a `--selector` or `--device` is engine-driven: the control plane
-/// rolls it out to those devices in `--stages` under `--policy` (see SPEC §8.1; it needs a
-/// digest in --artifact-ref or a --fingerprint). `--stages` and `--policy` take JSON text or
-/// `@FILE` (`@-` reads stdin); the control plane checks their fields (400 naming an unknown
-/// one).
+/// rolls it out to those devices in `--stages` under `--policy`, and needs a digest to verify
+/// success by (`…@sha256:…` in --artifact-ref, or a --fingerprint; else exit 1 on a 422).
+/// `--stages` and `--policy` take JSON text or `@FILE` (`@-` reads stdin); the control plane
+/// checks their fields (400 naming an unknown one).
 ///
 /// Examples:
 ///   autonomy rollout create --id web-1 --artifact-ref oci://reg/web@sha256:… --label team=web

@@ -11,10 +11,12 @@ use crate::output::{logfmt, Table};
 /// Find stuck rollouts: GET /v1/rollouts/stuck
 ///
 /// A plan is stuck when it is published or active and has made no progress for longer than
-/// --threshold-seconds; an engine-driven plan is also stuck when it waits at a gate, was
-/// paused by the engine, or has failing, silent, non-converging or drifted devices. Each
-/// stuck plan has a main reason code and, for an engine-driven plan, every reason found with
-/// its device count and up to 10 device ids, and the stage it is on.
+/// --threshold-seconds. For engine-driven plans the scan also covers plans the engine paused
+/// and rolled-back plans whose reverts have not finished (plans an operator paused are left
+/// out), and finds why: a gate waiting for approval, the failure threshold reached, failing,
+/// silent, non-converging or drifted devices. Each stuck plan has a main reason code and, for
+/// an engine-driven plan, every reason found with its device count and up to 10 device ids,
+/// and the stage it is on.
 ///
 /// Text output:
 ///   stuck_count=N threshold_seconds=T by_code=CODE:N,…   (plans per main code)
