@@ -2,10 +2,15 @@
 
 use std::marker::PhantomData;
 
+use autonomy_api::device::{
+    Device, DeviceAssignmentList, DeviceLabelsRequest, DeviceList, DeviceRegistered,
+    EnrollKeyCreated, EnrollKeyRequest, EnrollRequest, Enrolled, PollRequest, PollResponse,
+    RegisterDeviceRequest, ReportRequest, ReportResponse,
+};
 use autonomy_api::{
-    AuditEventList, AuditQuery, CreateRolloutRequest, CreateTokenRequest, ExecuteRequest,
-    ExecuteResponse, Health, ListQuery, Ready, Rollout, RolloutList, StuckQuery, StuckReport,
-    TokenCreated, TokenInfo, TokenList, TransitionRequest, Verb, IDEMPOTENCY_HEADER,
+    AuditEventList, AuditQuery, CreateRolloutRequest, CreateTokenRequest, DeviceState,
+    ExecuteRequest, ExecuteResponse, Health, ListQuery, Ready, Rollout, RolloutList, StuckQuery,
+    StuckReport, TokenCreated, TokenInfo, TokenList, TransitionRequest, Verb, IDEMPOTENCY_HEADER,
     OPERATOR_HEADER,
 };
 use serde::de::DeserializeOwned;
@@ -14,12 +19,21 @@ use serde::Serialize;
 use crate::response::Answer;
 use crate::{segment, ClientError, Method, Reply, Request, Response, Token};
 
+/// The header that names the device on the device endpoints when the CP runs without RBAC
+/// (SPEC §9.1); with RBAC the device token decides.
+pub const DEVICE_HEADER: &str = "x-autonomy-device";
+
 /// Who is asking, and how: the headers every request carries. Builds the [`Call`] of each
 /// endpoint; sends nothing. Cheap to clone (one per agent in a fleet simulator).
+///
+/// An operator's `Api` carries an operator token (and, without RBAC, `X-Autonomy-Operator`);
+/// a device's carries its device token and, without RBAC, `X-Autonomy-Device`
+/// ([`Api::with_device`]). The CP refuses each kind of token on the other's endpoints.
 #[derive(Debug, Clone)]
 pub struct Api {
     token: Option<Token>,
     operator: Option<String>,
+    device: Option<String>,
     user_agent: String,
 }
 
@@ -77,6 +91,7 @@ impl Api {
         Api {
             token: None,
             operator: None,
+            device: None,
             user_agent: concat!("autonomy-client/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -93,13 +108,20 @@ impl Api {
         self
     }
 
+    /// Sends `X-Autonomy-Device: <id>` with every request (none when `None`): how a device
+    /// names itself to a CP that runs without RBAC.
+    pub fn with_device(mut self, device: Option<String>) -> Api {
+        self.device = device;
+        self
+    }
+
     pub fn with_user_agent(mut self, user_agent: impl Into<String>) -> Api {
         self.user_agent = user_agent.into();
         self
     }
 
     /// A request with this caller's headers: `accept`, `user-agent`, `authorization`,
-    /// `x-autonomy-operator`, `idempotency-key` and, with a body, `content-type:
+    /// `x-autonomy-operator`, `x-autonomy-device`, `idempotency-key` and, with a body, `content-type:
     /// application/json`. `path` must already be encoded (see [`segment`]).
     pub fn request(
         &self,
@@ -118,6 +140,9 @@ impl Api {
         }
         if let Some(operator) = &self.operator {
             headers.push((OPERATOR_HEADER, operator.clone()));
+        }
+        if let Some(device) = &self.device {
+            headers.push((DEVICE_HEADER, device.clone()));
         }
         if let Some(key) = idempotency_key {
             headers.push((IDEMPOTENCY_HEADER, key.to_string()));
@@ -208,21 +233,45 @@ impl Api {
         )
     }
 
-    /// `GET /v1/rollouts/stuck?threshold_seconds&limit`.
+    /// `GET /v1/rollouts/stuck?threshold_seconds&limit&code`.
     pub fn stuck_rollouts(&self, query: &StuckQuery) -> Call<StuckReport> {
         self.get(
             "/v1/rollouts/stuck",
             &[
                 ("threshold_seconds", query.threshold_seconds.as_deref()),
                 ("limit", query.limit.as_deref()),
+                ("code", query.code.as_deref()),
             ],
         )
     }
 
-    /// `POST /v1/rollouts/{id}/{verb}`.
+    /// `POST /v1/rollouts/{id}/{verb}` (`request.stage` is for `start` only: the gate the
+    /// approval is for).
     pub fn transition(&self, id: &str, verb: Verb, request: &TransitionRequest) -> Call<Rollout> {
         let path = format!("/v1/rollouts/{}/{}", segment(id), verb.as_str());
         self.post_json(&path, request, None)
+    }
+
+    /// `GET /v1/rollouts/{id}/devices?state&stage&limit&cursor`: the plan's device
+    /// assignments, optionally only those in `state` or in the stage named `stage`.
+    pub fn rollout_devices(
+        &self,
+        id: &str,
+        state: Option<DeviceState>,
+        stage: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Call<DeviceAssignmentList> {
+        let limit = limit.map(|l| l.to_string());
+        self.get(
+            &format!("/v1/rollouts/{}/devices", segment(id)),
+            &[
+                ("state", state.map(DeviceState::as_str)),
+                ("stage", stage),
+                ("limit", limit.as_deref()),
+                ("cursor", cursor),
+            ],
+        )
     }
 
     /// `POST /v1/rollback/execute`. A rejected execution (409 with the execution in the
@@ -267,6 +316,83 @@ impl Api {
     pub fn revoke_token(&self, id: &str) -> Call<TokenInfo> {
         self.post(&format!("/v1/tokens/{}/revoke", segment(id)), None, None)
     }
+
+    // -----------------------------------------------------------------------------------------
+    // The device registry (operator endpoints, SPEC §9.1)
+    // -----------------------------------------------------------------------------------------
+
+    /// `POST /v1/devices` (operator). The answer holds the device token, shown only this once.
+    pub fn register_device(&self, request: &RegisterDeviceRequest) -> Call<DeviceRegistered> {
+        self.post_json("/v1/devices", request, None)
+    }
+
+    /// `GET /v1/devices?selector&limit&cursor`. `selector` is `k=v,k2=v2` (devices matching
+    /// every label), sent as given.
+    pub fn list_devices(
+        &self,
+        selector: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Call<DeviceList> {
+        let limit = limit.map(|l| l.to_string());
+        self.get(
+            "/v1/devices",
+            &[
+                ("selector", selector),
+                ("limit", limit.as_deref()),
+                ("cursor", cursor),
+            ],
+        )
+    }
+
+    /// `GET /v1/devices/{id}`.
+    pub fn get_device(&self, id: &str) -> Call<Device> {
+        self.get(&format!("/v1/devices/{}", segment(id)), &[])
+    }
+
+    /// `POST /v1/devices/{id}/labels`: `request.labels` replace the device's labels.
+    pub fn set_device_labels(&self, id: &str, request: &DeviceLabelsRequest) -> Call<Device> {
+        self.post_json(
+            &format!("/v1/devices/{}/labels", segment(id)),
+            request,
+            None,
+        )
+    }
+
+    /// `POST /v1/devices/{id}/revoke`: the device's token stops working on its next request.
+    pub fn revoke_device(&self, id: &str) -> Call<Device> {
+        self.post(&format!("/v1/devices/{}/revoke", segment(id)), None, None)
+    }
+
+    /// `POST /v1/enroll-keys` (admin). The answer holds the key, shown only this once.
+    pub fn create_enroll_key(&self, request: &EnrollKeyRequest) -> Call<EnrollKeyCreated> {
+        self.post_json("/v1/enroll-keys", request, None)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The device protocol (device endpoints, SPEC §9.1–§9.2)
+    // -----------------------------------------------------------------------------------------
+
+    /// `POST /v1/device/enroll` with the enroll `key` as bearer (in place of this `Api`'s
+    /// token). The answer holds the device's own token.
+    pub fn enroll(&self, key: &Token, request: &EnrollRequest) -> Call<Enrolled> {
+        let api = Api {
+            token: Some(key.clone()),
+            ..self.clone()
+        };
+        api.post_json("/v1/device/enroll", request, None)
+    }
+
+    /// `POST /v1/device/poll`: the heartbeat and long poll. It may wait up to
+    /// `request.wait_seconds` before answering, so the transport's deadline must be longer.
+    pub fn device_poll(&self, request: &PollRequest) -> Call<PollResponse> {
+        self.post_json("/v1/device/poll", request, None)
+    }
+
+    /// `POST /v1/device/reports`: one step of one attempt, answered once durable.
+    pub fn device_report(&self, request: &ReportRequest) -> Call<ReportResponse> {
+        self.post_json("/v1/device/reports", request, None)
+    }
 }
 
 /// The API's request types are plain structs with string keys: serialising them cannot fail.
@@ -276,6 +402,9 @@ fn to_json<B: Serialize>(value: &B) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use autonomy_api::device::{AssignmentAction, ReportResult, ReportState};
     use autonomy_api::{ErrorCode, Outcome, Phase, Strategy};
 
     use super::*;
@@ -365,6 +494,23 @@ mod tests {
             operator: "ci".into(),
             role: autonomy_api::Role::Viewer,
         };
+        let register = RegisterDeviceRequest {
+            id: "amr-0007".into(),
+            labels: [("site".to_string(), "berlin".to_string())].into(),
+        };
+        let labels = DeviceLabelsRequest {
+            labels: BTreeMap::new(),
+        };
+        let enroll_key = EnrollKeyRequest {
+            labels: BTreeMap::new(),
+            max_uses: 10,
+            ttl_seconds: 3600,
+        };
+        let enroll = EnrollRequest {
+            id: "amr-0008".into(),
+            labels: BTreeMap::new(),
+        };
+        let report = report(3);
         let cases: Vec<(Request, Method, &str)> = vec![
             (a.health().request, Method::Get, "/v1/health"),
             (a.ready().request, Method::Get, "/v1/ready"),
@@ -410,6 +556,88 @@ mod tests {
                 Method::Post,
                 "/v1/tokens/tok-1/revoke",
             ),
+            (
+                a.stuck_rollouts(&StuckQuery {
+                    code: Some("failing_devices".into()),
+                    ..StuckQuery::default()
+                })
+                .request,
+                Method::Get,
+                "/v1/rollouts/stuck?code=failing_devices",
+            ),
+            (
+                a.rollout_devices("web-1", None, None, None, None).request,
+                Method::Get,
+                "/v1/rollouts/web-1/devices",
+            ),
+            (
+                a.rollout_devices(
+                    "web/1",
+                    Some(DeviceState::TimedOut),
+                    Some("wave 2"),
+                    Some(50),
+                    Some("c+1"),
+                )
+                .request,
+                Method::Get,
+                "/v1/rollouts/web%2F1/devices?state=timed_out&stage=wave%202&limit=50&cursor=c%2B1",
+            ),
+            (
+                a.register_device(&register).request,
+                Method::Post,
+                "/v1/devices",
+            ),
+            (
+                a.list_devices(None, None, None).request,
+                Method::Get,
+                "/v1/devices",
+            ),
+            (
+                a.list_devices(Some("site=berlin,tier=a"), Some(10), Some("d-9"))
+                    .request,
+                Method::Get,
+                "/v1/devices?selector=site%3Dberlin%2Ctier%3Da&limit=10&cursor=d-9",
+            ),
+            (
+                a.get_device("amr-0007").request,
+                Method::Get,
+                "/v1/devices/amr-0007",
+            ),
+            (
+                a.get_device("..").request,
+                Method::Get,
+                "/v1/devices/%2E%2E",
+            ),
+            (
+                a.set_device_labels("amr-0007", &labels).request,
+                Method::Post,
+                "/v1/devices/amr-0007/labels",
+            ),
+            (
+                a.revoke_device("amr-0007").request,
+                Method::Post,
+                "/v1/devices/amr-0007/revoke",
+            ),
+            (
+                a.create_enroll_key(&enroll_key).request,
+                Method::Post,
+                "/v1/enroll-keys",
+            ),
+            (
+                a.enroll(&"k".parse().unwrap(), &enroll).request,
+                Method::Post,
+                "/v1/device/enroll",
+            ),
+            (
+                a.device_poll(&PollRequest::default()).request,
+                Method::Post,
+                "/v1/device/poll",
+            ),
+            (
+                a.device_report(&report).request,
+                Method::Post,
+                "/v1/device/reports",
+            ),
         ];
         for (req, method, target) in cases {
             assert_eq!((req.method, req.target().as_str()), (method, target));
@@ -418,6 +646,258 @@ mod tests {
             serde_json::from_slice(&a.execute_rollback(&exec, Some("k")).request.body).unwrap();
         assert_eq!(body["strategy"], "retry");
         assert_eq!(body["resource"], "web-1");
+    }
+
+    fn report(seq: u64) -> ReportRequest {
+        ReportRequest {
+            plan_id: "web-1".into(),
+            attempt: 2,
+            seq,
+            state: ReportState::Installing,
+            installed_digest: "sha256:aa".into(),
+            boot_id: "b-1".into(),
+            message: String::new(),
+        }
+    }
+
+    fn body_of(req: &Request) -> serde_json::Value {
+        serde_json::from_slice(&req.body).unwrap()
+    }
+
+    #[test]
+    fn device_calls_carry_the_device_token_and_name() {
+        let device = Api::new()
+            .with_token(Some("dev-tok".parse().unwrap()))
+            .with_device(Some("amr-0007".into()))
+            .with_user_agent("agent/1");
+        let poll = PollRequest {
+            installed_digest: "sha256:aa".into(),
+            boot_id: "b-1".into(),
+            known_revision: 4,
+            wait_seconds: 30,
+            conditions: BTreeMap::new(),
+        };
+        for req in [
+            device.device_poll(&poll).request,
+            device.device_report(&report(1)).request,
+        ] {
+            assert_eq!(req.method, Method::Post);
+            assert_eq!(req.header("authorization"), Some("Bearer dev-tok"));
+            assert_eq!(req.header("x-autonomy-device"), Some("amr-0007"));
+            assert_eq!(req.header("x-autonomy-operator"), None);
+            assert_eq!(req.header("content-type"), Some("application/json"));
+            assert_eq!(req.header("user-agent"), Some("agent/1"));
+        }
+        assert_eq!(
+            body_of(&device.device_poll(&poll).request),
+            serde_json::json!({"installed_digest": "sha256:aa", "boot_id": "b-1",
+                               "known_revision": 4, "wait_seconds": 30})
+        );
+        assert_eq!(
+            body_of(&device.device_report(&report(7)).request),
+            serde_json::json!({"plan_id": "web-1", "attempt": 2, "seq": 7,
+                               "state": "installing", "installed_digest": "sha256:aa",
+                               "boot_id": "b-1", "message": ""})
+        );
+
+        // Enrolling sends the key as bearer instead of the Api's token, and keeps the rest.
+        let req = device
+            .enroll(
+                &"enr-key".parse().unwrap(),
+                &EnrollRequest {
+                    id: "amr-0007".into(),
+                    labels: [("tier".to_string(), "a".to_string())].into(),
+                },
+            )
+            .request;
+        assert_eq!(req.header("authorization"), Some("Bearer enr-key"));
+        assert_eq!(req.header("x-autonomy-device"), Some("amr-0007"));
+        assert_eq!(
+            body_of(&req),
+            serde_json::json!({"id": "amr-0007", "labels": {"tier": "a"}})
+        );
+        // ...without changing the Api it was built from.
+        let req = device.device_poll(&poll).request;
+        assert_eq!(req.header("authorization"), Some("Bearer dev-tok"));
+
+        // No device set: no device header; an operator Api never sends one.
+        let req = api().device_poll(&poll).request;
+        assert_eq!(req.header("x-autonomy-device"), None);
+        let req = Api::new()
+            .with_device(Some("a\nb".into()))
+            .device_poll(&poll)
+            .request;
+        let e = req.validate().unwrap_err();
+        assert!(e.to_string().contains("x-autonomy-device"), "{e}");
+    }
+
+    #[test]
+    fn registry_calls_send_their_bodies() {
+        let a = api();
+        let req = a
+            .register_device(&RegisterDeviceRequest {
+                id: "amr-0007".into(),
+                labels: [("site".to_string(), "berlin".to_string())].into(),
+            })
+            .request;
+        assert_eq!(
+            body_of(&req),
+            serde_json::json!({"id": "amr-0007", "labels": {"site": "berlin"}})
+        );
+        assert_eq!(req.header("authorization"), Some("Bearer s3cret"));
+        assert_eq!(req.header("x-autonomy-operator"), Some("ann"));
+        let req = a
+            .set_device_labels(
+                "amr-0007",
+                &DeviceLabelsRequest {
+                    labels: BTreeMap::new(),
+                },
+            )
+            .request;
+        assert_eq!(body_of(&req), serde_json::json!({"labels": {}}));
+        let req = a
+            .create_enroll_key(&EnrollKeyRequest {
+                labels: [("site".to_string(), "berlin".to_string())].into(),
+                max_uses: 5,
+                ttl_seconds: 600,
+            })
+            .request;
+        assert_eq!(
+            body_of(&req),
+            serde_json::json!({"labels": {"site": "berlin"}, "max_uses": 5, "ttl_seconds": 600})
+        );
+        let req = a.revoke_device("amr-0007").request;
+        assert!(req.body.is_empty());
+        assert_eq!(req.header("content-type"), None);
+        let req = a
+            .transition(
+                "web-1",
+                Verb::Start,
+                &TransitionRequest {
+                    reason: String::new(),
+                    stage: Some(2),
+                },
+            )
+            .request;
+        assert_eq!(body_of(&req), serde_json::json!({"reason": "", "stage": 2}));
+    }
+
+    #[test]
+    fn engine_answers_decode_to_their_types() {
+        let device = serde_json::json!({
+            "id": "amr-0007", "labels": {"site": "berlin"}, "installed_digest": null,
+            "last_seen_at": null, "created_at": "2026-12-01T00:00:00Z", "revoked_at": null,
+            "assignment": {"plan_id": "web-1", "attempt": 1, "state": "installing"}
+        });
+        let a = Api::new();
+        let registered = a
+            .register_device(&RegisterDeviceRequest {
+                id: "amr-0007".into(),
+                labels: BTreeMap::new(),
+            })
+            .decode(response(
+                201,
+                &serde_json::json!({"device": device, "token": "dt-1"}).to_string(),
+            ))
+            .unwrap();
+        assert_eq!(registered.token, "dt-1");
+        assert_eq!(
+            registered.device.assignment.unwrap().state,
+            DeviceState::Installing
+        );
+        let list = a
+            .list_devices(None, None, None)
+            .decode(response(
+                200,
+                &serde_json::json!({"items": [device], "next_cursor": "c2"}).to_string(),
+            ))
+            .unwrap();
+        assert_eq!(list.items[0].labels["site"], "berlin");
+        assert_eq!(list.next_cursor.as_deref(), Some("c2"));
+        let revoked = a
+            .revoke_device("amr-0007")
+            .decode(response(200, &device.to_string()))
+            .unwrap();
+        assert_eq!(revoked.id, "amr-0007");
+
+        let key = a
+            .create_enroll_key(&EnrollKeyRequest {
+                labels: BTreeMap::new(),
+                max_uses: 1,
+                ttl_seconds: 60,
+            })
+            .decode(response(
+                201,
+                r#"{"id":"ek-1","key":"secret","labels":{},"max_uses":1,
+                    "created_at":"t0","expires_at":"t1"}"#,
+            ))
+            .unwrap();
+        assert_eq!((key.id.as_str(), key.key.as_str()), ("ek-1", "secret"));
+        let enrolled = a
+            .enroll(
+                &"k".parse().unwrap(),
+                &EnrollRequest {
+                    id: "d".into(),
+                    labels: BTreeMap::new(),
+                },
+            )
+            .decode(response(201, r#"{"id":"d","token":"dt-2"}"#))
+            .unwrap();
+        assert_eq!(enrolled.token, "dt-2");
+
+        let poll = a
+            .device_poll(&PollRequest::default())
+            .decode(response(
+                200,
+                r#"{"revision":8,"poll_after_seconds":5,"assignment":{"plan_id":"web-1",
+                    "attempt":1,"action":"install","artifact_ref":"oci://r/a@sha256:bb",
+                    "target_digest":"sha256:bb","previous_digest":"sha256:aa",
+                    "reboot_required":true,"deadline_at":null}}"#,
+            ))
+            .unwrap();
+        assert_eq!(poll.assignment.unwrap().action, AssignmentAction::Install);
+        let answer = a
+            .device_report(&report(1))
+            .decode(response(
+                200,
+                r#"{"result":"duplicate","assignment_state":"installing"}"#,
+            ))
+            .unwrap();
+        assert_eq!(answer.result, ReportResult::Duplicate);
+
+        let assignments = a
+            .rollout_devices("web-1", None, None, None, None)
+            .decode(response(
+                200,
+                r#"{"items":[{"device_id":"amr-0007","stage":"canary","state":"verified",
+                    "attempt":1,"installed_digest":"sha256:bb","last_seen_at":"t2",
+                    "updated_at":"t1","message":""}],"next_cursor":null}"#,
+            ))
+            .unwrap();
+        assert_eq!(assignments.items[0].state, DeviceState::Verified);
+        assert_eq!(assignments.next_cursor, None);
+
+        // A report for an old attempt: 409, exit 5, the CP's message kept.
+        let e = a
+            .device_report(&report(1))
+            .check(response(
+                409,
+                &error_body("conflict", "superseded: attempt 2 is current"),
+            ))
+            .unwrap_err();
+        assert_eq!(e.exit(), Exit::Conflict);
+        assert!(
+            e.to_string()
+                .contains("POST /v1/device/reports: superseded"),
+            "{e}"
+        );
+
+        // An answer of another shape is a bad answer, not a silent success.
+        let e = a
+            .get_device("amr-0007")
+            .decode(response(200, r#"{"id":"amr-0007"}"#))
+            .unwrap_err();
+        assert_eq!(e.exit(), Exit::Other);
     }
 
     fn no_reason() -> TransitionRequest {

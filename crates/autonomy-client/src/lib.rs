@@ -8,9 +8,10 @@
 //! a core that does no IO at all (in the manner of h11 or quinn-proto):
 //!
 //! - [`Api`] builds a [`Request`] — method, path, query, headers (`Authorization: Bearer`,
-//!   `X-Autonomy-Operator`, `Idempotency-Key`, `Content-Type`) and body bytes — as a plain
-//!   struct. Each endpoint (health, ready, rollouts, rollback, audit, tokens) is a method
-//!   returning a [`Call<T>`]: the request plus the type its answer decodes to.
+//!   `X-Autonomy-Operator`, `X-Autonomy-Device`, `Idempotency-Key`, `Content-Type`) and body
+//!   bytes — as a plain struct. Each endpoint (health, ready, rollouts, rollback, audit,
+//!   tokens, the device registry, enroll keys and the device protocol) is a method returning
+//!   a [`Call<T>`]: the request plus the type its answer decodes to.
 //! - [`Call::check`] turns the [`Response`] a transport read (status, headers, body bytes)
 //!   into a [`Reply<T>`] (the 2xx answer; [`Reply::value`] decodes the `autonomy-api` type)
 //!   or a typed [`ClientError`].
@@ -42,7 +43,7 @@ pub mod blocking;
 #[cfg(feature = "async")]
 pub mod nonblocking;
 
-pub use api::{Api, Call};
+pub use api::{Api, Call, DEVICE_HEADER};
 pub use error::{exit_for_status, ApiError, ClientError, Exit, Rejected};
 pub use request::{segment, Method, Request, Token};
 pub use response::{Answer, Reply, Response};

@@ -45,6 +45,8 @@ Examples:
   export AUTONOMY_SERVER=http://127.0.0.1:8080 AUTONOMY_TOKEN=$(cat ./autonomy-data/admin.token)
   autonomy health
   autonomy --operator alice rollout create --id web-1 --artifact-ref oci://reg/web@sha256:…
+  autonomy device register amr-0007 --label site=berlin
+  autonomy rollout devices fw-7 --state failed
   autonomy rollout stuck --threshold-seconds 300
   autonomy rollback execute --target rollout_plan --resource web-1 --strategy retry --reason 'stuck'
   autonomy audit query --actor alice -o json";

@@ -10,7 +10,9 @@ use autonomy_client::{Api, Call, ClientError, Reply};
 use crate::output::Output;
 
 pub mod audit;
+pub mod device;
 pub mod health;
+pub mod labels;
 pub mod rollback;
 pub mod rollout;
 pub mod serve;
@@ -36,9 +38,13 @@ pub enum Command {
     /// Run the control plane (CP).
     Serve(serve::ServeArgs),
     Health(health::HealthArgs),
-    /// Rollout plans: create, get, list, the stuck scan, and operator transitions.
+    /// Rollout plans: create, get, list, their devices, the stuck scan, and operator
+    /// transitions.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// The device registry: register, list, get, label and revoke devices; enroll keys.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Recover a rollout plan: retry, roll back or abort it.
     #[command(subcommand)]
     Rollback(rollback::RollbackCommand),
@@ -56,6 +62,7 @@ impl Command {
             Command::Serve(args) => args.run(),
             Command::Health(args) => args.run(ctx),
             Command::Rollout(cmd) => cmd.run(ctx),
+            Command::Device(cmd) => cmd.run(ctx),
             Command::Rollback(cmd) => cmd.run(ctx),
             Command::Audit(cmd) => cmd.run(ctx),
             Command::Token(cmd) => cmd.run(ctx),

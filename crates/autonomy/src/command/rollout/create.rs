@@ -10,6 +10,7 @@ use autonomy_api::{CreateMetadata, CreateRolloutRequest, PlanSpec};
 use clap::Args;
 
 use super::rollout_line;
+use crate::command::labels::{self, parse_selector};
 use crate::command::Ctx;
 use crate::exit;
 
@@ -23,11 +24,23 @@ use crate::exit;
 /// gate) unless `--draft`. Unknown artifact schemes and malformed digests or fingerprints are
 /// accepted and reported as `warnings`. Exit 5 if the id is taken.
 ///
+/// A plan whose targets name a `--selector` or `--device` is engine-driven: the control plane
+/// rolls it out to those devices in `--stages` under `--policy`, and needs a digest to verify
+/// success by (`…@sha256:…` in --artifact-ref, or a --fingerprint; else exit 1 on a 422).
+/// `--stages` and `--policy` take JSON text or `@FILE` (`@-` reads stdin); the control plane
+/// checks their fields (400 naming an unknown one).
+///
 /// Examples:
 ///   autonomy rollout create --id web-1 --artifact-ref oci://reg/web@sha256:… --label team=web
 ///   autonomy rollout create --artifact-ref oci://reg/web:2.1 --draft -o json
 ///   autonomy rollout create -f plan.json
 ///   jq -n '{spec:{artifact_ref:"oci://reg/web:2.1"}}' | autonomy rollout create -f -
+///   autonomy rollout create --id fw-7 --artifact-ref oci://reg/fw@sha256:… \
+///     --selector site=berlin --device amr-0007 \
+///     --stages '[{"name":"canary","size":{"count":2}},{"name":"rest","approval":"manual"}]' \
+///     --policy '{"failure_threshold":{"count":2},"on_failure":"pause"}'
+///   autonomy rollout create --id fw-8 --artifact-ref oci://reg/fw@sha256:… \
+///     --selector site=berlin --stages @stages.json --policy @policy.json
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
@@ -36,7 +49,10 @@ pub struct CreateArgs {
         short = 'f',
         long = "file",
         value_name = "FILE",
-        conflicts_with_all = ["id", "artifact_ref", "fingerprint", "labels", "draft"]
+        conflicts_with_all = [
+            "id", "artifact_ref", "fingerprint", "labels", "draft", "selector", "devices",
+            "stages", "policy",
+        ]
     )]
     pub file: Option<PathBuf>,
 
@@ -53,12 +69,28 @@ pub struct CreateArgs {
     pub fingerprint: Option<String>,
 
     /// A label `key=value`; repeat for more.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = labels::parse_label)]
     pub labels: Vec<(String, String)>,
 
     /// Create the plan as a draft (publish it later with `rollout publish`).
     #[arg(long)]
     pub draft: bool,
+
+    /// Target the devices matching every label: `k=v,k2=v2` (spec.targets.selector).
+    #[arg(long, value_name = "K=V,…", value_parser = parse_selector)]
+    pub selector: Option<BTreeMap<String, String>>,
+
+    /// Target this device too (spec.targets.devices); repeat for more.
+    #[arg(long = "device", value_name = "ID")]
+    pub devices: Vec<String>,
+
+    /// The stages, in order (spec.stages): a JSON array of objects, or `@FILE`.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub stages: Option<String>,
+
+    /// How the plan rolls out (spec.policy): a JSON object, or `@FILE`.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub policy: Option<String>,
 
     /// Make a retried create return the first answer instead of failing as a duplicate.
     #[arg(long, value_name = "KEY")]
@@ -84,14 +116,46 @@ impl CreateArgs {
                 "--artifact-ref is required (or give the plan with -f FILE)",
             ));
         };
-        let mut labels = BTreeMap::new();
-        for (k, v) in &self.labels {
-            if labels.insert(k.clone(), v.clone()).is_some() {
-                return Err(exit::usage(format!(
-                    "invalid value for --label: key '{k}' is repeated"
-                )));
-            }
+        let labels = labels::label_map("--label", &self.labels)?;
+        let mut targets = serde_json::Map::new();
+        if let Some(selector) = &self.selector {
+            targets.insert("selector".into(), serde_json::json!(selector));
         }
+        if !self.devices.is_empty() {
+            targets.insert("devices".into(), serde_json::json!(self.devices));
+        }
+        let stages = match &self.stages {
+            None => Vec::new(),
+            Some(text) => {
+                let value = json_flag("--stages", text)?;
+                let serde_json::Value::Array(items) = value else {
+                    return Err(exit::usage(
+                        "invalid value for --stages: expected a JSON array of stage objects",
+                    ));
+                };
+                let mut stages = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let serde_json::Value::Object(stage) = item else {
+                        return Err(exit::usage(format!(
+                            "invalid value for --stages: stage {i} is not a JSON object"
+                        )));
+                    };
+                    stages.push(stage);
+                }
+                stages
+            }
+        };
+        let policy = match &self.policy {
+            None => None,
+            Some(text) => match json_flag("--policy", text)? {
+                serde_json::Value::Object(policy) => Some(policy),
+                _ => {
+                    return Err(exit::usage(
+                        "invalid value for --policy: expected a JSON object",
+                    ))
+                }
+            },
+        };
         Ok(CreateRolloutRequest {
             metadata: CreateMetadata {
                 id: self.id.clone(),
@@ -100,13 +164,43 @@ impl CreateArgs {
             spec: PlanSpec {
                 artifact_ref,
                 target_lock_fingerprint: self.fingerprint.clone(),
-                targets: serde_json::Map::new(),
-                stages: Vec::new(),
-                policy: None,
+                targets,
+                stages,
+                policy,
             },
             draft: self.draft,
         })
     }
+}
+
+/// The JSON of `--stages` or `--policy`: the text itself, or `@FILE` read like `-f` (`@-`
+/// is stdin; at most 1 MiB). Anything unreadable or not JSON is a usage error (exit 2).
+fn json_flag(flag: &str, text: &str) -> anyhow::Result<serde_json::Value> {
+    let (source, text) = match text.strip_prefix('@') {
+        None => (String::new(), text.to_string()),
+        Some(path) => {
+            let (name, bytes) = if path == "-" {
+                let what = format!("{flag} from stdin");
+                (
+                    "stdin".to_string(),
+                    read_bounded(std::io::stdin().lock(), &what)?,
+                )
+            } else {
+                let what = format!("the {flag} file {path}");
+                let file = File::open(path)
+                    .map_err(|e| exit::usage(format!("cannot read {what}: {}", io_reason(&e))))?;
+                (path.to_string(), read_bounded(file, &what)?)
+            };
+            let text = String::from_utf8(bytes).map_err(|_| {
+                exit::usage(format!(
+                    "cannot read {flag} from {name}: it is not UTF-8 text"
+                ))
+            })?;
+            (format!(" (from {name})"), text)
+        }
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| exit::usage(format!("invalid value for {flag}{source}: not JSON: {e}")))
 }
 
 /// The most `-f` reads: the CP refuses larger bodies (413) anyway.
@@ -163,26 +257,4 @@ fn io_reason(e: &std::io::Error) -> String {
         None => &text,
     };
     text.to_lowercase()
-}
-
-/// `--label key=value`: a non-empty key, then `=`, then the value (may be empty).
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        Some(_) => Err(format!("'{s}' has an empty key (expected key=value)")),
-        None => Err(format!("'{s}' is not key=value")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_label;
-
-    #[test]
-    fn labels_need_a_key_and_an_equals_sign() {
-        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
-        assert_eq!(parse_label("a=").unwrap(), ("a".into(), String::new()));
-        assert!(parse_label("=b").is_err());
-        assert!(parse_label("ab").is_err());
-    }
 }

@@ -9,6 +9,7 @@ use super::Ctx;
 use crate::output::logfmt;
 
 pub mod create;
+pub mod devices;
 pub mod get;
 pub mod list;
 pub mod stuck;
@@ -20,12 +21,13 @@ pub enum RolloutCommand {
     Get(get::GetArgs),
     List(list::ListArgs),
     Stuck(stuck::StuckArgs),
+    Devices(devices::DevicesArgs),
     /// Publish a draft plan (draft → published).
     #[command(after_help = transition::PUBLISH_EXAMPLES)]
     Publish(transition::TransitionArgs),
-    /// Start a published plan (published → active, passing its start gate).
+    /// Start a published plan (published → active), passing the gate it waits at.
     #[command(after_help = transition::START_EXAMPLES)]
-    Start(transition::TransitionArgs),
+    Start(transition::StartArgs),
     /// Pause an active plan (active → paused).
     #[command(after_help = transition::PAUSE_EXAMPLES)]
     Pause(transition::TransitionArgs),
@@ -41,8 +43,9 @@ impl RolloutCommand {
             RolloutCommand::Get(args) => args.run(ctx),
             RolloutCommand::List(args) => args.run(ctx),
             RolloutCommand::Stuck(args) => args.run(ctx),
+            RolloutCommand::Devices(args) => args.run(ctx),
             RolloutCommand::Publish(args) => args.run(Verb::Publish, ctx),
-            RolloutCommand::Start(args) => args.run(Verb::Start, ctx),
+            RolloutCommand::Start(args) => args.run(ctx),
             RolloutCommand::Pause(args) => args.run(Verb::Pause, ctx),
             RolloutCommand::Resume(args) => args.run(Verb::Resume, ctx),
         }
@@ -67,9 +70,9 @@ pub fn rollout_line(r: &Rollout) -> String {
     logfmt(&pairs)
 }
 
-/// The parser of the list commands' `--limit N`: a whole number from 1 (the commands also
+/// The parser of the list commands' `--limit N` (also `device list`): a whole number from 1 (the commands also
 /// allow negative numbers, so `--limit -1` reaches this parser and its message instead of
 /// reading as a flag).
-fn limit_parser() -> clap::builder::RangedI64ValueParser<u32> {
+pub(crate) fn limit_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..)
 }
