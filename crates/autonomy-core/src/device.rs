@@ -442,6 +442,18 @@ pub fn apply_report(
     if !installed.is_empty() {
         next.installed_digest = Some(installed.to_string());
     }
+    // Dispatched before its first poll, the device's digest was unknown then: what it reports
+    // while still downloading is what it ran before this plan (what a rollback reverts to).
+    if next.previous_digest.is_none()
+        && matches!(
+            report.state,
+            ReportState::Downloading | ReportState::Installing
+        )
+        && !installed.is_empty()
+        && installed != target_digest
+    {
+        next.previous_digest = Some(installed.to_string());
+    }
     Ok(ReportOutcome {
         result: ReportResult::Applied,
         assignment: next,
