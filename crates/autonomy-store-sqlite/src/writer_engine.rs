@@ -333,7 +333,7 @@ impl Writer {
         }
         let mut doc_changed = false;
         for action in &actions {
-            let details = self.apply_action(plan_id, &mut e, action, now)?;
+            let details = self.apply_action(ctx, plan_id, &mut e, action, now)?;
             let stage_name = |k: usize| e.stages.get(k).map(|s| s.name.clone()).unwrap_or_default();
             let (reason, mut details) = match action {
                 Action::Pause { reason } | Action::Fail { reason } | Action::Abort { reason } => {
@@ -420,6 +420,7 @@ impl Writer {
     /// The device-level part of an action; returns the details of its audit event.
     fn apply_action(
         &mut self,
+        ctx: &Ctx,
         plan_id: &str,
         e: &mut EnginePlan,
         action: &Action,
@@ -441,7 +442,7 @@ impl Writer {
                     sql::bump_revision(&self.conn, id)?;
                     self.woken.push(id.clone());
                     self.record(
-                        &Ctx::system("promoter"),
+                        ctx,
                         AuditEvent::draft(
                             EventType::DeviceTimedOut,
                             Target::RolloutPlan,
