@@ -56,6 +56,10 @@ CREATE TABLE assignments (
 CREATE INDEX assignments_by_state ON assignments (plan_id, state, stage, ord);
 CREATE INDEX assignments_by_ord ON assignments (plan_id, ord);
 CREATE INDEX assignments_by_device ON assignments (device_id);
+-- The devices in flight by dispatch time: what a promoter tick scans for time-outs (the
+-- condition is the one every in-flight query writes, so the planner can use it).
+CREATE INDEX assignments_in_flight ON assignments (plan_id, dispatched_at_us)
+    WHERE state IN ('dispatched','downloading','installing','rebooting','verifying');
 
 CREATE TABLE stage_counters (
     plan_id TEXT    NOT NULL,
