@@ -95,16 +95,7 @@ impl<S: Store> FromRequestParts<AppState<S>> for DeviceCaller {
         parts: &mut Parts,
         state: &AppState<S>,
     ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_string());
+        let (request_id, source) = request_facts(parts);
         let found = if state.config.rbac {
             match bearer(&parts.headers) {
                 Bearer::Token(secret) if autonomy_store::ids::is_secret_shaped(&secret) => {
@@ -173,16 +164,7 @@ impl<S: Store> FromRequestParts<AppState<S>> for EnrollKey {
         parts: &mut Parts,
         state: &AppState<S>,
     ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_string());
+        let (request_id, source) = request_facts(parts);
         match bearer(&parts.headers) {
             Bearer::Token(key) if autonomy_store::ids::is_secret_shaped(&key) => Ok(EnrollKey {
                 key,
@@ -217,16 +199,7 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
         parts: &mut Parts,
         state: &AppState<S>,
     ) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default();
-        let source = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_string());
+        let (request_id, source) = request_facts(parts);
         // The resource a denial is recorded against: the path's id, when the route has one,
         // validated first — a bad id is a 400 and nothing about the request is recorded.
         let resource = match RawPathParams::from_request_parts(parts, state).await {
@@ -259,6 +232,21 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
             _permission: PhantomData,
         })
     }
+}
+
+/// The request's id (made by the middleware) and its peer's address (`unknown` in-process).
+fn request_facts(parts: &Parts) -> (String, String) {
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let source = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    (request_id, source)
 }
 
 /// A request refused before authentication (bad path) that carries no plausible token, with

@@ -259,61 +259,59 @@ pub(crate) fn insert_assignment(
     stage: u32,
     ord: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO assignments (device_id, plan_id, state, attempt, last_seq, step, \
+    write_assignment(
+        conn,
+        "INSERT INTO assignments (plan_id, device_id, state, attempt, last_seq, step, \
          boot_id_at_install, installed_digest, previous_digest, dispatched_at_us, updated_at_us, \
          state_since_us, message, stage, ord) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        a,
+        Some((stage, ord)),
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            a.device_id,
-            a.plan_id,
-            a.state.as_str(),
-            a.attempt,
-            a.last_seq as i64,
-            a.step.map(|s| s.as_str()),
-            a.boot_id_at_install,
-            a.installed_digest,
-            a.previous_digest,
-            a.dispatched_at_us,
-            a.updated_at_us,
-            a.state_since_us,
-            a.message,
-            stage,
-            ord
-        ])
-    })
-    .map_err(sql_error)?;
-    Ok(())
 }
 
 /// Stores a changed assignment.
 pub(crate) fn update_assignment(conn: &Connection, a: &Assignment) -> Result<()> {
-    conn.prepare_cached(
+    write_assignment(
+        conn,
         "UPDATE assignments SET state = ?3, attempt = ?4, last_seq = ?5, step = ?6, \
          boot_id_at_install = ?7, installed_digest = ?8, previous_digest = ?9, \
          dispatched_at_us = ?10, updated_at_us = ?11, state_since_us = ?12, message = ?13 \
          WHERE plan_id = ?1 AND device_id = ?2",
+        a,
+        None,
     )
-    .and_then(|mut s| {
-        s.execute(params![
-            a.plan_id,
-            a.device_id,
-            a.state.as_str(),
-            a.attempt,
-            a.last_seq as i64,
-            a.step.map(|s| s.as_str()),
-            a.boot_id_at_install,
-            a.installed_digest,
-            a.previous_digest,
-            a.dispatched_at_us,
-            a.updated_at_us,
-            a.state_since_us,
-            a.message
-        ])
-    })
-    .map_err(sql_error)?;
+}
+
+/// Runs `sql` with the record as ?1…?13 (and stage, order as ?14, ?15 when given).
+fn write_assignment(
+    conn: &Connection,
+    sql: &str,
+    a: &Assignment,
+    placed: Option<(u32, i64)>,
+) -> Result<()> {
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        a.plan_id.clone().into(),
+        a.device_id.clone().into(),
+        a.state.as_str().to_string().into(),
+        i64::from(a.attempt).into(),
+        (a.last_seq as i64).into(),
+        a.step.map(|s| s.as_str().to_string()).into(),
+        a.boot_id_at_install.clone().into(),
+        a.installed_digest.clone().into(),
+        a.previous_digest.clone().into(),
+        a.dispatched_at_us.into(),
+        a.updated_at_us.into(),
+        a.state_since_us.into(),
+        a.message.clone().into(),
+    ];
+    if let Some((stage, ord)) = placed {
+        values.push(i64::from(stage).into());
+        values.push(ord.into());
+    }
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(values)))
+        .map_err(sql_error)?;
     Ok(())
 }
 
