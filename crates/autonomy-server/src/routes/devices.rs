@@ -185,7 +185,9 @@ pub async fn poll<S: Store>(
             boot_id: req.boot_id.clone(),
         },
     );
-    let mut watch = store.live().watch(&device_id);
+    // Subscribe before reading the revision, so a change in between is not missed; a poll
+    // that does not wait needs no subscription.
+    let mut watch = (req.wait_seconds > 0).then(|| store.live().watch(&device_id));
     let answer = async {
         let mut seen = store.poll(&device_id).await?;
         if let Some(d) = &seen.drift {
@@ -205,20 +207,23 @@ pub async fn poll<S: Store>(
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
-        while seen.revision <= req.known_revision && req.wait_seconds > 0 {
-            match tokio::time::timeout_at(deadline, watch.changed()).await {
-                Ok(Ok(())) => {
-                    watch.mark_unchanged();
-                    seen = store.poll(&device_id).await?;
+        if let Some(watch) = watch.as_mut() {
+            while seen.revision <= req.known_revision {
+                match tokio::time::timeout_at(deadline, watch.changed()).await {
+                    Ok(Ok(())) => {
+                        watch.mark_unchanged();
+                        seen = store.poll(&device_id).await?;
+                    }
+                    Ok(Err(_)) | Err(_) => break,
                 }
-                Ok(Err(_)) | Err(_) => break,
             }
         }
         Ok::<_, ApiError>(seen)
     }
     .await;
-    drop(watch);
-    store.live().unwatch(&device_id);
+    if watch.take().is_some() {
+        store.live().unwatch(&device_id);
+    }
     let seen = answer?;
     let poll_after_seconds = if seen.assignment.is_some() {
         1

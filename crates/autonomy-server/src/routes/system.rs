@@ -71,7 +71,20 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
             m.audit_export_failures,
         ),
     ];
-    for (name, help, v) in counters {
+    let e = &state.engine;
+    let engine_counters = [
+        (
+            "autonomy_promoter_ticks_total",
+            "Promoter ticks finished (SPEC §8.3).",
+            e.ticks.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "autonomy_promoter_actions_total",
+            "Promoter actions applied (each audited once as system:promoter).",
+            e.actions.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters.into_iter().chain(engine_counters) {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
@@ -81,6 +94,11 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
         out,
         "# HELP autonomy_store_max_batch Largest group commit so far.\n# TYPE autonomy_store_max_batch gauge\nautonomy_store_max_batch {}",
         m.max_batch
+    );
+    let _ = writeln!(
+        out,
+        "# HELP autonomy_device_long_polls_waiting Devices with a long poll waiting now.\n# TYPE autonomy_device_long_polls_waiting gauge\nautonomy_device_long_polls_waiting {}",
+        state.store.live().waiting()
     );
     if let Some(monitor) = &state.audit {
         let (check, _) = monitor.get();
