@@ -137,7 +137,7 @@ impl Writer {
         let spec = engine_spec(r)?.ok_or_else(|| {
             StoreError::Internal(format!("plan {id} has an engine record but no engine spec"))
         })?;
-        let registry = self.registry()?;
+        let registry = self.registry(&spec.targets)?;
         let (targets, unknown) = engine::resolve_targets(&spec.targets, registry.iter());
         let refuse =
             |why: String| conflict(why.clone(), rejected(id, "start", r.status.phase, "", &why));
@@ -187,19 +187,53 @@ impl Writer {
         Ok(())
     }
 
-    /// Registered devices that are not revoked, with their labels.
-    fn registry(&self) -> Result<Vec<TargetDevice>, Failure> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, labels FROM devices WHERE revoked_us IS NULL")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    /// The registered, unrevoked devices `targets` could match, with their labels: the listed
+    /// ids, and the devices whose labels carry every selector label (filtered in SQL, so a
+    /// start reads its targets, not the whole registry). `resolve_targets` decides exactly.
+    fn registry(&self, targets: &autonomy_api::Targets) -> Result<Vec<TargetDevice>, Failure> {
         let mut out = Vec::new();
-        for row in rows {
-            let (id, labels) = row?;
+        let mut push = |id: String, labels: String| -> Result<(), Failure> {
             out.push(TargetDevice {
                 id,
                 labels: sql::labels_from(&labels)?,
             });
+            Ok(())
+        };
+        {
+            let mut one = self.conn.prepare_cached(
+                "SELECT id, labels FROM devices WHERE id = ?1 AND revoked_us IS NULL",
+            )?;
+            for id in &targets.devices {
+                if let Some((id, labels)) = one
+                    .query_row([id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?
+                {
+                    push(id, labels)?;
+                }
+            }
+        }
+        if !targets.selector.is_empty() {
+            let mut q = String::from("SELECT id, labels FROM devices WHERE revoked_us IS NULL");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            for (k, v) in &targets.selector {
+                args.push(format!("$.\"{}\"", k.replace('"', "")).into());
+                args.push(v.clone().into());
+                q.push_str(&format!(
+                    " AND json_extract(labels, ?{}) = ?{}",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            let mut stmt = self.conn.prepare(&q)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (id, labels) = row?;
+                push(id, labels)?;
+            }
         }
         Ok(out)
     }
