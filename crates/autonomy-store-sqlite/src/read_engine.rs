@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use autonomy_api::device::{DeviceAssignmentList, DeviceList};
-use autonomy_api::{timefmt, DeviceState, PausedBy, Phase, Rollout, StuckItem, StuckStage};
+use autonomy_api::{timefmt, DeviceState, PausedBy, Phase, StuckItem, StuckStage};
 use autonomy_core::device as dev;
 use autonomy_core::engine::{self, decide, DeviceSample, StuckFacts, MAX_REASON_DEVICES};
 use autonomy_store::ids::hash_secret;
@@ -264,37 +264,44 @@ impl ReadConn {
         Ok(due)
     }
 
-    /// Count and up to [`MAX_REASON_DEVICES`] ids of a plan's assignments matching `cond`
-    /// (SQL over `a` = assignments, `d` = devices; `?1` is the plan id, `?2` a time).
-    fn sample(&self, plan_id: &str, cond: &str, at_us: i64) -> Result<DeviceSample> {
-        let count_q = format!(
-            "SELECT count(*) FROM assignments a LEFT JOIN devices d ON d.id = a.device_id \
-             WHERE a.plan_id = ?1 AND ?2 = ?2 AND {cond}"
-        );
-        let count: i64 = self
-            .conn
-            .prepare_cached(&count_q)
-            .and_then(|mut s| s.query_row(params![plan_id, at_us], |r| r.get(0)))
-            .map_err(sql_error)?;
+    /// Count (unless `known`) and up to [`MAX_REASON_DEVICES`] ids of a plan's devices that
+    /// `from_where` selects (`?1` the plan id, `?2` a time; it names `a.device_id`). A known
+    /// count of zero costs no query.
+    fn sample(
+        &self,
+        plan_id: &str,
+        from_where: &str,
+        at_us: i64,
+        known: Option<u64>,
+    ) -> Result<DeviceSample> {
+        if known == Some(0) {
+            return Ok(DeviceSample::default());
+        }
+        let count = match known {
+            Some(n) => n,
+            None => {
+                let q = format!("SELECT count(*) {from_where}");
+                let n: i64 = self
+                    .conn
+                    .prepare_cached(&q)
+                    .and_then(|mut s| s.query_row(params![plan_id, at_us], |r| r.get(0)))
+                    .map_err(sql_error)?;
+                n.max(0) as u64
+            }
+        };
         if count == 0 {
             return Ok(DeviceSample::default());
         }
-        let ids_q = format!(
-            "SELECT a.device_id FROM assignments a LEFT JOIN devices d ON d.id = a.device_id \
-             WHERE a.plan_id = ?1 AND ?2 = ?2 AND {cond} ORDER BY a.ord LIMIT {MAX_REASON_DEVICES}"
-        );
+        let q = format!("SELECT a.device_id {from_where} LIMIT {MAX_REASON_DEVICES}");
         let devices = self
             .conn
-            .prepare_cached(&ids_q)
+            .prepare_cached(&q)
             .and_then(|mut s| {
                 s.query_map(params![plan_id, at_us], |r| r.get::<_, String>(0))
                     .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
             })
             .map_err(sql_error)?;
-        Ok(DeviceSample {
-            count: count as u64,
-            devices,
-        })
+        Ok(DeviceSample { count, devices })
     }
 
     /// The stuck items of engine-driven plans (SPEC §8.6), with their last progress time (the
@@ -305,11 +312,11 @@ impl ReadConn {
         threshold_us: i64,
         promoter_running: bool,
     ) -> Result<Vec<(i64, StuckItem)>> {
-        let rows: Vec<(String, i64, i64, String)> = {
+        let rows: Vec<(String, String, i64, i64)> = {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT p.id, p.phase_changed_us, p.last_progress_us, p.doc FROM plans p \
+                    "SELECT p.id, p.phase, p.phase_changed_us, p.last_progress_us FROM plans p \
                      JOIN engine_plans e ON e.plan_id = p.id \
                      WHERE p.phase IN ('published', 'active', 'paused', 'rolled_back')",
                 )
@@ -322,18 +329,32 @@ impl ReadConn {
         };
         let mut out = Vec::new();
         let cutoff = now_us.saturating_sub(threshold_us);
-        for (id, changed, progress, doc) in rows {
-            let r: Rollout = serde_json::from_str(&doc).map_err(|e| {
-                StoreError::Internal(format!("stored plan {id} is unreadable: {e}"))
-            })?;
+        for (id, phase, changed, progress) in rows {
+            let phase: Phase = phase.parse().map_err(StoreError::Internal)?;
             let Some(e) = sql::load_engine(&self.conn, &id)? else {
                 continue;
             };
-            let phase = r.status.phase;
             if phase == Phase::Paused && e.paused_by != Some(PausedBy::Engine) {
                 continue;
             }
             let counters = sql::counters(&self.conn, &id, e.stages.len())?;
+            let total = |pred: &dyn Fn(DeviceState) -> bool| -> u64 {
+                counters
+                    .iter()
+                    .flat_map(|c| c.counts.iter())
+                    .filter(|(st, _)| pred(**st))
+                    .map(|(_, n)| *n)
+                    .sum()
+            };
+            let in_flight = total(&|st| st.is_in_flight());
+            let failures = total(&|st| {
+                matches!(
+                    st,
+                    DeviceState::Failed | DeviceState::TimedOut | DeviceState::RolledBack
+                )
+            });
+            let drifted_n = total(&|st| st == DeviceState::Drifted);
+            let reverting_n = total(&|st| st == DeviceState::Reverting);
             let status = e.status(phase, &counters);
             let stage = status.stages.get(e.current_stage as usize).map(|s| {
                 let c = &s.counts;
@@ -361,27 +382,69 @@ impl ReadConn {
                     .saturating_mul(1_000_000),
             );
             let accepted: u64 = e.stages.iter().map(|s| s.accepted).sum();
-            let mut failing =
-                self.sample(&id, "a.state IN ('failed', 'timed_out', 'rolled_back')", 0)?;
+            let mut failing = self.sample(
+                &id,
+                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                 AND a.state IN ('failed', 'timed_out', 'rolled_back') ORDER BY a.ord",
+                0,
+                Some(failures),
+            )?;
             failing.count = failing.count.saturating_sub(accepted);
             if failing.count == 0 {
                 failing.devices.clear();
             }
-            let silent_cond = format!(
-                "a.state IN {IN_FLIGHT_SQL} AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= ?2"
-            );
-            let silent = self.sample(&id, &silent_cond, silent_cut)?;
-            let non_converging_cond = format!(
-                "a.state IN {IN_FLIGHT_SQL} AND a.state_since_us <= ?2 \
-                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > {silent_cut}"
-            );
-            let non_converging = self.sample(&id, &non_converging_cond, cutoff)?;
-            let drifted = self.sample(&id, "a.state = 'drifted'", 0)?;
-            let reverts_stuck = self.sample(
+            // Silent: in flight, and no poll since the cut (never polled: since dispatch).
+            let silent = if in_flight == 0 {
+                DeviceSample::default()
+            } else {
+                self.sample(
+                    &id,
+                    &format!(
+                        "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
+                         AND a.device_id = d.id WHERE d.plan_id = ?1 \
+                         AND ifnull(d.last_seen_us, 0) <= ?2 AND a.state IN {IN_FLIGHT_SQL} \
+                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= ?2 \
+                         ORDER BY d.id"
+                    ),
+                    silent_cut,
+                    None,
+                )?
+            };
+            // Non-converging: in flight with no change since the cut, and still polling.
+            let non_converging = if in_flight == 0 {
+                DeviceSample::default()
+            } else {
+                self.sample(
+                    &id,
+                    &format!(
+                        "FROM assignments a JOIN devices d ON d.id = a.device_id \
+                         WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
+                         AND a.state_since_us <= ?2 \
+                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > {silent_cut} \
+                         ORDER BY a.state_since_us"
+                    ),
+                    cutoff,
+                    None,
+                )?
+            };
+            let drifted = self.sample(
                 &id,
-                "a.state = 'reverting' AND a.state_since_us <= ?2",
-                cutoff,
+                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                 AND a.state = 'drifted' ORDER BY a.ord",
+                0,
+                Some(drifted_n),
             )?;
+            let reverts_stuck = if reverting_n == 0 {
+                DeviceSample::default()
+            } else {
+                self.sample(
+                    &id,
+                    "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
+                     AND a.state_since_us <= ?2 ORDER BY a.ord",
+                    cutoff,
+                    None,
+                )?
+            };
             let gate = status.gate.as_ref().map(|g| {
                 (
                     g.stage,

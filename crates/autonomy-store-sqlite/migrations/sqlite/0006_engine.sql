@@ -15,6 +15,8 @@ CREATE TABLE devices (
     plan_id          TEXT,                      -- the plan of its latest assignment
     revision         INTEGER NOT NULL DEFAULT 0 -- rises whenever what a poll shows changes
 ) STRICT;
+-- A plan's devices by their last poll (never polled: 0): the stuck scan's silent devices.
+CREATE INDEX devices_by_plan_seen ON devices (plan_id, ifnull(last_seen_us, 0));
 
 CREATE TABLE enroll_keys (
     id         TEXT    PRIMARY KEY,
@@ -59,6 +61,10 @@ CREATE INDEX assignments_by_device ON assignments (device_id);
 -- The devices in flight by dispatch time: what a promoter tick scans for time-outs (the
 -- condition is the one every in-flight query writes, so the planner can use it).
 CREATE INDEX assignments_in_flight ON assignments (plan_id, dispatched_at_us)
+    WHERE state IN ('dispatched','downloading','installing','rebooting','verifying');
+-- The devices in flight by the time of their last change: the stuck scan's non-converging
+-- devices, without visiting the ones that moved lately.
+CREATE INDEX assignments_in_flight_since ON assignments (plan_id, state_since_us)
     WHERE state IN ('dispatched','downloading','installing','rebooting','verifying');
 
 CREATE TABLE stage_counters (
