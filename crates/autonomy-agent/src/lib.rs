@@ -213,7 +213,8 @@ pub struct AgentState {
     pub known_revision: u64,
     /// What the device runs, as the last successful `verify` printed it; empty when unknown.
     pub installed_digest: String,
-    /// What the last poll asked for before the next one, when it brought nothing to do.
+    /// How long to wait before the next poll: what the CP asked for when the last poll
+    /// brought no news, else 0.
     pub poll_after_seconds: u32,
     pub job: Option<Job>,
     /// The report numbered and not yet delivered; sent (again) before anything else.
@@ -418,8 +419,8 @@ impl Refusal {
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
-    /// Nothing to do: wait `after_seconds` (what the last poll asked for; 0 right after a
-    /// job or at start), then long-poll with [`Machine::poll_request`] and give the answer to
+    /// Nothing to do: wait `after_seconds` (the CP's `poll_after_seconds` when the last poll
+    /// brought no news; 0 at start, after news and after a job), then long-poll with [`Machine::poll_request`] and give the answer to
     /// [`Machine::on_poll`].
     Poll {
         known_revision: u64,
@@ -520,11 +521,14 @@ impl Machine {
     pub fn on_poll(&mut self, answer: &PollResponse) -> Persist {
         let s = &mut self.state;
         let mut persist = Persist::Nothing;
+        // A long poll that ended on news is answered at once (the next long poll waits for
+        // more news); one that ended on its wait honours the CP's pause.
+        let mut after = answer.poll_after_seconds;
         if answer.revision != s.known_revision {
             s.known_revision = answer.revision;
             persist = Persist::Write;
+            after = 0;
         }
-        let after = answer.poll_after_seconds;
         let Some(a) = &answer.assignment else {
             // Nothing assigned. A job in progress is left alone: its next report says
             // whether the CP still wants it.

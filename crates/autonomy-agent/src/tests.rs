@@ -512,8 +512,17 @@ fn each_step_sends_what_the_spec_says() {
     assert_eq!((p.wait_seconds, p.boot_id.as_str()), (60, "b1"));
     assert_eq!(p.installed_digest, "");
 
-    // Nothing to do: wait what the CP asked, with the revision it gave.
+    // News without work: long-poll again at once, with the revision it gave.
     assert_eq!(m.on_poll(&poll(3, None)), Persist::Write);
+    assert_eq!(
+        m.next(),
+        Next::Poll {
+            known_revision: 3,
+            after_seconds: 0
+        }
+    );
+    // The wait ended without news: pause as the CP asked.
+    assert_eq!(m.on_poll(&poll(3, None)), Persist::Nothing);
     assert_eq!(
         m.next(),
         Next::Poll {
@@ -521,7 +530,6 @@ fn each_step_sends_what_the_spec_says() {
             after_seconds: 5
         }
     );
-    assert_eq!(m.on_poll(&poll(3, None)), Persist::Nothing);
 
     assert!(m
         .on_poll(&poll(4, Some(view(AssignmentAction::Install, 1))))
