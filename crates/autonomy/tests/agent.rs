@@ -3,8 +3,8 @@
 //! file (the reboot) and the agent, run again, verifies; the device becomes `verified` and the
 //! plan `completed`. The agent SIGKILLed in each step in turn (the hook blocks at a chosen
 //! step, so the kill lands there) still ends with one `verified` and each step applied once —
-//! checked in the CP's own store of applied reports (`device_reports`: no endpoint lists
-//! them), read-only. Also: a CP that is down at the agent's start, enrollment with an enroll
+//! checked by the CP's answers (`applied`/`duplicate`, as the agent logs them: no endpoint
+//! lists a device's reports) and the assignment's state after each kill. Also: a CP that is down at the agent's start, enrollment with an enroll
 //! key (token 0600), and a revoked device (exit 6).
 
 mod common;
@@ -124,23 +124,53 @@ fn phase_of(cp: &Cp, admin: &str, plan: &str) -> String {
     v["status"]["phase"].as_str().unwrap().to_string()
 }
 
-/// The reports the CP applied for (device, plan), in order: (attempt, seq, state).
-fn applied_reports(cp: &Cp, device: &str, plan: &str) -> Vec<(i64, i64, String)> {
-    let conn = rusqlite::Connection::open_with_flags(
-        cp.data_dir().join("autonomy.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT attempt, seq, state FROM device_reports WHERE device_id = ?1 AND plan_id = ?2 \
-             ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([device, plan], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
+/// One report as the agent's log shows it delivered: (plan, attempt, seq, state, result).
+type Delivered = (String, u64, u64, String, String);
+
+/// The reports the agent's log shows delivered (`report delivered … result=applied|duplicate`),
+/// in order, over every run of the agent.
+fn delivered(log: &str) -> Vec<Delivered> {
+    log.lines()
+        .filter(|l| l.contains("report delivered"))
+        .map(|l| {
+            let field = |name: &str| -> String {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .unwrap_or_else(|| panic!("no {name}= in {l}"))
+                    .to_string()
+            };
+            (
+                field("plan"),
+                field("attempt").parse().unwrap(),
+                field("seq").parse().unwrap(),
+                field("state"),
+                field("result"),
+            )
+        })
         .collect()
+}
+
+/// The reports the CP applied for `plan`, as the agent's log shows them: (attempt, seq,
+/// state). The CP stores reports but no endpoint lists them, and only the SQLite backend may
+/// read its tables; its answer to each report (`applied` or `duplicate`) is what the agent
+/// logs. Also checks that every `duplicate` repeats an applied seq with the same state, and
+/// that nothing was refused.
+fn applied_reports(log: &str, plan: &str) -> Vec<(u64, u64, String)> {
+    let all: Vec<Delivered> = delivered(log).into_iter().filter(|d| d.0 == plan).collect();
+    let applied: Vec<(u64, u64, String)> = all
+        .iter()
+        .filter(|d| d.4 == "applied")
+        .map(|d| (d.1, d.2, d.3.clone()))
+        .collect();
+    for d in all.iter().filter(|d| d.4 != "applied") {
+        assert_eq!(d.4, "duplicate", "{d:?}");
+        assert!(
+            applied.contains(&(d.1, d.2, d.3.clone())),
+            "a duplicate of a report never applied: {d:?}"
+        );
+    }
+    assert!(!log.contains("report refused"), "{log}");
+    applied
 }
 
 /// The hook: logs each run, blocks at the step named in `block` (writing
@@ -330,7 +360,7 @@ fn install_reboot_verify_makes_the_device_verified_and_the_plan_completed() {
     // Started again in the same boot: the reboot is still owed; nothing is reported.
     let mut agent = dev.spawn(&cp.url);
     assert_eq!(dev.wait_exit(&mut agent), 75, "{}", dev.log());
-    assert_eq!(applied_reports(&cp, &dev.id, "fw-1").len(), 3);
+    assert_eq!(applied_reports(&dev.log(), "fw-1").len(), 3);
 
     dev.reboot(2);
     let mut agent = dev.spawn(&cp.url);
@@ -342,7 +372,7 @@ fn install_reboot_verify_makes_the_device_verified_and_the_plan_completed() {
 
     let item = assignment(&cp, &admin, "fw-1", &dev.id);
     assert_eq!(item["installed_digest"], json!(digest()));
-    let reports = applied_reports(&cp, &dev.id, "fw-1");
+    let reports = applied_reports(&dev.log(), "fw-1");
     let want = [
         "downloading",
         "installing",
@@ -354,7 +384,7 @@ fn install_reboot_verify_makes_the_device_verified_and_the_plan_completed() {
         reports,
         want.iter()
             .enumerate()
-            .map(|(i, s)| (1, i as i64 + 1, s.to_string()))
+            .map(|(i, s)| (1, i as u64 + 1, s.to_string()))
             .collect::<Vec<_>>()
     );
     assert_eq!(dev.hook_runs(), ["download", "install", "verify"]);
@@ -401,7 +431,7 @@ fn an_agent_killed_at_each_step_still_verifies_once() {
     kill(&mut agent);
 
     // Each step applied once, in order, numbered 1..5 — none twice, none renumbered.
-    let reports = applied_reports(&cp, &dev.id, "fw-2");
+    let reports = applied_reports(&dev.log(), "fw-2");
     let states: Vec<&str> = reports.iter().map(|r| r.2.as_str()).collect();
     assert_eq!(
         states,
@@ -415,7 +445,7 @@ fn an_agent_killed_at_each_step_still_verifies_once() {
         "{}",
         dev.log()
     );
-    let seqs: Vec<i64> = reports.iter().map(|r| r.1).collect();
+    let seqs: Vec<u64> = reports.iter().map(|r| r.1).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert!(reports.iter().all(|r| r.0 == 1));
     // Each killed step ran again, and only it.
@@ -461,7 +491,7 @@ fn a_cp_that_is_down_at_start_is_waited_for() {
         "{}",
         dev.log()
     );
-    let states: Vec<String> = applied_reports(&cp, &dev.id, "fw-3")
+    let states: Vec<String> = applied_reports(&dev.log(), "fw-3")
         .into_iter()
         .map(|r| r.2)
         .collect();

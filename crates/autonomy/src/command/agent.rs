@@ -245,7 +245,7 @@ impl AgentArgs {
                             );
                             Ok(answer)
                         }
-                        Err(e) if e.api().is_some_and(|a| a.status == 409) => {
+                        Err(e) if e.api().is_some() && e.exit() == Exit::Conflict => {
                             let refusal = Refusal::from_message(
                                 &e.api().map(|a| a.message.clone()).unwrap_or_default(),
                             );
@@ -336,19 +336,20 @@ impl AgentArgs {
                     backoff.reset();
                     return Ok((token, Some(enrolled.id)));
                 }
-                Err(e) if e.api().is_some_and(|a| a.status == 409) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot enroll as '{id}' (enrolled before? then its token is lost: \
-                         register the device again, or give --token-file)"
-                    )));
-                }
-                Err(e)
-                    if e.api().is_some_and(|a| (400..500).contains(&a.status))
-                        && !is_denied(&e) =>
-                {
-                    return Err(anyhow::Error::new(e).context("cannot enroll"));
-                }
-                Err(e) => retry_or_end(&e, "enroll", backoff)?,
+                Err(e) => match e.exit() {
+                    Exit::Conflict => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "cannot enroll as '{id}' (enrolled before? then its token is lost: \
+                             register the device again, or give --token-file)"
+                        )))
+                    }
+                    // Down, hung or 5xx: wait. A refused key: exit 6.
+                    Exit::Unreachable | Exit::Server | Exit::Denied => {
+                        retry_or_end(&e, "enroll", backoff)?
+                    }
+                    // A request the CP calls invalid would stay invalid.
+                    _ => return Err(anyhow::Error::new(e).context("cannot enroll")),
+                },
             }
         }
     }
@@ -360,8 +361,9 @@ impl AgentArgs {
     }
 }
 
+/// 401 or 403: the token (or enroll key) is refused.
 fn is_denied(e: &ClientError) -> bool {
-    e.api().is_some_and(|a| a.status == 401 || a.status == 403)
+    e.exit() == Exit::Denied
 }
 
 /// A refused token ends the agent (exit 6); anything else (unreachable, timed out, 5xx, an
