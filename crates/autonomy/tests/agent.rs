@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use autonomy_testkit::process::{self, shell_code};
+use autonomy_testkit::process::{self, shell_code, Signal};
 use common::{free_port, Cp, TestDir, BIN};
 use serde_json::{json, Value};
 
@@ -150,27 +150,28 @@ fn delivered(log: &str) -> Vec<Delivered> {
         .collect()
 }
 
-/// The reports the CP applied for `plan`, as the agent's log shows them: (attempt, seq,
-/// state). The CP stores reports but no endpoint lists them, and only the SQLite backend may
-/// read its tables; its answer to each report (`applied` or `duplicate`) is what the agent
-/// logs. Also checks that every `duplicate` repeats an applied seq with the same state, and
-/// that nothing was refused.
+/// The reports the CP applied for `plan`, by seq, as its answers to the agent show them:
+/// (attempt, seq, state). The CP stores reports but no endpoint lists them (and only the
+/// SQLite backend may read its tables); its answer to each report is what the agent logs:
+/// `applied`, or `duplicate` — a seq it had applied before (e.g. while the agent was killed
+/// before the answer). Checks that no seq was applied twice, that a seq always names the same
+/// step, and that nothing was refused.
 fn applied_reports(log: &str, plan: &str) -> Vec<(u64, u64, String)> {
-    let all: Vec<Delivered> = delivered(log).into_iter().filter(|d| d.0 == plan).collect();
-    let applied: Vec<(u64, u64, String)> = all
-        .iter()
-        .filter(|d| d.4 == "applied")
-        .map(|d| (d.1, d.2, d.3.clone()))
-        .collect();
-    for d in all.iter().filter(|d| d.4 != "applied") {
-        assert_eq!(d.4, "duplicate", "{d:?}");
-        assert!(
-            applied.contains(&(d.1, d.2, d.3.clone())),
-            "a duplicate of a report never applied: {d:?}"
-        );
+    let mut by_seq: std::collections::BTreeMap<(u64, u64), (String, usize)> = Default::default();
+    for d in delivered(log).into_iter().filter(|d| d.0 == plan) {
+        assert!(d.4 == "applied" || d.4 == "duplicate", "{d:?}");
+        let entry = by_seq.entry((d.1, d.2)).or_insert((d.3.clone(), 0));
+        assert_eq!(entry.0, d.3, "seq {} named two steps", d.2);
+        if d.4 == "applied" {
+            entry.1 += 1;
+            assert_eq!(entry.1, 1, "seq {} was applied twice:\n{log}", d.2);
+        }
     }
     assert!(!log.contains("report refused"), "{log}");
-    applied
+    by_seq
+        .into_iter()
+        .map(|((attempt, seq), (state, _))| (attempt, seq, state))
+        .collect()
 }
 
 /// The hook: logs each run, blocks at the step named in `block` (writing
@@ -322,6 +323,24 @@ impl Device {
     }
 }
 
+/// Bytes received and not yet read on the established connections of the CP at `url`
+/// (`/proc/net/tcp`): a request waiting for a stopped CP.
+fn unread_bytes_at(url: &str) -> u64 {
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let table = fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let established = *f.get(3)? == "01";
+            let rx = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (local_port == port && established).then_some(rx)
+        })
+        .sum()
+}
+
 /// SIGKILLs the agent, then the hook's whole process group (what systemd's KillMode=
 /// control-group does to a killed unit), and waits until the hook is gone.
 fn kill_agent_and_hook(agent: &mut Child, hook_pid: u32) {
@@ -423,12 +442,31 @@ fn an_agent_killed_at_each_step_still_verifies_once() {
     let hook = dev.wait_blocked(&mut agent, "verify");
     kill_agent_and_hook(&mut agent, hook);
     assert_eq!(state(), "verifying");
-    // Left alone, it verifies.
+    // Killed after the CP applied `succeeded`, before the agent read the answer: the CP is
+    // stopped (SIGSTOP) when the verify hook is let go, so the report waits in the CP's
+    // socket; then the agent is stopped and the CP continued: it applies the report and
+    // answers into the stopped agent's socket; then the agent is killed.
+    let mut agent = dev.spawn(&cp.url);
+    dev.wait_blocked(&mut agent, "verify");
+    process::signal(cp.pid(), Signal::Stop).unwrap();
+    fs::write(dev.path("release"), "").unwrap();
+    wait_until("the report in the CP's socket", || {
+        unread_bytes_at(&cp.url) > 0
+    });
+    process::signal(agent.id(), Signal::Stop).unwrap();
+    process::signal(cp.pid(), Signal::Cont).unwrap();
+    wait_until("the report applied", || state() == "verified");
+    kill(&mut agent);
+    assert!(!dev.log().contains("state=succeeded"), "{}", dev.log());
+    // Started again, it sends the same report, same seq, and ends.
     dev.block_at(None);
     let mut agent = dev.spawn(&cp.url);
-    wait_until("verified", || state() == "verified");
+    wait_until("the re-sent report's answer", || {
+        delivered(&dev.log()).iter().any(|d| d.3 == "succeeded")
+    });
     wait_until("completed", || phase_of(&cp, &admin, "fw-2") == "completed");
     kill(&mut agent);
+    assert_eq!(state(), "verified");
 
     // Each step applied once, in order, numbered 1..5 — none twice, none renumbered.
     let reports = applied_reports(&dev.log(), "fw-2");
@@ -448,16 +486,21 @@ fn an_agent_killed_at_each_step_still_verifies_once() {
     let seqs: Vec<u64> = reports.iter().map(|r| r.1).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     assert!(reports.iter().all(|r| r.0 == 1));
-    // Each killed step ran again, and only it.
+    // Each step killed in its hook ran again, and only it; the report killed unanswered was
+    // sent again, its step not run again.
     assert_eq!(
         dev.hook_runs(),
         ["download", "download", "install", "install", "verify", "verify"]
     );
-    // Every report the agent sent was answered `applied` (a kill here never fell between a
-    // send and its answer; that case, a `duplicate`, is the state machine's table test).
+    // The CP had applied `succeeded` while the agent was killed: the re-sent report (seq 5
+    // again) was answered `duplicate`, and counted as delivered.
     let log = dev.log();
-    assert_eq!(log.matches("report delivered").count(), 5, "{log}");
-    assert!(!log.contains("report refused"), "{log}");
+    let last = delivered(&log).pop().unwrap();
+    assert_eq!(
+        (last.2, last.3.as_str(), last.4.as_str()),
+        (5, "succeeded", "duplicate"),
+        "{log}"
+    );
     assert_eq!(
         assignment(&cp, &admin, "fw-2", &dev.id)["installed_digest"],
         json!(digest())
