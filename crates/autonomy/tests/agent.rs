@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use autonomy_testkit::process::{self, shell_code, Signal};
-use common::{free_port, Cp, TestDir, BIN};
+use common::{free_port, silent_listener, Cp, TestDir, BIN};
 use serde_json::{json, Value};
 
 /// The target digest of every plan here.
@@ -542,6 +542,21 @@ fn a_cp_that_is_down_at_start_is_waited_for() {
         states,
         ["downloading", "installing", "verifying", "succeeded"]
     );
+}
+
+#[test]
+fn a_cp_that_never_answers_is_timed_out_and_retried() {
+    // Accepts connections, never answers: each poll ends at its deadline (wait + margin).
+    let (_listener, url) = silent_listener();
+    let dev = Device::new("amr-0005");
+    dev.set_token("aut_0123456789abcdef0123456789abcdef");
+    let mut agent = dev.spawn(&url);
+    wait_until("a timed-out poll", || {
+        dev.log().contains("poll failed; retrying")
+    });
+    assert!(dev.log().contains("timed out"), "{}", dev.log());
+    assert!(agent.try_wait().unwrap().is_none(), "{}", dev.log());
+    kill(&mut agent);
 }
 
 #[test]

@@ -511,6 +511,8 @@ fn run_hook(cmd: &str, run: &HookRun, timeout_secs: u64) -> HookOutcome {
         .arg("-c")
         .arg(cmd)
         .envs(run.env())
+        // The enroll key is a secret the hook has no use for.
+        .env_remove("AUTONOMY_AGENT_ENROLL_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
