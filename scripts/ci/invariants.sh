@@ -45,11 +45,12 @@ mapfile -t dirs < <(crates_except autonomy-server/ src)
 mapfile -t hits < <(rs_grep 'StatusCode::|StatusCode\b.*from_u16' "${dirs[@]}")
 [ "${#hits[@]}" -eq 0 ] || fail "StatusCode is used only in crates/autonomy-server" "${hits[@]}"
 
-# 4. The wire types and the domain rules do no IO and never read the clock or the RNG.
+# 4. The wire types, the domain rules and the agent state machine do no IO and never read the
+#    clock or the RNG.
 mapfile -t hits < <(rs_grep 'std::(fs|net|process|thread)|SystemTime|Instant::now|now_utc|getrandom|tokio|File::' \
-  crates/autonomy-api/src crates/autonomy-core/src)
-[ "${#hits[@]}" -eq 0 ] || fail "autonomy-api and autonomy-core do no IO and read no clock" "${hits[@]}"
-for c in autonomy-api autonomy-core; do
+  crates/autonomy-api/src crates/autonomy-core/src crates/autonomy-agent/src)
+[ "${#hits[@]}" -eq 0 ] || fail "autonomy-api, autonomy-core and autonomy-agent do no IO and read no clock" "${hits[@]}"
+for c in autonomy-api autonomy-core autonomy-agent; do
   if grep -qE '^(tokio|rusqlite|axum|ureq|hyper)' "crates/$c/Cargo.toml"; then
     fail "$c depends on no IO crate" "crates/$c/Cargo.toml"
   fi

@@ -130,6 +130,10 @@ const CLIENT_ARG_IDS: &[(&str, &str)] = &[
     ("operator", "--operator"),
 ];
 
+/// The verbs that take none of the client flags: `serve`, and `agent` (a device, with its own
+/// `--server` and a device token, not an operator's).
+const STANDALONE_VERBS: &[&str] = &["serve", "agent"];
+
 /// The whole command tree: the derived one, with the [`ClientArgs`] also on every client verb
 /// (global from there down) and every `AUTONOMY_*` variable that is set but empty treated as
 /// unset.
@@ -139,7 +143,7 @@ pub fn command() -> clap::Command {
         .map(|a| a.clone().global(true))
         .collect();
     let cmd = Cli::command().mut_subcommands(|verb| {
-        if verb.get_name() == "serve" {
+        if STANDALONE_VERBS.contains(&verb.get_name()) {
             verb
         } else {
             verb.args(client_args.iter().cloned())
@@ -165,14 +169,20 @@ fn refuse_client_flags_for_serve(
     cmd: &mut clap::Command,
     matches: &ArgMatches,
 ) -> Result<(), clap::Error> {
-    if matches.subcommand_name() != Some("serve") {
+    let verb = matches.subcommand_name().unwrap_or_default();
+    if !STANDALONE_VERBS.contains(&verb) {
         return Ok(());
     }
     for (id, flag) in CLIENT_ARG_IDS {
         if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            let why = if verb == "serve" {
+                SERVE_TAKES_NO_CLIENT_FLAGS.to_string()
+            } else {
+                format!("it is a flag of the client commands, which `autonomy {verb}` does not take (give `autonomy {verb}` its own flags after the verb)")
+            };
             return Err(cmd.error(
                 ErrorKind::ArgumentConflict,
-                format!("{flag} given to serve: {SERVE_TAKES_NO_CLIENT_FLAGS}"),
+                format!("{flag} given to {verb}: {why}"),
             ));
         }
     }
@@ -221,7 +231,7 @@ impl Cli {
 /// trailing slash. The CLI adds `/v1/…` itself, so a path other than `/`, a query or a
 /// fragment is refused: `http://cp/v1` would send every call to `/v1/v1/…` and read the 404s
 /// as "not found".
-fn parse_server(s: &str) -> Result<String, String> {
+pub(crate) fn parse_server(s: &str) -> Result<String, String> {
     let s = s.trim();
     let rest = match s.split_once("://") {
         None => s,

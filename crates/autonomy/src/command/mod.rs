@@ -9,6 +9,7 @@ use autonomy_client::{Api, Call, ClientError, Reply};
 
 use crate::output::Output;
 
+pub mod agent;
 pub mod audit;
 pub mod device;
 pub mod health;
@@ -37,6 +38,8 @@ impl Ctx {
 pub enum Command {
     /// Run the control plane (CP).
     Serve(serve::ServeArgs),
+    /// Run the edge agent on a device (SPEC §9.4).
+    Agent(agent::AgentArgs),
     Health(health::HealthArgs),
     /// Rollout plans: create, get, list, their devices, the stuck scan, and operator
     /// transitions.
@@ -60,6 +63,7 @@ impl Command {
     pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         match self {
             Command::Serve(args) => args.run(),
+            Command::Agent(args) => args.run(),
             Command::Health(args) => args.run(ctx),
             Command::Rollout(cmd) => cmd.run(ctx),
             Command::Device(cmd) => cmd.run(ctx),

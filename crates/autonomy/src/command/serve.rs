@@ -544,7 +544,7 @@ async fn shutdown_signal() {
 
 /// Logs go to stderr (stdout carries only the `listening on` line); `RUST_LOG` overrides the
 /// default level `info`.
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
