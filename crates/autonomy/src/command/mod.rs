@@ -11,6 +11,7 @@ use crate::output::Output;
 
 pub mod audit;
 pub mod device;
+pub mod fleet;
 pub mod health;
 pub mod labels;
 pub mod rollback;
@@ -54,6 +55,9 @@ pub enum Command {
     /// RBAC tokens (admin only): create, list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// A simulated fleet: thousands of devices running the agent state machine.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 impl Command {
@@ -66,6 +70,7 @@ impl Command {
             Command::Rollback(cmd) => cmd.run(ctx),
             Command::Audit(cmd) => cmd.run(ctx),
             Command::Token(cmd) => cmd.run(ctx),
+            Command::Fleet(cmd) => cmd.run(ctx),
         }
     }
 }
