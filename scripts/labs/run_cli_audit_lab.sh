@@ -13,6 +13,8 @@
 #   val11  run_chaos_val11_lab  VAL11 chaos test pack (the seed, exactly)  port 18996
 #   val12  run_val12_lab        chaos beyond the plan: SIGKILL under load, hung CP, full disk,
 #                               corrupt store at start-up                  port 18997 (+18998)
+#   val13  run_val13_lab        a fleet rollout under chaos: 1,000 simulated devices,
+#                               gates, engine pauses, SIGKILLs             port 18999
 #
 # This file is the entry point: usage, cleanup, the VAL11 lab and main. The shared helpers are
 # in lib/ (common.sh: logging, values, JSON; cp.sh: CP start/stop; client.sh: curl and CLI;
@@ -29,7 +31,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 readonly SCRIPT_NAME SCRIPT_DIR REPO_ROOT
 
-readonly ALL_LABS=(audit val08 val09 val10 val11 val12)
+readonly ALL_LABS=(audit val08 val09 val10 val11 val12 val13)
 
 # Bounds: every wait in this script is bounded by one of these. They are read by the sourced
 # lib/*.sh, so SC2034 is off for each: shellcheck follows the sources only with -x (as CI runs it).
@@ -50,7 +52,7 @@ readonly BUILD_TIMEOUT=3600     # seconds for `cargo build -p autonomy`
 
 usage() {
   cat <<EOF
-Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11|val12]...
+Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11|val12|val13]...
        $SCRIPT_NAME -h | --help
 
 Runs the AutonomyOps acceptance labs against a real \`autonomy\` binary (default: all, in
@@ -77,6 +79,11 @@ Labs:
                               --timeout, Idempotency-Key retry), a full 4 MiB tmpfs (503,
                               reads work, recovery; needs root to mount), corrupt stores at
                               start-up (refuse, naming the file)       port 18997 (+18998)
+  val13  run_val13_lab        a fleet rollout under chaos: 1,000 devices simulated by
+                              \`autonomy fleet simulate\` (failing, silent, false-success,
+                              reverting), a 4-stage plan with a manual gate that survives
+                              three SIGKILLs, the stuck scan against the manifest, retry,
+                              final states, audit verify                 port 18999
 
 Environment:
   AUTONOMY_BIN  the autonomy binary; default: \`cargo build -p autonomy\` in the repo, then
@@ -85,6 +92,7 @@ Environment:
                 it is kept after the run
   TMPDIR        parent of the scratch \$WORK_DIR, which is removed on exit
   VAL12_SEED    seed (a number) for val12's SIGKILL moments, to replay a run's pauses
+  VAL13_SEED    seed (a number) of val13's fleet behaviours (default 13)
 
 Every CP the script starts is stopped on exit (SIGTERM, then SIGKILL after 10 s), and every
 filesystem it mounted (val12) is unmounted.
@@ -121,6 +129,8 @@ source "$SCRIPT_DIR/lib/val09.sh"
 source "$SCRIPT_DIR/lib/val10.sh"
 # shellcheck source=lib/val12.sh
 source "$SCRIPT_DIR/lib/val12.sh"
+# shellcheck source=lib/val13.sh
+source "$SCRIPT_DIR/lib/val13.sh"
 
 cleanup() {
   local rc=$? pid mnt
@@ -470,9 +480,9 @@ main() {
         return 0
         ;;
       all) selected+=("${ALL_LABS[@]}") ;;
-      audit | val08 | val09 | val10 | val11 | val12) selected+=("$arg") ;;
+      audit | val08 | val09 | val10 | val11 | val12 | val13) selected+=("$arg") ;;
       *)
-        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10, val11 or val12)" >&2
+        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10, val11, val12 or val13)" >&2
         usage >&2
         return 2
         ;;
@@ -532,6 +542,7 @@ main() {
       val10) run_val10_lab ;;
       val11) run_chaos_val11_lab ;;
       val12) run_val12_lab ;;
+      val13) run_val13_lab ;;
     esac
     stop_all_cps
   done

@@ -165,6 +165,8 @@ pub struct Lab {
     pub ready_ms: String,
     pub started_at: String,
     pub t0: Instant,
+    /// More `serve` arguments for every start (e.g. `--promoter-interval 0.2`).
+    pub cp_args: Vec<String>,
 }
 
 impl Lab {
@@ -226,6 +228,7 @@ impl Lab {
         let mut options = CpOptions::new(&self.bin, data, log);
         options.listen = format!("127.0.0.1:{port}");
         options.audit_dir = Some(audit.to_path_buf());
+        options.args = self.cp_args.clone();
         options.stdout_to_log = true;
         options.start_limit = CP_READY_LIMIT;
         options.stop_limit = CP_STOP_LIMIT;

@@ -8,6 +8,7 @@
 mod lab;
 mod report;
 mod val12;
+mod val13;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,6 +43,21 @@ enum LabCmd {
         /// Seed of the SIGKILL moments and the writers' choices (1 to 9 digits; default: from
         /// the clock).
         #[arg(long, env = "VAL12_SEED")]
+        seed: Option<String>,
+    },
+    /// VAL13 — a fleet rollout under chaos (port 18999): 1,000 simulated devices.
+    Val13 {
+        /// The `autonomy` binary.
+        #[arg(long, env = "AUTONOMY_BIN")]
+        bin: PathBuf,
+        /// Where the evidence and val13-report.{txt,json} go (made empty first).
+        #[arg(long)]
+        evidence_dir: PathBuf,
+        /// Scratch: the data dir and audit dir (made empty first).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Seed of the fleet's behaviours (1 to 9 digits; default 13).
+        #[arg(long, env = "VAL13_SEED")]
         seed: Option<String>,
     },
 }
@@ -114,9 +130,64 @@ fn main() -> anyhow::Result<ExitCode> {
                 ready_ms: String::new(),
                 started_at: lab::utc_now(),
                 t0: Instant::now(),
+                cp_args: Vec::new(),
             };
             lab.say(&format!("starting (evidence: {})", lab.dir.display()));
             let pass = val12::run(&mut lab, seed)?;
+            Ok(if pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        LabCmd::Val13 {
+            bin,
+            evidence_dir,
+            work_dir,
+            seed,
+        } => {
+            let bin = absolute(&bin)?;
+            anyhow::ensure!(bin.is_file(), "{} is not an executable file", bin.display());
+            let (dir, work_root) = (absolute(&evidence_dir)?, absolute(&work_dir)?);
+            fresh_dir(&dir)?;
+            fresh_dir(&work_root)?;
+            let seed: u64 = match seed
+                .filter(|s| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+            {
+                Some(s) => s.parse()?,
+                None => 13,
+            };
+            let (data_dir, audit_dir, work) = (
+                work_root.join("data"),
+                work_root.join("audit"),
+                work_root.join("work"),
+            );
+            for d in [&data_dir, &audit_dir, &work] {
+                std::fs::create_dir_all(d)?;
+            }
+            let mut lab = lab::Lab {
+                name: "val13",
+                bin,
+                dir,
+                work,
+                port: val13::PORT,
+                base: format!("http://127.0.0.1:{}", val13::PORT),
+                data_dir,
+                audit_dir,
+                operator: "val13-fleet-op".into(),
+                report: report::Report {
+                    lab: "val13",
+                    ..report::Report::default()
+                },
+                cp: None,
+                start_error: String::new(),
+                ready_ms: String::new(),
+                started_at: lab::utc_now(),
+                t0: Instant::now(),
+                cp_args: Vec::new(),
+            };
+            lab.say(&format!("starting (evidence: {})", lab.dir.display()));
+            let pass = val13::run(&mut lab, seed)?;
             Ok(if pass {
                 ExitCode::SUCCESS
             } else {

@@ -12,6 +12,7 @@ use crate::output::Output;
 pub mod agent;
 pub mod audit;
 pub mod device;
+pub mod fleet;
 pub mod health;
 pub mod labels;
 pub mod rollback;
@@ -57,6 +58,9 @@ pub enum Command {
     /// RBAC tokens (admin only): create, list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// A simulated fleet: thousands of devices running the agent state machine.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 impl Command {
@@ -70,6 +74,7 @@ impl Command {
             Command::Rollback(cmd) => cmd.run(ctx),
             Command::Audit(cmd) => cmd.run(ctx),
             Command::Token(cmd) => cmd.run(ctx),
+            Command::Fleet(cmd) => cmd.run(ctx),
         }
     }
 }
