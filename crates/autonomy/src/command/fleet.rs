@@ -14,7 +14,7 @@ use anyhow::Context;
 use autonomy_agent::{HookOutcome, HookStep, JobAction, Machine, Next, Refusal, REBOOT_EXIT_CODE};
 use autonomy_api::device::{EnrollRequest, PollResponse, ReportRequest};
 use autonomy_client::nonblocking::Transport;
-use autonomy_client::{Api, ClientError, Token};
+use autonomy_client::{Api, ClientError, Exit, Token};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -444,10 +444,10 @@ enum Failed {
 fn classify(fleet: &Fleet, e: &ClientError) -> Failed {
     if let Some(api) = e.api() {
         fleet.reached.store(true, Ordering::Relaxed);
-        return match api.status {
-            401 | 403 => Failed::Auth,
-            409 => Failed::Refused(Refusal::from_message(&api.message)),
-            s if s >= 500 || s == 429 => Failed::Retry,
+        return match e.exit() {
+            Exit::Denied => Failed::Auth,
+            Exit::Conflict => Failed::Refused(Refusal::from_message(&api.message)),
+            Exit::Server => Failed::Retry,
             _ => Failed::Fatal(e.to_string()),
         };
     }
