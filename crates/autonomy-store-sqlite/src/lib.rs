@@ -508,7 +508,15 @@ impl Store for SqliteStore {
     }
 
     async fn identify_device(&self, secret: String) -> Result<Option<DeviceIdentity>> {
-        self.read(move |r| r.identify_device(&secret)).await
+        let hash = autonomy_store::ids::hash_secret(&secret);
+        if let Some(device_id) = self.live.token_device(&hash) {
+            return Ok(Some(DeviceIdentity { device_id }));
+        }
+        let found = self.read(move |r| r.identify_device(&secret)).await?;
+        if let Some(who) = &found {
+            self.live.remember_token(hash, who.device_id.clone());
+        }
+        Ok(found)
     }
 
     async fn known_device(&self, id: String) -> Result<Option<DeviceIdentity>> {

@@ -953,6 +953,8 @@ impl Writer {
         self.conn
             .prepare_cached("UPDATE devices SET revoked_us = ?2, token_hash = NULL WHERE id = ?1")?
             .execute(params![id, now])?;
+        // Before the answer: the token cache must not let the next request through.
+        self.live.forget_device(id);
         let mut cancelled = None;
         if let Some(s) = &before.assignment {
             if matches!(s.state, DeviceState::Pending | DeviceState::Dispatched) {

@@ -15,11 +15,20 @@ pub struct Beat {
     pub boot_id: String,
 }
 
-/// Heartbeats not yet flushed, and long-poll waiters, by device id.
+/// The most device tokens [`Live`] remembers (past it, the cache starts over).
+const MAX_CACHED_TOKENS: usize = 500_000;
+
+/// Heartbeats not yet flushed, long-poll waiters, and the device tokens recently seen, by
+/// device id.
 #[derive(Debug, Default)]
 pub struct Live {
     beats: Mutex<HashMap<String, Beat>>,
     waiters: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Token hash → device id of tokens the store confirmed: a device's next request skips
+    /// the lookup. The store's writer forgets a device here when it revokes it, in the
+    /// transaction's thread before answering, so a revoked token is refused from the next
+    /// request on. (One process only: a store with several writers must not use it.)
+    tokens: Mutex<HashMap<String, String>>,
 }
 
 impl Live {
@@ -86,6 +95,32 @@ impl Live {
                 tx.send_modify(|v| *v = v.wrapping_add(1));
             }
         }
+    }
+
+    /// The device a confirmed token hash belongs to.
+    pub fn token_device(&self, token_hash: &str) -> Option<String> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token_hash)
+            .cloned()
+    }
+
+    /// Remembers a token hash the store confirmed for `device_id`.
+    pub fn remember_token(&self, token_hash: String, device_id: String) {
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() >= MAX_CACHED_TOKENS {
+            t.clear();
+        }
+        t.insert(token_hash, device_id);
+    }
+
+    /// Forgets every token of `device_id` (its revocation).
+    pub fn forget_device(&self, device_id: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, d| d != device_id);
     }
 
     /// Devices with a long poll waiting now.
