@@ -230,7 +230,10 @@ impl Device {
     }
 
     /// A poll that must answer 200; its assignment, if any.
-    pub fn poll_assignment(&mut self, wait_seconds: u32) -> Result<Option<Assignment>, DeviceError> {
+    pub fn poll_assignment(
+        &mut self,
+        wait_seconds: u32,
+    ) -> Result<Option<Assignment>, DeviceError> {
         let answer = self.poll(wait_seconds)?;
         Ok(Assignment::from_json(&answer["assignment"]))
     }
@@ -275,7 +278,12 @@ impl Device {
 
     /// Reports `state` with the next seq; it must answer 200. Returns the answer
     /// (`{"result","assignment_state"}`).
-    pub fn report(&mut self, plan_id: &str, attempt: u32, state: &str) -> Result<Value, DeviceError> {
+    pub fn report(
+        &mut self,
+        plan_id: &str,
+        attempt: u32,
+        state: &str,
+    ) -> Result<Value, DeviceError> {
         let r = self.report_raw(plan_id, attempt, state)?;
         expect(&format!("report {state} by {}", self.id), r, 200)
     }

@@ -94,6 +94,11 @@ fn devices(cp: &Cp, prefix: &str, n: usize, labels: &Value) -> Vec<Device> {
 
 /// Creates an engine-driven plan over the devices labelled `group=<group>`.
 fn create(cp: &Cp, id: &str, group: &str, stages: Value, policy: Value) -> Value {
+    let stages = if stages.is_null() {
+        json!([{"name": "all"}])
+    } else {
+        stages
+    };
     let mut spec = json!({
         "artifact_ref": artifact(),
         "targets": {"selector": {"group": group}},
@@ -203,7 +208,8 @@ fn wait_state(cp: &Cp, id: &str, device: &str, want: &str) {
 fn state_counts(cp: &Cp, id: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for a in assignments(cp, id).values() {
-        *out.entry(a["state"].as_str().unwrap().to_string()).or_default() += 1;
+        *out.entry(a["state"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     out
 }
@@ -246,7 +252,6 @@ fn stuck_item(v: &Value, id: &str) -> Option<Value> {
 }
 
 /// code → (count, devices) of a stuck item's reasons.
-#[allow(dead_code)]
 fn reasons(item: &Value) -> BTreeMap<String, (u64, Vec<String>)> {
     item["reasons"]
         .as_array()
@@ -270,10 +275,14 @@ fn reasons(item: &Value) -> BTreeMap<String, (u64, Vec<String>)> {
 
 /// Polls until the device holds an assignment of `plan` with `action`.
 fn wait_assignment(d: &mut Device, plan: &str, action: &str) -> Assignment {
-    wait_for(&format!("{} to get {action} of {plan}", d.id), LIMIT, || {
-        let a = d.poll_assignment(1).unwrap_or_else(|e| panic!("poll: {e}"));
-        a.filter(|a| a.plan_id == plan && a.action == action)
-    })
+    wait_for(
+        &format!("{} to get {action} of {plan}", d.id),
+        LIMIT,
+        || {
+            let a = d.poll_assignment(1).unwrap_or_else(|e| panic!("poll: {e}"));
+            a.filter(|a| a.plan_id == plan && a.action == action)
+        },
+    )
 }
 
 /// The devices (by index) that currently hold an `install` of `plan` (one poll each).
@@ -385,7 +394,9 @@ fn through_gate_one(cp: &Cp, devs: &mut [Device], id: &str, installed: &mut Vec<
 
     let (s, v) = start(cp, id, &json!({"stage": 1}));
     assert_eq!(s, 200, "{v}");
-    let n = drive(cp, devs, id, installed, |cp| phase(&plan(cp, id)) == "completed");
+    let n = drive(cp, devs, id, installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
     assert_eq!(n, 5, "wave and rest: five devices");
     let p = plan(cp, id);
     assert_eq!(
@@ -475,7 +486,11 @@ fn steps(d: &mut Device, a: &Assignment, steps: &[(&str, &str)]) {
         let v = d
             .report(&a.plan_id, a.attempt, step)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(v["assignment_state"], *want, "{} reported {step}: {v}", d.id);
+        assert_eq!(
+            v["assignment_state"], *want,
+            "{} reported {step}: {v}",
+            d.id
+        );
     }
 }
 
@@ -525,10 +540,7 @@ fn a_device_back_on_its_previous_digest_is_rolled_back_and_a_failure() {
     steps(d, &a, &[("succeeded", "rolled_back")]);
     let p = wait_phase(&cp, "fallback", "failed");
     assert_eq!(rollout(&p)["stages"][0]["counts"]["rolled_back"], 1, "{p}");
-    assert_eq!(
-        assignments(&cp, "fallback")[&d.id]["state"],
-        "rolled_back"
-    );
+    assert_eq!(assignments(&cp, "fallback")[&d.id]["state"], "rolled_back");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,7 +558,11 @@ fn the_failure_threshold_pauses_and_retry_gives_attempt_two() {
         json!({"failure_threshold": {"count": 1}, "on_failure": "pause"}),
     );
     let a = wait_assignment(&mut devs[0], id, "install");
-    steps(&mut devs[0], &a, &[("downloading", "downloading"), ("failed", "failed")]);
+    steps(
+        &mut devs[0],
+        &a,
+        &[("downloading", "downloading"), ("failed", "failed")],
+    );
     let p = wait_phase(&cp, id, "paused");
     assert_eq!(rollout(&p)["paused_by"], "engine", "{p}");
     assert_eq!(rollout(&p)["reason"], "failure_threshold", "{p}");
@@ -689,7 +705,12 @@ fn rollback_reverts_started_devices_and_cancels_the_rest() {
     assert_eq!(v["to_phase"], "rolled_back", "{v}");
 
     let r = wait_assignment(&mut devs[busy], id, "revert");
-    assert_eq!(r.target_digest, old(), "revert to the digest it had: {:?}", r.raw);
+    assert_eq!(
+        r.target_digest,
+        old(),
+        "revert to the digest it had: {:?}",
+        r.raw
+    );
     assert_eq!(state_of(&cp, id, &devs[busy].id), "reverting");
     wait_assignment(&mut devs[idle], id, "cancel");
     assert_eq!(
@@ -740,4 +761,404 @@ fn drift_after_completion_is_counted_and_resolved() {
     assert_eq!(rollout(&p)["drifted"], 0, "{p}");
     assert_eq!(events(&cp, "device.drift_resolved", id).len(), 1);
     assert_eq!(events(&cp, "device.drift_detected", id).len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Stuck, with reasons: every code primary in a scenario of its own
+// ---------------------------------------------------------------------------------------------
+
+/// The scan over `query` lists exactly plan `id`, stuck with `code`, with exactly `want`
+/// reasons (code, count, devices); `by_code` counts it; `?code=` finds it under its code
+/// and nothing under another. Returns the item.
+fn assert_stuck(
+    cp: &Cp,
+    query: &str,
+    id: &str,
+    code: &str,
+    want: &[(&str, u64, &[&str])],
+) -> Value {
+    let s = stuck(cp, query);
+    assert_eq!(s["stuck_count"], 1, "{s}");
+    let item = stuck_item(&s, id).unwrap_or_else(|| panic!("{id} not stuck: {s}"));
+    assert_eq!(item["code"], code, "{item}");
+    let want: BTreeMap<String, (u64, Vec<String>)> = want
+        .iter()
+        .map(|(c, n, ids)| {
+            let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+            ids.sort();
+            (c.to_string(), (*n, ids))
+        })
+        .collect();
+    assert_eq!(reasons(&item), want, "{item}");
+    assert_eq!(
+        item["reasons"][0]["code"], code,
+        "the main code is first: {item}"
+    );
+    assert_eq!(s["by_code"], json!({code: 1}), "{s}");
+    let diagnosis = item["diagnosis"].as_str().unwrap_or_default();
+    assert!(!diagnosis.is_empty(), "{item}");
+    assert!(
+        item["suggested_actions"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{item}"
+    );
+    let only = stuck(cp, &format!("{query}&code={code}"));
+    assert_eq!(only["stuck_count"], 1, "{only}");
+    assert_eq!(only["items"][0]["id"], id, "{only}");
+    let other = if code == "no_progress" {
+        "awaiting_start"
+    } else {
+        "no_progress"
+    };
+    let none = stuck(cp, &format!("{query}&code={other}"));
+    assert_eq!(none["stuck_count"], 0, "{none}");
+    item
+}
+
+/// Waits until the scan over `query` names `id` with main code `code`.
+fn wait_stuck_code(cp: &Cp, query: &str, id: &str, code: &str) {
+    wait_for(&format!("{id} stuck with {code}"), LIMIT, || {
+        let s = stuck(cp, query);
+        stuck_item(&s, id).filter(|i| i["code"] == code).map(|_| ())
+    });
+}
+
+#[test]
+fn stuck_awaiting_start() {
+    let cp = serve(&[]);
+    devices(&cp, "as", 2, &json!({"group": "as"}));
+    create(&cp, "as", "as", json!([{"name": "all"}]), Value::Null);
+    assert_stuck(
+        &cp,
+        "threshold_seconds=0",
+        "as",
+        "awaiting_start",
+        &[("awaiting_start", 0, &[])],
+    );
+    // Below the threshold the gate is doing its job.
+    assert_eq!(stuck(&cp, "threshold_seconds=3600")["stuck_count"], 0);
+}
+
+#[test]
+fn stuck_awaiting_approval() {
+    let cp = serve(&[]);
+    let id = "aa";
+    let mut devs = devices(&cp, id, 3, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}},
+               {"name": "rest", "approval": "manual"}]),
+        Value::Null,
+    );
+    start(&cp, id, &json!({}));
+    let mut installed = Vec::new();
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "published"
+    });
+    wait_gate(&cp, id, 1);
+    let item = assert_stuck(
+        &cp,
+        "threshold_seconds=0",
+        id,
+        "awaiting_approval",
+        &[("awaiting_approval", 0, &[])],
+    );
+    assert_eq!(item["stage"]["index"], 1, "{item}");
+    assert_eq!(item["stage"]["name"], "rest", "{item}");
+    assert_eq!(item["stage"]["required"], 2, "{item}");
+    assert_eq!(item["stage"]["verified"], 0, "{item}");
+    assert!(
+        item["suggested_actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().contains("--stage 1")),
+        "{item}"
+    );
+    assert_eq!(stuck(&cp, "threshold_seconds=3600")["stuck_count"], 0);
+}
+
+#[test]
+fn stuck_failure_threshold_reached() {
+    let cp = serve(&[]);
+    let id = "ftr";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        3,
+        json!({"failure_threshold": {"count": 2}, "on_failure": "pause"}),
+    );
+    for d in devs.iter_mut().take(2) {
+        let a = wait_assignment(d, id, "install");
+        steps(d, &a, &[("failed", "failed")]);
+    }
+    wait_phase(&cp, id, "paused");
+    let (a, b) = (devs[0].id.as_str(), devs[1].id.as_str());
+    let item = assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "failure_threshold_reached",
+        &[
+            ("failure_threshold_reached", 2, &[a, b]),
+            ("failing_devices", 2, &[a, b]),
+        ],
+    );
+    assert_eq!(item["phase"], "paused", "{item}");
+    assert_eq!(item["stage"]["failed"], 2, "{item}");
+}
+
+#[test]
+fn stuck_stage_threshold_unreachable() {
+    let cp = serve(&[]);
+    let id = "stu";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        2,
+        json!({"success_threshold_pct": 100, "failure_threshold": {"count": 5},
+               "on_failure": "pause"}),
+    );
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(
+        &mut devs[0],
+        &a,
+        &[("downloading", "downloading"), ("failed", "failed")],
+    );
+    let p = wait_phase(&cp, id, "paused");
+    assert_eq!(rollout(&p)["paused_by"], "engine", "{p}");
+    assert_eq!(rollout(&p)["reason"], "threshold_unreachable", "{p}");
+    let d = devs[0].id.as_str();
+    assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "stage_threshold_unreachable",
+        &[
+            ("stage_threshold_unreachable", 1, &[d]),
+            ("failing_devices", 1, &[d]),
+        ],
+    );
+}
+
+#[test]
+fn stuck_failing_devices() {
+    let cp = serve(&[]);
+    let id = "fd";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        2,
+        json!({"success_threshold_pct": 50, "failure_threshold": {"count": 5}}),
+    );
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("failed", "failed")]);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(phase(&plan(&cp, id)), "active");
+    let d = devs[0].id.as_str();
+    let item = assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "failing_devices",
+        &[("failing_devices", 1, &[d])],
+    );
+    assert_eq!(item["stage"]["failed"], 1, "{item}");
+    assert_eq!(item["stage"]["required"], 1, "{item}");
+}
+
+#[test]
+fn stuck_silent_devices() {
+    let cp = serve(&[]);
+    let id = "sil";
+    let mut devs = one_stage(&cp, id, 1, json!({"silent_after_seconds": 1}));
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("downloading", "downloading")]);
+    // It stops polling.
+    wait_stuck_code(&cp, "threshold_seconds=60", id, "silent_devices");
+    let d = devs[0].id.as_str();
+    let item = assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "silent_devices",
+        &[("silent_devices", 1, &[d])],
+    );
+    assert_eq!(item["stage"]["in_flight"], 1, "{item}");
+}
+
+#[test]
+fn stuck_non_converging_devices() {
+    let cp = serve(&[]);
+    let id = "nc";
+    let mut devs = one_stage(&cp, id, 1, Value::Null);
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("downloading", "downloading")]);
+    // It keeps polling, but never gets further.
+    let q = "threshold_seconds=0.5";
+    wait_for("non_converging_devices", LIMIT, || {
+        devs[0].poll(0).unwrap_or_else(|e| panic!("{e}"));
+        stuck_item(&stuck(&cp, q), id).filter(|i| i["code"] == "non_converging_devices")
+    });
+    devs[0].poll(0).unwrap_or_else(|e| panic!("{e}"));
+    let d = devs[0].id.as_str();
+    assert_stuck(
+        &cp,
+        q,
+        id,
+        "non_converging_devices",
+        &[("non_converging_devices", 1, &[d])],
+    );
+}
+
+#[test]
+fn stuck_drifted_devices() {
+    let cp = serve(&[]);
+    let id = "dr";
+    let mut devs = devices(&cp, id, 2, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}}, {"name": "rest"}]),
+        json!({"failure_threshold": {"count": 5}}),
+    );
+    start(&cp, id, &json!({}));
+    let canary = wait_for("the canary", LIMIT, || {
+        let d = dispatched(&mut devs, id);
+        (d.len() == 1).then(|| d[0])
+    });
+    let a = wait_assignment(&mut devs[canary], id, "install");
+    devs[canary].install(&a).unwrap_or_else(|e| panic!("{e}"));
+    // Stage 1 is dispatched: the plan is still active.
+    wait_for("stage 1 started", LIMIT, || {
+        (stages_started(&cp, id) == [0, 1]).then_some(())
+    });
+    devs[canary].installed_digest = digest('c');
+    devs[canary].poll(0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state_of(&cp, id, &devs[canary].id), "drifted");
+    assert_eq!(phase(&plan(&cp, id)), "active");
+    let d = devs[canary].id.as_str();
+    assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "drifted_devices",
+        &[("drifted_devices", 1, &[d])],
+    );
+}
+
+#[test]
+fn stuck_revert_not_converging() {
+    let cp = serve(&[]);
+    let id = "rnc";
+    let mut devs = devices(&cp, id, 4, &json!({"group": id}));
+    let (busy, _) = two_in_flight(&cp, id, &mut devs);
+    execute(&cp, id, "rollback");
+    wait_assignment(&mut devs[busy], id, "revert");
+    let q = "threshold_seconds=0.5";
+    wait_stuck_code(&cp, q, id, "revert_not_converging");
+    let d = devs[busy].id.as_str();
+    let item = assert_stuck(
+        &cp,
+        q,
+        id,
+        "revert_not_converging",
+        &[("revert_not_converging", 1, &[d])],
+    );
+    assert_eq!(item["phase"], "rolled_back", "{item}");
+    // Once reverted, it is not stuck any more.
+    let r = wait_assignment(&mut devs[busy], id, "revert");
+    devs[busy].installed_digest = old();
+    devs[busy].reboot();
+    steps(&mut devs[busy], &r, &[("reverted", "reverted")]);
+    assert_eq!(stuck(&cp, q)["stuck_count"], 0);
+}
+
+#[test]
+fn stuck_promoter_not_running() {
+    let cp = serve(&["--promoter", "off"]);
+    let id = "pnr";
+    let mut devs = one_stage(&cp, id, 1, Value::Null);
+    assert_eq!(phase(&plan(&cp, id)), "active");
+    let item = assert_stuck(
+        &cp,
+        "threshold_seconds=60",
+        id,
+        "promoter_not_running",
+        &[("promoter_not_running", 0, &[])],
+    );
+    assert_eq!(item["phase"], "active", "{item}");
+    // Nothing is dispatched without a promoter.
+    assert_eq!(
+        devs[0].poll_assignment(0).unwrap_or_else(|e| panic!("{e}")),
+        None
+    );
+}
+
+#[test]
+fn stuck_no_progress_for_a_record_only_plan() {
+    let cp = serve(&[]);
+    post_want(
+        &cp,
+        "/v1/rollouts",
+        &json!({"metadata": {"id": "rec"}, "spec": {"artifact_ref": artifact()}}),
+        201,
+    );
+    let s = stuck(&cp, "threshold_seconds=0");
+    assert_eq!(s["stuck_count"], 1, "{s}");
+    let item = stuck_item(&s, "rec").unwrap();
+    assert_eq!(item["code"], "no_progress", "{item}");
+    assert_eq!(s["by_code"], json!({"no_progress": 1}), "{s}");
+    let only = stuck(&cp, "threshold_seconds=0&code=no_progress");
+    assert_eq!(only["stuck_count"], 1, "{only}");
+    assert_eq!(
+        stuck(&cp, "threshold_seconds=0&code=awaiting_start")["stuck_count"],
+        0
+    );
+    assert_eq!(stuck(&cp, "threshold_seconds=3600")["stuck_count"], 0);
+}
+
+#[test]
+fn stuck_by_code_counts_plans_and_code_filters() {
+    let cp = serve(&[]);
+    devices(&cp, "f1", 1, &json!({"group": "f1"}));
+    devices(&cp, "f2", 1, &json!({"group": "f2"}));
+    create(&cp, "f1", "f1", Value::Null, Value::Null);
+    create(&cp, "f2", "f2", Value::Null, Value::Null);
+    post_want(
+        &cp,
+        "/v1/rollouts",
+        &json!({"metadata": {"id": "f3"}, "spec": {"artifact_ref": artifact()}}),
+        201,
+    );
+    let s = stuck(&cp, "threshold_seconds=0");
+    assert_eq!(s["stuck_count"], 3, "{s}");
+    assert_eq!(
+        s["by_code"],
+        json!({"awaiting_start": 2, "no_progress": 1}),
+        "{s}"
+    );
+    let only = stuck(&cp, "threshold_seconds=0&code=awaiting_start");
+    let ids: Vec<&str> = only["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{only}");
+    assert!(ids.contains(&"f1") && ids.contains(&"f2"), "{only}");
+    assert_eq!(
+        stuck(&cp, "threshold_seconds=0&code=silent_devices")["stuck_count"],
+        0
+    );
+    let (status, v) = get(&cp, "/v1/rollouts/stuck?threshold_seconds=0&code=bogus");
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("code"),
+        "{v}"
+    );
 }
