@@ -173,6 +173,13 @@ impl Device {
             + 1
     }
 
+    /// Records `seq` as used for (plan, attempt) (after a report sent by hand), so the next
+    /// report carries a higher one.
+    pub fn used_seq(&mut self, plan_id: &str, attempt: u32, seq: u64) {
+        let last = self.seqs.entry((plan_id.to_string(), attempt)).or_insert(0);
+        *last = (*last).max(seq);
+    }
+
     fn headers(&self) -> Vec<(&str, String)> {
         vec![
             ("content-type", "application/json".to_string()),
@@ -259,8 +266,7 @@ impl Device {
         seq: u64,
         state: &str,
     ) -> Result<Response, HttpError> {
-        let last = self.seqs.entry((plan_id.to_string(), attempt)).or_insert(0);
-        *last = (*last).max(seq);
+        self.used_seq(plan_id, attempt, seq);
         let body = self.report_body(plan_id, attempt, seq, state).to_string();
         self.post_raw("/v1/device/reports", body.as_bytes(), SLACK)
     }

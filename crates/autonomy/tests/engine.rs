@@ -1162,3 +1162,443 @@ fn stuck_by_code_counts_plans_and_code_filters() {
         "{v}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 11. The registry and its identities (RBAC on)
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP exchange with a bearer (or none) and an optional JSON body.
+fn call_as(
+    cp: &Cp,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let text = body.map(Value::to_string);
+    let (s, b) = common::http(
+        method,
+        &format!("{}{path}", cp.url),
+        &headers,
+        text.as_deref().map(str::as_bytes),
+    );
+    if b.is_empty() {
+        return (s, Value::Null);
+    }
+    parse(s, &b)
+}
+
+/// The audit events of `event_type` (any resource), as the admin reads them.
+fn events_of(cp: &Cp, admin: &str, event_type: &str) -> Vec<Value> {
+    let (s, v) = call_as(
+        cp,
+        "GET",
+        &format!("/v1/audit/events?event_type={event_type}&limit=1000"),
+        Some(admin),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v["items"].as_array().expect("items").clone()
+}
+
+fn resources(events: &[Value]) -> Vec<String> {
+    let mut r: Vec<String> = events
+        .iter()
+        .map(|e| e["resource"].as_str().unwrap().to_string())
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn the_registry_with_device_and_operator_identities_kept_apart() {
+    let cp = serve_rbac();
+    let admin = cp.admin_token();
+    let op = [("authorization", format!("Bearer {admin}"))];
+    let op: Vec<(&str, &str)> = op.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // Register: the token is shown once, and never again.
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices",
+        Some(&admin),
+        Some(&json!({"id": "reg-1", "labels": {"site": "a", "tier": "x"}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    assert!(!token.is_empty());
+    assert_eq!(v["device"]["labels"], json!({"site": "a", "tier": "x"}));
+    let (s, got) = call_as(&cp, "GET", "/v1/devices/reg-1", Some(&admin), None);
+    assert_eq!(s, 200, "{got}");
+    assert!(!got.to_string().contains(&token), "{got}");
+    assert!(got.get("token").is_none(), "{got}");
+    let (s, list) = call_as(&cp, "GET", "/v1/devices", Some(&admin), None);
+    assert_eq!(s, 200, "{list}");
+    assert!(!list.to_string().contains(&token), "{list}");
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices",
+        Some(&admin),
+        Some(&json!({"id": "reg-1"})),
+    );
+    assert_eq!(s, 409, "{v}");
+
+    // Labels are replaced, not merged.
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices/reg-1/labels",
+        Some(&admin),
+        Some(&json!({"labels": {"site": "b"}})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, got) = call_as(&cp, "GET", "/v1/devices/reg-1", Some(&admin), None);
+    assert_eq!(got["labels"], json!({"site": "b"}), "{got}");
+
+    // Each token on its own side only.
+    let mut d = Device::new(&cp.url, "reg-1", &token, &old());
+    d.poll(0).unwrap_or_else(|e| panic!("{e}"));
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/poll",
+        Some(&admin),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 401, "an operator token on a device endpoint: {v}");
+    let (s, v) = call_as(&cp, "GET", "/v1/rollouts", Some(&token), None);
+    assert_eq!(s, 401, "a device token on an operator endpoint: {v}");
+    let (s, v) = call_as(&cp, "POST", "/v1/device/poll", None, Some(&json!({})));
+    assert_eq!(s, 401, "{v}");
+
+    // Enroll keys: the key's labels win; a spent key is 401; the device token works.
+    let (s, key) = call_as(
+        &cp,
+        "POST",
+        "/v1/enroll-keys",
+        Some(&admin),
+        Some(&json!({"labels": {"site": "k"}, "max_uses": 1, "ttl_seconds": 600})),
+    );
+    assert_eq!(s, 201, "{key}");
+    let secret = key["key"].as_str().unwrap().to_string();
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&secret),
+        Some(&json!({"id": "enr-1", "labels": {"site": "mine"}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["id"], "enr-1");
+    let enrolled = v["token"].as_str().unwrap().to_string();
+    let (_, got) = call_as(&cp, "GET", "/v1/devices/enr-1", Some(&admin), None);
+    assert_eq!(got["labels"]["site"], "k", "the key's labels win: {got}");
+    let mut e = Device::new(&cp.url, "enr-1", &enrolled, &old());
+    e.poll(0).unwrap_or_else(|err| panic!("{err}"));
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&secret),
+        Some(&json!({"id": "enr-2"})),
+    );
+    assert_eq!(s, 401, "a spent key: {v}");
+    let (s, _) = call_as(&cp, "GET", "/v1/devices/enr-2", Some(&admin), None);
+    assert_eq!(s, 404);
+
+    // Revoke: the next request is 401 and its unstarted assignment is cancelled.
+    let mut devs: Vec<Device> = (0..2)
+        .map(|i| {
+            Device::register(
+                &cp.url,
+                &op,
+                &format!("rv-{i}"),
+                &json!({"group": "rv"}),
+                &old(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/rollouts",
+        Some(&admin),
+        Some(&json!({
+        "metadata": {"id": "rv"},
+        "spec": {"artifact_ref": artifact(), "targets": {"selector": {"group": "rv"}}}})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/rollouts/rv/start",
+        Some(&admin),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 200, "{v}");
+    for d in devs.iter_mut() {
+        wait_assignment(d, "rv", "install");
+    }
+    let (s, v) = call_as(&cp, "POST", "/v1/devices/rv-1/revoke", Some(&admin), None);
+    assert_eq!(s, 200, "{v}");
+    let r = devs[1].poll_raw(0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = devs[1]
+        .report_raw("rv", 1, "downloading")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    let (s, list) = call_as(&cp, "GET", "/v1/rollouts/rv/devices", Some(&admin), None);
+    assert_eq!(s, 200, "{list}");
+    let states: BTreeMap<String, String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["device_id"].as_str().unwrap().into(),
+                i["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(states["rv-1"], "cancelled", "{list}");
+    // The other one completes the plan; a cancelled device is not counted.
+    let a = wait_assignment(&mut devs[0], "rv", "install");
+    devs[0].install(&a).unwrap_or_else(|e| panic!("{e}"));
+    wait_for("rv completed", LIMIT, || {
+        let (_, p) = call_as(&cp, "GET", "/v1/rollouts/rv", Some(&admin), None);
+        (phase(&p) == "completed").then_some(())
+    });
+
+    // Every registry change is audited.
+    assert_eq!(
+        resources(&events_of(&cp, &admin, "device.registered")),
+        ["reg-1", "rv-0", "rv-1"]
+    );
+    assert_eq!(
+        resources(&events_of(&cp, &admin, "device.labels_changed")),
+        ["reg-1"]
+    );
+    assert_eq!(
+        resources(&events_of(&cp, &admin, "device.revoked")),
+        ["rv-1"]
+    );
+    assert_eq!(
+        resources(&events_of(&cp, &admin, "device.enrolled")),
+        ["enr-1"]
+    );
+    let created = events_of(&cp, &admin, "enroll_key.created");
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["resource"], key["id"], "{created:?}");
+    assert!(
+        !created[0].to_string().contains(&secret),
+        "the key is never audited"
+    );
+}
+
+fn serve_rbac() -> Cp {
+    Cp::start(
+        &["--promoter-interval", TICK],
+        &[("AUTONOMY_RBAC_ENFORCEMENT", "1")],
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Bad input is never a 500
+// ---------------------------------------------------------------------------------------------
+
+/// The error of a 4xx answer: (status, code, message).
+fn refusal(r: &autonomy_testkit::http::Response) -> (u16, String, String) {
+    let v: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("HTTP {}: {e}: {}", r.status, r.text()));
+    (
+        r.status,
+        v["error"]["code"].as_str().unwrap_or_default().to_string(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn bad_device_input_is_refused_by_name_and_changes_nothing() {
+    let cp = serve(&[]);
+    let id = "bad";
+    let mut devs = one_stage(&cp, id, 2, Value::Null);
+    let a = wait_assignment(&mut devs[0], id, "install");
+    let d = &mut devs[0];
+    let send = |d: &Device, path: &str, body: &str| {
+        d.post_raw(path, body.as_bytes(), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let report = |d: &Device, body: Value| send(d, "/v1/device/reports", &body.to_string());
+
+    // Garbage and unknown fields.
+    for path in ["/v1/device/poll", "/v1/device/reports"] {
+        let r = send(d, path, "{not json");
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
+    let r = send(d, "/v1/device/poll", r#"{"wait_seconds":1,"typo_field":1}"#);
+    let (s, _, m) = refusal(&r);
+    assert_eq!(s, 400, "{m}");
+    assert!(m.contains("typo_field"), "{m}");
+    let mut body = d.report_body(id, 1, 1, "downloading");
+    body["extra"] = json!(1);
+    let (s, _, m) = refusal(&report(d, body));
+    assert_eq!(s, 400);
+    assert!(m.contains("extra"), "{m}");
+
+    // Numbers and states out of range.
+    for (field, value) in [
+        ("seq", json!(0)),
+        ("attempt", json!(0)),
+        ("state", json!("verified")),
+    ] {
+        let mut body = d.report_body(id, 1, 1, "downloading");
+        body[field] = value;
+        let (s, _, m) = refusal(&report(d, body));
+        assert_eq!(s, 400, "{field}: {m}");
+        assert!(m.contains(field) || m.contains("verified"), "{field}: {m}");
+    }
+    let mut poll = d.poll_body(61);
+    let (s, _, m) = refusal(&send(d, "/v1/device/poll", &poll.to_string()));
+    assert_eq!(s, 400, "{m}");
+    assert!(m.contains("wait_seconds"), "{m}");
+    poll["wait_seconds"] = json!(-1);
+    assert_eq!(send(d, "/v1/device/poll", &poll.to_string()).status, 400);
+
+    // A huge message: over 1 MiB is 413; under it the message is cut, never a 500.
+    let mut body = d.report_body(id, 1, 1, "downloading");
+    body["message"] = json!("x".repeat(2 << 20));
+    assert_eq!(report(d, body).status, 413);
+    assert_eq!(
+        state_of(&cp, id, &d.id),
+        "dispatched",
+        "a refused report changed the state"
+    );
+
+    let mut body = d.report_body(id, 1, 1, "downloading");
+    body["message"] = json!("m".repeat(100_000));
+    let r = report(d, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let kept = assignments(&cp, id)[&d.id]["message"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .count();
+    assert!(kept <= 1100, "the message is bounded: {kept} chars kept");
+
+    // A repeated seq is a duplicate and changes nothing.
+    let r = report(d, d.report_body(id, 1, 1, "installing"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["result"], "duplicate", "{v}");
+    assert_eq!(state_of(&cp, id, &d.id), "downloading");
+
+    // A plan the device is not assigned to.
+    let r = report(d, d.report_body("other-plan", 1, 1, "downloading"));
+    let (s, _, m) = refusal(&r);
+    assert_eq!(s, 409, "{m}");
+    assert!(m.starts_with("not_assigned"), "{m}");
+
+    // An illegal transition is named.
+    d.used_seq(id, 1, 1);
+    steps(d, &a, &[("installing", "installing")]);
+    let r = d
+        .report_raw(id, 1, "downloading")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (s, _, m) = refusal(&r);
+    assert_eq!(s, 409, "{m}");
+    assert!(m.starts_with("illegal_transition"), "{m}");
+    assert_eq!(state_of(&cp, id, &d.id), "installing");
+    // A future attempt is not a thing either.
+    let r = d
+        .report_raw(id, 7, "downloading")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // An unknown device, a malformed device header.
+    let ghost = Device::new(&cp.url, "ghost", "", &old());
+    assert_eq!(ghost.poll_raw(0).unwrap().status, 401);
+    let r = common::http(
+        "POST",
+        &format!("{}/v1/device/poll", cp.url),
+        &[
+            ("content-type", "application/json"),
+            ("x-autonomy-device", "Bad Id!"),
+        ],
+        Some(b"{}"),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+    assert_eq!(
+        state_counts(&cp, id),
+        counts(&[("dispatched", 1), ("installing", 1)])
+    );
+}
+
+#[test]
+fn bad_engine_specs_and_starts_are_refused() {
+    let cp = serve(&[]);
+    let create_raw = |body: Value| post(&cp, "/v1/rollouts", &body);
+
+    // Unknown fields in policy, targets, stages: 400 naming them.
+    for (spec, field) in [
+        (
+            json!({"artifact_ref": artifact(), "targets": {"devices": ["x"]},
+                "policy": {"on_failur": "pause"}}),
+            "on_failur",
+        ),
+        (
+            json!({"artifact_ref": artifact(), "targets": {"devices": ["x"], "selectr": {}}}),
+            "selectr",
+        ),
+        (
+            json!({"artifact_ref": artifact(), "targets": {"devices": ["x"]},
+                "stages": [{"name": "a", "sise": {"count": 1}}]}),
+            "sise",
+        ),
+    ] {
+        let (s, v) = create_raw(json!({"metadata": {"id": "u1"}, "spec": spec}));
+        assert_eq!(s, 400, "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(field), "{field}: {m}");
+    }
+    // No digest to verify against: 422.
+    let (s, v) = create_raw(json!({"metadata": {"id": "u2"},
+        "spec": {"artifact_ref": "oci://reg/app:latest", "targets": {"devices": ["x"]}}}));
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unprocessable", "{v}");
+    let (s, list) = get(&cp, "/v1/rollouts");
+    assert_eq!(s, 200);
+    assert_eq!(list["items"], json!([]), "a refused create left a plan");
+
+    // Targets matching no device: start is 409 and the plan stays where it was.
+    create(&cp, "empty", "nobody", Value::Null, Value::Null);
+    let (s, v) = start(&cp, "empty", &json!({}));
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(phase(&plan(&cp, "empty")), "published");
+
+    // A device held by another unsettled plan: 409 naming it.
+    devices(&cp, "held", 2, &json!({"group": "held"}));
+    create(&cp, "first", "held", Value::Null, Value::Null);
+    create(&cp, "second", "held", Value::Null, Value::Null);
+    let (s, v) = start(&cp, "first", &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = start(&cp, "second", &json!({}));
+    assert_eq!(s, 409, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.contains("held-0") && m.contains("held-1"), "{m}");
+    assert_eq!(phase(&plan(&cp, "second")), "published");
+    let (s, v) = start(&cp, "first", &json!({"stage": -1}));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = start(&cp, "first", &json!({"stage": 0, "x": 1}));
+    assert_eq!(s, 400, "{v}");
+}
