@@ -705,6 +705,15 @@ fn abort_cancels_unstarted_devices_and_lets_in_flight_ones_finish() {
 
     let c = wait_assignment(&mut devs[idle], id, "cancel");
     assert_eq!(c.attempt, 1);
+    // The devices of the next stage, never dispatched, are told too.
+    for i in (0..devs.len()).filter(|i| *i != busy && *i != idle) {
+        wait_assignment(&mut devs[i], id, "cancel");
+    }
+    // The one in flight keeps its install.
+    let still = devs[busy]
+        .poll_assignment(0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(still.map(|a| a.action), Some("install".to_string()));
     let all = assignments(&cp, id);
     assert_eq!(all[&devs[idle].id]["state"], "cancelled");
     assert_eq!(all[&devs[busy].id]["state"], "installing");
@@ -1906,4 +1915,387 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// More of §8 and §9: drift while active, rollback after completion, unknown previous digests,
+// the long poll, resume, automatic retries, retry after `failed`, operator pause, filters
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_drift_while_active_counts_as_a_failure() {
+    let cp = serve(&[]);
+    let id = "drift-active";
+    let mut devs = devices(&cp, id, 3, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}}, {"name": "rest"}]),
+        json!({"success_threshold_pct": 50}),
+    );
+    start(&cp, id, &json!({}));
+    let canary = wait_for("the canary", LIMIT, || {
+        let d = dispatched(&mut devs, id);
+        (d.len() == 1).then(|| d[0])
+    });
+    let a = wait_assignment(&mut devs[canary], id, "install");
+    devs[canary].install(&a).unwrap_or_else(|e| panic!("{e}"));
+    wait_for("stage 1 started", LIMIT, || {
+        (stages_started(&cp, id) == [0, 1]).then_some(())
+    });
+    devs[canary].installed_digest = digest('c');
+    devs[canary].poll(0).unwrap_or_else(|e| panic!("{e}"));
+    // Default failure threshold: one failure; drifted is a failure (§8.1).
+    let p = wait_phase(&cp, id, "paused");
+    assert_eq!(rollout(&p)["paused_by"], "engine", "{p}");
+    assert_eq!(rollout(&p)["reason"], "failure_threshold", "{p}");
+    assert_eq!(events(&cp, "device.drift_detected", id).len(), 1);
+}
+
+#[test]
+fn rollback_after_completion_reverts_every_verified_device() {
+    let cp = serve(&[]);
+    let id = "undo-done";
+    let mut devs = one_stage(&cp, id, 2, Value::Null);
+    let mut installed = Vec::new();
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    let v = execute(&cp, id, "rollback");
+    assert_eq!(
+        (v["from_phase"].as_str(), v["to_phase"].as_str()),
+        (Some("completed"), Some("rolled_back")),
+        "{v}"
+    );
+    assert_eq!(state_counts(&cp, id), counts(&[("reverting", 2)]));
+    for d in devs.iter_mut() {
+        let r = wait_assignment(d, id, "revert");
+        assert_eq!(r.target_digest, old(), "{:?}", r.raw);
+        d.reboot();
+        d.installed_digest = old();
+        steps(d, &r, &[("reverted", "reverted")]);
+    }
+    assert_eq!(state_counts(&cp, id), counts(&[("reverted", 2)]));
+    assert_eq!(phase(&plan(&cp, id)), "rolled_back");
+    assert_eq!(stuck(&cp, "threshold_seconds=0")["stuck_count"], 0);
+}
+
+#[test]
+fn a_revert_without_a_known_previous_digest_is_revert_unavailable() {
+    let cp = serve(&[]);
+    let id = "unknown-prev";
+    let mut devs = one_stage(&cp, id, 1, Value::Null);
+    let d = &mut devs[0];
+    // The device does not know what it runs.
+    d.installed_digest = String::new();
+    let a = wait_assignment(d, id, "install");
+    assert_eq!(a.previous_digest, None, "{:?}", a.raw);
+    steps(d, &a, &[("downloading", "downloading")]);
+    execute(&cp, id, "rollback");
+    assert_eq!(state_of(&cp, id, &d.id), "revert_unavailable");
+    let after = d.poll_assignment(0).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        after.as_ref().is_none_or(|a| a.action != "revert"),
+        "a revert to nothing: {after:?}"
+    );
+}
+
+#[test]
+fn a_long_poll_answers_soon_after_a_dispatch() {
+    let cp = serve(&[]);
+    let id = "lp";
+    let mut devs = devices(&cp, id, 1, &json!({"group": id}));
+    create(&cp, id, id, Value::Null, Value::Null);
+    let mut d = devs.remove(0);
+    d.poll(0).unwrap_or_else(|e| panic!("{e}"));
+    let waiter = thread::spawn(move || {
+        let asked = Instant::now();
+        let a = d.poll_assignment(20).unwrap_or_else(|e| panic!("{e}"));
+        (a, asked.elapsed())
+    });
+    // The poll is waiting (nothing assigned yet) when the plan starts.
+    thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (s, v) = start(&cp, id, &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let (a, waited) = waiter.join().expect("the poll thread");
+    let a = a.expect("the long poll answered with the dispatch");
+    assert_eq!((a.plan_id.as_str(), a.action.as_str()), (id, "install"));
+    assert!(
+        waited >= Duration::from_millis(250),
+        "it did not wait: {waited:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered {:?} after the start",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn resume_after_an_engine_pause_accepts_the_failures() {
+    let cp = serve(&[]);
+    let id = "accept";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        3,
+        json!({"success_threshold_pct": 50, "failure_threshold": {"count": 1}}),
+    );
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("failed", "failed")]);
+    wait_phase(&cp, id, "paused");
+    let (s, v) = post(&cp, &format!("/v1/rollouts/{id}/resume"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let p = plan(&cp, id);
+    assert_eq!(phase(&p), "active", "{p}");
+    assert_eq!(rollout(&p)["accepted_failures"], 1, "{p}");
+    assert_eq!(rollout(&p)["paused_by"], Value::Null, "{p}");
+    let mut installed = vec![(devs[0].id.clone(), 1)];
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    assert_eq!(
+        state_counts(&cp, id),
+        counts(&[("failed", 1), ("verified", 2)])
+    );
+}
+
+#[test]
+fn max_device_retries_re_dispatches_a_failed_device() {
+    let cp = serve(&[]);
+    let id = "auto-retry";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        2,
+        json!({"max_device_retries": 1, "failure_threshold": {"count": 5},
+               "success_threshold_pct": 50}),
+    );
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(
+        &mut devs[0],
+        &a,
+        &[("downloading", "downloading"), ("failed", "failed")],
+    );
+    let again = wait_for("attempt 2", LIMIT, || {
+        let a = devs[0].poll_assignment(1).unwrap_or_else(|e| panic!("{e}"));
+        a.filter(|a| a.attempt == 2 && a.action == "install")
+    });
+    assert_eq!(events(&cp, "device.retried", id).len(), 1);
+    assert_eq!(devs[0].install(&again).unwrap(), "verified");
+    let b = wait_assignment(&mut devs[1], id, "install");
+    assert_eq!(devs[1].install(&b).unwrap(), "verified");
+    wait_phase(&cp, id, "completed");
+    let all = assignments(&cp, id);
+    assert_eq!(all[&devs[0].id]["attempt"], 2);
+    assert_eq!(state_counts(&cp, id), counts(&[("verified", 2)]));
+}
+
+#[test]
+fn retry_after_failed_re_dispatches_and_completes() {
+    let cp = serve(&[]);
+    let id = "refail";
+    let mut devs = one_stage(&cp, id, 2, json!({"on_failure": "fail"}));
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("failed", "failed")]);
+    wait_phase(&cp, id, "failed");
+    let v = execute(&cp, id, "retry");
+    assert_eq!(
+        (v["from_phase"].as_str(), v["to_phase"].as_str()),
+        (Some("failed"), Some("active")),
+        "{v}"
+    );
+    let mut installed = vec![(devs[0].id.clone(), 1)];
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    assert!(
+        installed.contains(&(devs[0].id.clone(), 2)),
+        "{installed:?}"
+    );
+    assert_eq!(state_counts(&cp, id), counts(&[("verified", 2)]));
+}
+
+#[test]
+fn an_operator_pause_stops_dispatch_and_is_not_stuck() {
+    let cp = serve(&[]);
+    let id = "op-pause";
+    let mut devs = devices(&cp, id, 3, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}}, {"name": "rest"}]),
+        Value::Null,
+    );
+    start(&cp, id, &json!({}));
+    let canary = wait_for("the canary", LIMIT, || {
+        let d = dispatched(&mut devs, id);
+        (d.len() == 1).then(|| d[0])
+    });
+    let (s, v) = post(&cp, &format!("/v1/rollouts/{id}/pause"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(rollout(&v)["paused_by"], "operator", "{v}");
+    // The device in flight finishes and counts; nothing more is dispatched.
+    let a = wait_assignment(&mut devs[canary], id, "install");
+    assert_eq!(devs[canary].install(&a).unwrap(), "verified");
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        dispatched(&mut devs, id).is_empty(),
+        "dispatched while paused"
+    );
+    assert_eq!(
+        state_counts(&cp, id),
+        counts(&[("verified", 1), ("pending", 2)])
+    );
+    let p = plan(&cp, id);
+    assert_eq!(phase(&p), "paused");
+    assert_eq!(rollout(&p)["stages"][0]["counts"], json!({"verified": 1}));
+    assert_eq!(stuck(&cp, "threshold_seconds=0")["stuck_count"], 0);
+    let (s, v) = post(&cp, &format!("/v1/rollouts/{id}/resume"), &json!({}));
+    assert_eq!(s, 200, "{v}");
+    let mut installed = vec![(devs[canary].id.clone(), 1)];
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    assert_eq!(state_counts(&cp, id), counts(&[("verified", 3)]));
+}
+
+#[test]
+fn rollout_devices_filter_by_state_and_stage_and_page() {
+    let cp = serve(&[]);
+    let id = "filters";
+    let mut devs = devices(&cp, id, 5, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 2}},
+               {"name": "rest", "approval": "manual"}]),
+        Value::Null,
+    );
+    let (s, v) = start(&cp, id, &json!({"stage": 1}));
+    assert_eq!(s, 409, "the start gate is gate 0: {v}");
+    let (s, v) = start(&cp, id, &json!({"stage": 0}));
+    assert_eq!(s, 200, "{v}");
+    let mut installed = Vec::new();
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "published"
+    });
+    let ids = |q: &str| -> Vec<String> {
+        let v = get_ok(&cp, &format!("/v1/rollouts/{id}/devices?{q}"));
+        let mut out: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["device_id"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out
+    };
+    let mut canary: Vec<String> = installed.iter().map(|(d, _)| d.clone()).collect();
+    canary.sort();
+    assert_eq!(ids("state=verified"), canary);
+    assert_eq!(ids("stage=canary"), canary);
+    assert_eq!(ids("stage=rest").len(), 3);
+    assert_eq!(ids("state=pending&stage=rest").len(), 3);
+    assert!(ids("state=verified&stage=rest").is_empty());
+    // Pages of two cover all five once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let q = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".to_string(),
+        };
+        let v = get_ok(&cp, &format!("/v1/rollouts/{id}/devices?{q}"));
+        for i in v["items"].as_array().unwrap() {
+            seen.push(i["device_id"].as_str().unwrap().to_string());
+        }
+        cursor = v["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    seen.sort();
+    let mut all: Vec<String> = devs.iter().map(|d| d.id.clone()).collect();
+    all.sort();
+    assert_eq!(seen, all);
+    for q in ["state=bogus", "limit=0", "cursor=x", "typo=1"] {
+        let (s, v) = get(&cp, &format!("/v1/rollouts/{id}/devices?{q}"));
+        assert_eq!(s, 400, "{q}: {v}");
+    }
+    let (s, _) = get(&cp, "/v1/rollouts/nope/devices");
+    assert_eq!(s, 404);
+}
+
+#[test]
+fn enroll_keys_expire_and_enrolled_ids_are_unique() {
+    let cp = serve_rbac();
+    let admin = cp.admin_token();
+    let (s, key) = call_as(
+        &cp,
+        "POST",
+        "/v1/enroll-keys",
+        Some(&admin),
+        Some(&json!({"labels": {"site": "x"}, "max_uses": 5, "ttl_seconds": 1})),
+    );
+    assert_eq!(s, 201, "{key}");
+    let secret = key["key"].as_str().unwrap().to_string();
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&secret),
+        Some(&json!({"id": "ex-1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&secret),
+        Some(&json!({"id": "ex-1"})),
+    );
+    assert_eq!(s, 409, "a duplicate id: {v}");
+    // Past its expiry (ttl 1 s) the key is refused.
+    thread::sleep(Duration::from_millis(1200));
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&secret),
+        Some(&json!({"id": "ex-2"})),
+    );
+    assert_eq!(s, 401, "an expired key: {v}");
+    // A key is not an operator token, nor a device token.
+    let (s, _) = call_as(&cp, "GET", "/v1/rollouts", Some(&secret), None);
+    assert_eq!(s, 401);
+    let (s, _) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/poll",
+        Some(&secret),
+        Some(&json!({})),
+    );
+    assert_eq!(s, 401);
+    // A device token cannot enroll another device.
+    let (_, reg) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices",
+        Some(&admin),
+        Some(&json!({"id": "ex-3"})),
+    );
+    let dt = reg["token"].as_str().unwrap().to_string();
+    let (s, _) = call_as(
+        &cp,
+        "POST",
+        "/v1/device/enroll",
+        Some(&dt),
+        Some(&json!({"id": "ex-4"})),
+    );
+    assert_eq!(s, 401);
 }
