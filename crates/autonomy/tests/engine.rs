@@ -2377,3 +2377,248 @@ fn sigterm_with_long_polls_waiting_exits_promptly() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Stage membership and sizing (§8.1)
+// ---------------------------------------------------------------------------------------------
+
+/// (name, size) of every stage of a started plan.
+fn sizes(cp: &Cp, id: &str) -> Vec<(String, u64)> {
+    stage_table(&plan(cp, id))
+        .into_iter()
+        .map(|(n, s, _)| (n, s))
+        .collect()
+}
+
+fn named(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+}
+
+#[test]
+fn stage_sizes_round_up_cap_and_leave_a_visible_remainder() {
+    let cp = serve(&["--promoter", "off"]);
+    devices(&cp, "sz", 5, &json!({"group": "sz"}));
+    // Percent rounds up; a count is capped at the devices left; the rest is a remainder.
+    create(
+        &cp,
+        "p1",
+        "sz",
+        json!([{"name": "a", "size": {"percent": 50}}, {"name": "b", "size": {"count": 1}}]),
+        Value::Null,
+    );
+    start(&cp, "p1", &json!({}));
+    assert_eq!(
+        sizes(&cp, "p1"),
+        named(&[("a", 3), ("b", 1), ("remainder", 1)])
+    );
+    execute(&cp, "p1", "abort");
+
+    create(
+        &cp,
+        "p2",
+        "sz",
+        json!([{"name": "a", "size": {"count": 4}}, {"name": "b", "size": {"count": 4}},
+               {"name": "c"}]),
+        Value::Null,
+    );
+    start(&cp, "p2", &json!({}));
+    assert_eq!(sizes(&cp, "p2"), named(&[("a", 4), ("b", 1), ("c", 0)]));
+    execute(&cp, "p2", "abort");
+
+    // No stages: one stage of everything.
+    let (s, v) = post(
+        &cp,
+        "/v1/rollouts",
+        &json!({"metadata": {"id": "p3"},
+                "spec": {"artifact_ref": artifact(), "targets": {"selector": {"group": "sz"}}}}),
+    );
+    assert_eq!(s, 201, "{v}");
+    start(&cp, "p3", &json!({}));
+    let table = sizes(&cp, "p3");
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(table[0].1, 5, "{table:?}");
+}
+
+#[test]
+fn a_stage_selector_sizes_over_its_own_devices() {
+    let cp = serve(&["--promoter", "off"]);
+    devices(&cp, "ber", 4, &json!({"group": "sel", "site": "berlin"}));
+    devices(&cp, "par", 4, &json!({"group": "sel", "site": "paris"}));
+    create(
+        &cp,
+        "sel",
+        "sel",
+        json!([{"name": "berlin", "selector": {"site": "berlin"}, "size": {"percent": 50}},
+               {"name": "rest"}]),
+        Value::Null,
+    );
+    start(&cp, "sel", &json!({}));
+    assert_eq!(sizes(&cp, "sel"), named(&[("berlin", 2), ("rest", 6)]));
+    for a in assignments(&cp, "sel").values() {
+        if a["stage"] == "berlin" {
+            assert!(a["device_id"].as_str().unwrap().starts_with("ber-"), "{a}");
+        }
+    }
+}
+
+#[test]
+fn stage_membership_is_the_same_on_any_cp() {
+    let members = || {
+        let cp = serve(&["--promoter", "off"]);
+        devices(&cp, "m", 12, &json!({"group": "m"}));
+        create(
+            &cp,
+            "same",
+            "m",
+            json!([{"name": "canary", "size": {"count": 3}}, {"name": "rest"}]),
+            Value::Null,
+        );
+        start(&cp, "same", &json!({}));
+        let mut canary: Vec<String> = assignments(&cp, "same")
+            .into_values()
+            .filter(|a| a["stage"] == "canary")
+            .map(|a| a["device_id"].as_str().unwrap().to_string())
+            .collect();
+        canary.sort();
+        canary
+    };
+    let first = members();
+    assert_eq!(first.len(), 3);
+    assert_eq!(members(), first);
+}
+
+#[test]
+fn targets_are_frozen_when_the_plan_first_starts() {
+    let cp = serve(&[]);
+    let id = "frozen";
+    let mut devs = devices(&cp, id, 3, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}},
+               {"name": "rest", "approval": "manual"}]),
+        Value::Null,
+    );
+    start(&cp, id, &json!({}));
+    let mut installed = Vec::new();
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "published"
+    });
+    // Labels change and a new device matches: the plan's devices stay those of the start.
+    let moved = assignments(&cp, id)
+        .into_values()
+        .find(|a| a["stage"] == "rest")
+        .unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post_want(
+        &cp,
+        &format!("/v1/devices/{moved}/labels"),
+        &json!({"labels": {"group": "elsewhere"}}),
+        200,
+    );
+    let late = devices(&cp, "late", 1, &json!({"group": id}));
+    let (s, v) = start(&cp, id, &json!({"stage": 1}));
+    assert_eq!(s, 200, "{v}");
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    let all = assignments(&cp, id);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[&moved]["state"], "verified");
+    assert!(!all.contains_key(&late[0].id), "{all:?}");
+}
+
+#[test]
+fn on_failure_abort_aborts_and_cancels_the_unstarted() {
+    let cp = serve(&[]);
+    let id = "fail-abort";
+    let mut devs = devices(&cp, id, 4, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 2}}, {"name": "rest"}]),
+        json!({"on_failure": "abort", "success_threshold_pct": 50}),
+    );
+    start(&cp, id, &json!({}));
+    let canary = wait_for("two dispatched", LIMIT, || {
+        let d = dispatched(&mut devs, id);
+        (d.len() == 2).then_some(d)
+    });
+    let a = wait_assignment(&mut devs[canary[0]], id, "install");
+    steps(&mut devs[canary[0]], &a, &[("failed", "failed")]);
+    let p = wait_phase(&cp, id, "aborted");
+    assert_eq!(
+        p["status"]["history"].as_array().unwrap().last().unwrap()["actor"],
+        "system:promoter",
+        "{p}"
+    );
+    assert_eq!(
+        state_counts(&cp, id),
+        counts(&[("failed", 1), ("cancelled", 3)])
+    );
+}
+
+#[test]
+fn a_failure_threshold_in_percent_waits_for_min_settled() {
+    let cp = serve(&[]);
+    let id = "pct";
+    let mut devs = one_stage(
+        &cp,
+        id,
+        4,
+        json!({"failure_threshold": {"percent": 25, "min_settled": 2},
+               "success_threshold_pct": 75}),
+    );
+    // One failure of four dispatched is 25 %, but only one device settled: no pause.
+    let a = wait_assignment(&mut devs[0], id, "install");
+    steps(&mut devs[0], &a, &[("failed", "failed")]);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(phase(&plan(&cp, id)), "active");
+    // A second settled device (a success): min_settled is met, 25 % failed: the threshold.
+    let b = wait_assignment(&mut devs[1], id, "install");
+    assert_eq!(devs[1].install(&b).unwrap(), "verified");
+    let p = wait_phase(&cp, id, "paused");
+    assert_eq!(rollout(&p)["reason"], "failure_threshold", "{p}");
+}
+
+#[test]
+fn an_idempotent_approval_replays_its_first_answer() {
+    let cp = serve(&[]);
+    let id = "idem";
+    let mut devs = devices(&cp, id, 2, &json!({"group": id}));
+    create(
+        &cp,
+        id,
+        id,
+        json!([{"name": "canary", "size": {"count": 1}},
+               {"name": "rest", "approval": "manual"}]),
+        Value::Null,
+    );
+    start(&cp, id, &json!({}));
+    let mut installed = Vec::new();
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "published"
+    });
+    let send = || {
+        cp.post(
+            &format!("/v1/rollouts/{id}/start"),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "approve-1"),
+            ],
+            r#"{"stage":1}"#,
+        )
+    };
+    let (s1, b1) = send();
+    assert_eq!(s1, 200, "{b1}");
+    let (s2, b2) = send();
+    assert_eq!((s2, &b2), (200, &b1), "the replay is the first answer");
+    drive(&cp, &mut devs, id, &mut installed, |cp| {
+        phase(&plan(cp, id)) == "completed"
+    });
+    assert_eq!(stages_started(&cp, id), [0, 1]);
+}
