@@ -2859,3 +2859,66 @@ fn a_revoked_device_is_not_a_target() {
     devs[0].install(&a).unwrap_or_else(|e| panic!("{e}"));
     wait_phase(&cp, id, "completed");
 }
+
+#[test]
+fn registry_verbs_follow_the_operator_roles() {
+    let cp = serve_rbac();
+    let admin = cp.admin_token();
+    let token = |role: &str| {
+        let (s, v) = call_as(
+            &cp,
+            "POST",
+            "/v1/tokens",
+            Some(&admin),
+            Some(&json!({"operator": format!("{role}-1"), "role": role})),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    };
+    let (viewer, operator) = (token("viewer"), token("operator"));
+    // A viewer reads; an operator registers and labels; only an admin makes enroll keys.
+    let (s, _) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices",
+        Some(&viewer),
+        Some(&json!({"id": "r-1"})),
+    );
+    assert_eq!(s, 403);
+    let (s, v) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices",
+        Some(&operator),
+        Some(&json!({"id": "r-1"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = call_as(&cp, "GET", "/v1/devices/r-1", Some(&viewer), None);
+    assert_eq!(s, 200);
+    let (s, _) = call_as(
+        &cp,
+        "POST",
+        "/v1/devices/r-1/labels",
+        Some(&viewer),
+        Some(&json!({"labels": {}})),
+    );
+    assert_eq!(s, 403);
+    let (s, _) = call_as(&cp, "POST", "/v1/devices/r-1/revoke", Some(&viewer), None);
+    assert_eq!(s, 403);
+    let key = json!({"labels": {}, "max_uses": 1, "ttl_seconds": 60});
+    let (s, _) = call_as(&cp, "POST", "/v1/enroll-keys", Some(&operator), Some(&key));
+    assert_eq!(s, 403);
+    let (s, _) = call_as(&cp, "POST", "/v1/enroll-keys", Some(&admin), Some(&key));
+    assert_eq!(s, 201);
+    // The registration is audited with the operator as the actor; the refusal as denied.
+    let registered = events_of(&cp, &admin, "device.registered");
+    let by: Vec<(&str, &str)> = registered
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        by,
+        [("viewer-1", "denied"), ("operator-1", "success")],
+        "{registered:?}"
+    );
+}
