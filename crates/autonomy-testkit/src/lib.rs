@@ -10,6 +10,8 @@
 //!   restarted on the same data dir, stopped with SIGTERM (SIGKILL after a limit).
 //! - [`http`]: a tiny raw HTTP/1.1 client (one-shot [`http::call`] or a kept-alive
 //!   [`http::Conn`]), and [`http::FakeCp`], a scripted server.
+//! - [`device`]: [`device::Device`], a scripted device speaking the device protocol (register,
+//!   long poll, reports with a rising seq, boot id and installed digest).
 //! - [`ledger`]: concurrent writers that record, for every request, whether it was
 //!   acknowledged, refused or left unknown, and the check of a ledger against the plans a CP
 //!   lists afterwards.
@@ -18,6 +20,7 @@
 //! the bench and the lab the path they were given. Only 127.0.0.1 is ever bound or dialled.
 
 pub mod cp;
+pub mod device;
 pub mod dirs;
 pub mod http;
 pub mod ledger;
