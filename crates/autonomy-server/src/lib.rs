@@ -273,6 +273,11 @@ pub async fn run<S: Store>(
         .clone()
         .map(|p| tokio::spawn(promoter::run(state.clone(), p)));
     let limits = state.config.limits.clone();
+    let engine = state.engine.clone();
+    let shutdown = async move {
+        shutdown.await;
+        engine.close();
+    };
     let served = conn::serve(listener, router(state.clone()), limits, shutdown).await;
     flusher.abort();
     if let Some(p) = promoter {

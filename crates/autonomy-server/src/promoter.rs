@@ -35,7 +35,7 @@ impl Default for PromoterConfig {
 }
 
 /// What the server knows of the promoter: its wake-up, when it last finished a tick, counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineState {
     wake: Notify,
     /// When the last tick finished (µs; 0: never).
@@ -45,9 +45,41 @@ pub struct EngineState {
     /// Whether a promoter loop runs in this process.
     pub enabled: std::sync::atomic::AtomicBool,
     interval_us: AtomicI64,
+    /// Device polls and reports answered.
+    pub polls: AtomicU64,
+    pub reports: AtomicU64,
+    /// Set when the server stops: waiting long polls answer at once.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for EngineState {
+    fn default() -> Self {
+        EngineState {
+            wake: Notify::new(),
+            last_tick_us: AtomicI64::new(0),
+            ticks: AtomicU64::new(0),
+            actions: AtomicU64::new(0),
+            enabled: std::sync::atomic::AtomicBool::new(false),
+            interval_us: AtomicI64::new(0),
+            polls: AtomicU64::new(0),
+            reports: AtomicU64::new(0),
+            closing: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl EngineState {
+    /// The server is stopping: every waiting long poll answers now (SPEC §5.2: in-flight
+    /// requests finish; a long poll is one).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Changes (to `true`) when the server stops.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     /// Asks for a tick now (a report settled a device).
     pub fn wake_promoter(&self) {
         self.wake.notify_one();

@@ -695,6 +695,7 @@ impl Writer {
                 self.conn
                     .prepare_cached("UPDATE devices SET installed_digest = ?2 WHERE id = ?1")?
                     .execute(params![device_id, req.installed_digest])?;
+                self.live.supersede_digest(device_id, &req.installed_digest);
             }
         }
         Ok(Reply::Report(outcome.response()))
@@ -731,6 +732,7 @@ impl Writer {
         self.conn
             .prepare_cached("UPDATE devices SET installed_digest = ?2 WHERE id = ?1")?
             .execute(params![device_id, digest])?;
+        self.live.supersede_digest(device_id, digest);
         self.record(ctx, change.event)?;
         Ok(Reply::Promoted { actions: 1 })
     }

@@ -52,6 +52,15 @@ impl Live {
             .cloned()
     }
 
+    /// A report (or a drift) stored a newer digest than the device's unflushed heartbeat
+    /// carries: the heartbeat takes it, so its flush cannot put the older one back.
+    pub fn supersede_digest(&self, device_id: &str, installed_digest: &str) {
+        let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = beats.get_mut(device_id) {
+            b.installed_digest = installed_digest.to_string();
+        }
+    }
+
     /// Takes every unflushed heartbeat (the store writes them in one transaction).
     pub fn take_beats(&self) -> Vec<(String, Beat)> {
         let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());

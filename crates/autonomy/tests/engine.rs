@@ -463,7 +463,6 @@ fn through_gate_one(cp: &Cp, devs: &mut [Device], id: &str, installed: &mut Vec<
 }
 
 #[test]
-#[ignore = "BUG: a batched heartbeat flush overwrites the installed digest of a later report"]
 fn a_stale_heartbeat_never_overwrites_a_reported_digest() {
     let cp = serve(&[]);
     let id = "stale";
@@ -2338,7 +2337,6 @@ fn enroll_keys_expire_and_enrolled_ids_are_unique() {
 }
 
 #[test]
-#[ignore = "BUG: SIGTERM waits out --shutdown-timeout (10 s) for waiting long polls, then cuts them unanswered"]
 fn sigterm_with_long_polls_waiting_exits_promptly() {
     let mut cp = serve(&[]);
     let id = "term";
@@ -2705,7 +2703,7 @@ fn devices_stalled_mid_install_or_unverified_time_out() {
 }
 
 #[test]
-#[ignore = "BUG: a record-only plan carries no warning that nothing will be dispatched (SPEC §8)"]
+#[ignore = "NOT BUILT: SPEC §8 wants a record-only warning, issue 10 wants record-only plans unchanged (VAL08–VAL12 and the tests read status.warnings); decided for unchanged — see ARCHITECTURE.md, What is not built"]
 fn a_record_only_plan_warns_that_nothing_is_dispatched() {
     let cp = serve(&[]);
     let v = post_want(
@@ -2770,7 +2768,6 @@ fn polls_are_not_audited() {
 }
 
 #[test]
-#[ignore = "BUG: GET /metrics has no device-poll or promoter-tick series (SPEC §3)"]
 fn device_polls_and_promoter_ticks_are_in_metrics() {
     let cp = serve(&[]);
     let mut devs = devices(&cp, "metered", 1, &json!({"group": "metered"}));
@@ -2779,14 +2776,14 @@ fn device_polls_and_promoter_ticks_are_in_metrics() {
     thread::sleep(Duration::from_millis(300));
     let (s, metrics) = cp.get("/metrics", &[]);
     assert_eq!(s, 200);
-    assert!(
-        metrics.contains("poll"),
-        "no device poll metric:\n{metrics}"
-    );
-    assert!(
-        metrics.contains("promoter"),
-        "no promoter metric:\n{metrics}"
-    );
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(value("autonomy_device_polls_total") >= 1, "{metrics}");
+    assert!(value("autonomy_promoter_ticks_total") >= 1, "{metrics}");
 }
 
 #[test]

@@ -208,13 +208,18 @@ pub async fn poll<S: Store>(
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(u64::from(req.wait_seconds));
         if let Some(watch) = watch.as_mut() {
-            while seen.revision <= req.known_revision {
-                match tokio::time::timeout_at(deadline, watch.changed()).await {
-                    Ok(Ok(())) => {
-                        watch.mark_unchanged();
-                        seen = store.poll(&device_id).await?;
-                    }
-                    Ok(Err(_)) | Err(_) => break,
+            let mut closing = state.engine.closing();
+            while seen.revision <= req.known_revision && !*closing.borrow_and_update() {
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, watch.changed()) => match changed {
+                        Ok(Ok(())) => {
+                            watch.mark_unchanged();
+                            seen = store.poll(&device_id).await?;
+                        }
+                        Ok(Err(_)) | Err(_) => break,
+                    },
+                    // The server stops: answer with what is known now.
+                    _ = closing.changed() => break,
                 }
             }
         }
@@ -225,6 +230,10 @@ pub async fn poll<S: Store>(
         store.live().unwatch(&device_id);
     }
     let seen = answer?;
+    state
+        .engine
+        .polls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let poll_after_seconds = if seen.assignment.is_some() {
         1
     } else {
@@ -248,6 +257,10 @@ pub async fn report<S: Store>(
     let (_, req): (Bytes, ReportRequest) = input::required_json(&headers, body)?;
     let req = dev::validate_report(&req).map_err(ApiError::field)?;
     let answer = state.store.report(&ctx, &device_id, req).await?;
+    state
+        .engine
+        .reports
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Reply::Report(r) = &answer {
         if r.assignment_state.is_settled() {
             state.engine.wake_promoter();

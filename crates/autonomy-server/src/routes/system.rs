@@ -83,6 +83,16 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
             "Promoter actions applied (each audited once as system:promoter).",
             e.actions.load(std::sync::atomic::Ordering::Relaxed),
         ),
+        (
+            "autonomy_device_polls_total",
+            "Device polls answered (SPEC §9.2).",
+            e.polls.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "autonomy_device_reports_total",
+            "Device reports answered (applied or duplicate).",
+            e.reports.load(std::sync::atomic::Ordering::Relaxed),
+        ),
     ];
     for (name, help, v) in counters.into_iter().chain(engine_counters) {
         let _ = writeln!(
