@@ -17,6 +17,10 @@
 //!   while raw keep-alive connections flood the CP with requests without a valid token
 //!   (issue 14): p50/p99 side by side, the flood's rate, the data dir's growth per refused
 //!   request (the flood alone, a fixed count), and the flood generator's CPU next to the CP's;
+//! - **E1–E5** the rollout engine (issue 10, `engine.rs`): idle device long polls per second
+//!   (E1); durable device reports per second at concurrency 256 next to the single-row commit
+//!   limit (E2); the promoter tick (E3) and the stuck scan (E4) over 100k devices in 100 engine
+//!   plans; the last report of a stage to the next stage's dispatch (E5);
 //! - the CP's peak RSS in each.
 //!
 //! It runs the real `autonomy serve` (`--autonomy-bin`) on 127.0.0.1 port 0 with
@@ -57,6 +61,7 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
 /// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
 /// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
+/// The rollout engine (issue 10):                  autonomy-bench --phases limit,e1,e2,e3,e4,e5
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
