@@ -3,8 +3,9 @@
 # against the real `autonomy serve`. Every argument goes to autonomy-bench, e.g.
 #
 #   scripts/bench.sh                  # full run: 1M plans, takes minutes
-#   scripts/bench.sh --smoke          # tiny sizes, well under a minute (what CI runs)
+#   scripts/bench.sh --smoke          # tiny sizes, under a minute (what CI runs)
 #   scripts/bench.sh --phases b1,b2   # some phases only; see --help for every size flag
+#   scripts/bench.sh --phases limit,e1,e2,e3,e4,e5   # the rollout engine (issue 10)
 #
 # The report goes to bench-results/<UTC timestamp>/report.json (with summary.txt and the CP
 # logs next to it) unless --out says otherwise. Exit 0 when the bench ran, whatever the

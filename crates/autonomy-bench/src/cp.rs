@@ -48,6 +48,20 @@ pub fn start(bin: &Path, data_dir: &Path, log: &Path, limit: Duration) -> anyhow
         .with_context(|| format!("starting {} serve (log {})", bin.display(), log.display()))
 }
 
+/// [`start`] with more `serve` arguments after the defaults (e.g. `--promoter-interval 0.2`).
+pub fn start_args(
+    bin: &Path,
+    data_dir: &Path,
+    log: &Path,
+    limit: Duration,
+    args: &[&str],
+) -> anyhow::Result<Cp> {
+    let mut options = options(bin, data_dir, log, limit);
+    options.args.extend(args.iter().map(|a| a.to_string()));
+    Cp::start(options)
+        .with_context(|| format!("starting {} serve (log {})", bin.display(), log.display()))
+}
+
 /// [`start`] with RBAC enforced (`AUTONOMY_RBAC_ENFORCEMENT=1`, B7): the admin token is in
 /// `<data_dir>/admin.token` ([`Cp::admin_token`]).
 pub fn start_rbac(bin: &Path, data_dir: &Path, log: &Path, limit: Duration) -> anyhow::Result<Cp> {

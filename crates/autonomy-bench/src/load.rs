@@ -38,7 +38,9 @@ fn create(http: &Http, body: String, operator: String) -> Call<Rollout> {
 }
 
 /// The body of `POST /v1/rollouts` for plan `id`: a realistic plan (digest-pinned artifact,
-/// lock fingerprint, targets, three stages) that raises no warnings.
+/// lock fingerprint, targets, three stages). Its targets name neither `selector` nor
+/// `devices`, so it is a record-only plan (SPEC §8): B1–B7 measure what they measured before the
+/// rollout engine existed (E1–E5 measure the engine).
 pub fn plan_body(id: &str, i: u64) -> String {
     serde_json::json!({
         "metadata": {
@@ -48,7 +50,7 @@ pub fn plan_body(id: &str, i: u64) -> String {
         "spec": {
             "artifact_ref": format!("oci://registry.example.com/fleet/agent@sha256:{:064x}", i),
             "target_lock_fingerprint": format!("blake3:{:064x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            "targets": {"fleet": format!("warehouse-{}", i % 50), "selector": {"hw": "rev-c"}},
+            "targets": {"fleet": format!("warehouse-{}", i % 50), "hw": "rev-c"},
             "stages": [
                 {"name": "canary", "percent": 5, "soak_seconds": 600},
                 {"name": "wave-1", "percent": 25, "soak_seconds": 1800},

@@ -17,6 +17,10 @@
 //!   while raw keep-alive connections flood the CP with requests without a valid token
 //!   (issue 14): p50/p99 side by side, the flood's rate, the data dir's growth per refused
 //!   request (the flood alone, a fixed count), and the flood generator's CPU next to the CP's;
+//! - **E1–E5** the rollout engine (issue 10, `engine.rs`): idle device long polls per second
+//!   (E1); durable device reports per second at concurrency 256 next to the single-row commit
+//!   limit (E2); the promoter tick (E3) and the stuck scan (E4) over 100k devices in 100 engine
+//!   plans; the last report of a stage to the next stage's dispatch (E5);
 //! - the CP's peak RSS in each.
 //!
 //! It runs the real `autonomy serve` (`--autonomy-bin`) on 127.0.0.1 port 0 with
@@ -28,11 +32,13 @@
 //! `--smoke` runs everything at tiny sizes in well under a minute (CI).
 
 mod cp;
+mod engine;
 mod flood;
 mod http;
 mod limit;
 mod load;
 mod machine;
+mod raw;
 mod report;
 mod stats;
 mod suite;
@@ -55,6 +61,7 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
 /// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
 /// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
+/// The rollout engine (issue 10):                  autonomy-bench --phases limit,e1,e2,e3,e4,e5
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
@@ -185,6 +192,59 @@ struct Args {
     #[arg(long, value_name = "N")]
     b7_probe_requests: Option<u64>,
 
+    /// E1: devices polling (registered once for E1 and E2) [full 10000, smoke 500].
+    #[arg(long, value_name = "N")]
+    e1_devices: Option<u64>,
+
+    /// E1: poll connections, one thread each [full 128, smoke 64].
+    #[arg(long, value_name = "N")]
+    e1_connections: Option<usize>,
+
+    /// E1: measured seconds [full 10, smoke 2].
+    #[arg(long, value_name = "S")]
+    e1_seconds: Option<f64>,
+
+    /// E1: warm-up seconds, not counted [full 2, smoke 0.5].
+    #[arg(long, value_name = "S")]
+    e1_warmup_seconds: Option<f64>,
+
+    /// E2: devices in the plan, five reports each [full 20000, smoke 1000].
+    #[arg(long, value_name = "N")]
+    e2_devices: Option<u64>,
+
+    /// E2: concurrent reporters [default 256].
+    #[arg(long, value_name = "N")]
+    e2_concurrency: Option<usize>,
+
+    /// E2: longest the reports run (they also end when every device is verified)
+    /// [full 15, smoke 2].
+    #[arg(long, value_name = "S")]
+    e2_seconds: Option<f64>,
+
+    /// E3/E4: devices in the fleet [full 100000, smoke 2000].
+    #[arg(long, value_name = "N")]
+    e3_devices: Option<u64>,
+
+    /// E3/E4: engine plans the fleet is split over [full 100, smoke 10].
+    #[arg(long, value_name = "N")]
+    e3_plans: Option<u64>,
+
+    /// E3: promoter ticks to time [full 200, smoke 20].
+    #[arg(long, value_name = "N")]
+    e3_ticks: Option<usize>,
+
+    /// E4: stuck scans to time [full 200, smoke 20].
+    #[arg(long, value_name = "N")]
+    e4_scans: Option<usize>,
+
+    /// E5: plans, run one after the other [full 3, smoke 1].
+    #[arg(long, value_name = "N")]
+    e5_plans: Option<usize>,
+
+    /// E5: one-device stages per plan (each plan gives stages - 1 samples) [full 21, smoke 6].
+    #[arg(long, value_name = "N")]
+    e5_stages: Option<usize>,
+
     /// Concurrency of the seeding that builds the data sets [default 64].
     #[arg(long, value_name = "N")]
     seed_concurrency: Option<usize>,
@@ -239,6 +299,19 @@ impl Args {
             b7_flood_connections: pick_n(self.b7_flood_connections, 16, 4),
             b7_flood_max_requests: pick_u(self.b7_flood_max_requests, 20_000_000, 2_000_000),
             b7_probe_requests: pick_u(self.b7_probe_requests, 2_000, 200),
+            e1_devices: pick_u(self.e1_devices, 10_000, 500),
+            e1_connections: pick_n(self.e1_connections, 128, 64),
+            e1_warmup_seconds: pick(self.e1_warmup_seconds, 2.0, 0.5),
+            e1_seconds: pick(self.e1_seconds, 10.0, 2.0),
+            e2_devices: pick_u(self.e2_devices, 20_000, 1_000),
+            e2_concurrency: self.e2_concurrency.unwrap_or(256),
+            e2_seconds: pick(self.e2_seconds, 15.0, 2.0),
+            e3_devices: pick_u(self.e3_devices, 100_000, 2_000),
+            e3_plans: pick_u(self.e3_plans, 100, 10),
+            e3_ticks: pick_n(self.e3_ticks, 200, 20),
+            e4_scans: pick_n(self.e4_scans, 200, 20),
+            e5_plans: pick_n(self.e5_plans, 3, 1),
+            e5_stages: pick_n(self.e5_stages, 21, 6),
             seed_concurrency: self.seed_concurrency.unwrap_or(64),
             operators: self.operators.unwrap_or(100),
             start_timeout_seconds: self.start_timeout_seconds,
@@ -254,6 +327,8 @@ impl Args {
             ("--b1-seconds", cfg.b1_seconds),
             ("--b2-gap-seconds", cfg.b2_gap_seconds),
             ("--b7-seconds", cfg.b7_seconds),
+            ("--e1-seconds", cfg.e1_seconds),
+            ("--e2-seconds", cfg.e2_seconds),
             ("--start-timeout-seconds", cfg.start_timeout_seconds),
             ("--stop-timeout-seconds", cfg.stop_timeout_seconds),
         ];
@@ -267,6 +342,32 @@ impl Args {
         }
         if !(cfg.b7_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.b7_warmup_seconds)) {
             bail!("--b7-warmup-seconds must be 0 to 3600");
+        }
+        if !(cfg.e1_warmup_seconds.is_finite() && (0.0..=3600.0).contains(&cfg.e1_warmup_seconds)) {
+            bail!("--e1-warmup-seconds must be 0 to 3600");
+        }
+        if !(1..=10_000_000).contains(&cfg.e1_devices)
+            || !(1..=10_000_000).contains(&cfg.e2_devices)
+        {
+            bail!("--e1-devices and --e2-devices must be 1 to 10000000");
+        }
+        if cfg.e1_connections == 0 || cfg.e1_connections > 1024 {
+            bail!("--e1-connections must be 1 to 1024");
+        }
+        if cfg.e2_concurrency == 0 || cfg.e2_concurrency > 1024 {
+            bail!("--e2-concurrency must be 1 to 1024");
+        }
+        if cfg.e3_plans == 0 || cfg.e3_plans > 10_000 || cfg.e3_devices < cfg.e3_plans {
+            bail!("--e3-plans must be 1 to 10000 and --e3-devices at least --e3-plans");
+        }
+        if cfg.e3_devices > 10_000_000 {
+            bail!("--e3-devices must be at most 10000000");
+        }
+        if cfg.e3_ticks == 0 || cfg.e4_scans == 0 || cfg.e5_plans == 0 {
+            bail!("--e3-ticks, --e4-scans and --e5-plans must be at least 1");
+        }
+        if !(2..=1000).contains(&cfg.e5_stages) {
+            bail!("--e5-stages must be 2 to 1000");
         }
         if cfg.b7_rounds == 0 || cfg.b7_rounds > 100 {
             bail!("--b7-rounds must be 1 to 100");
@@ -478,6 +579,24 @@ fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
         if cfg.wants("b7") {
             mark("b7");
             results.b7 = Some(suite::run_b7(env)?);
+        }
+        if cfg.wants("e1") || cfg.wants("e2") {
+            mark("e1-e2");
+            let io = engine::run_e1_e2(env, results.limit.as_ref())?;
+            results.engine_io_seeding = Some(io.seeding);
+            results.e1 = io.e1;
+            results.e2 = io.e2;
+        }
+        if cfg.wants("e3") || cfg.wants("e4") {
+            mark("e3-e4");
+            let fleet = engine::run_e3_e4(env)?;
+            results.engine_fleet_seeding = Some(fleet.seed);
+            results.e3 = fleet.e3;
+            results.e4 = fleet.e4;
+        }
+        if cfg.wants("e5") {
+            mark("e5");
+            results.e5 = Some(engine::run_e5(env)?);
         }
         Ok(())
     })();

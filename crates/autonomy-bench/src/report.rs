@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::engine::{DeviceSeed, E1Report, E2Report, E3Report, E4Report, E5Report, FleetSeed};
 use crate::limit::LimitReport;
 use crate::load::SeedReport;
 use crate::machine::Machine;
@@ -21,6 +22,17 @@ pub struct Results {
     pub b5: Option<B5Report>,
     pub b6: Option<B6Report>,
     pub b7: Option<B7Report>,
+    pub e1: Option<E1Report>,
+    pub e2: Option<E2Report>,
+    pub e3: Option<E3Report>,
+    pub e4: Option<E4Report>,
+    pub e5: Option<E5Report>,
+    /// Registration of E1/E2's devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_io_seeding: Option<DeviceSeed>,
+    /// E3/E4's fleet: registration, plans, dispatch, state mixing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_fleet_seeding: Option<FleetSeed>,
     pub seeding: Vec<SeedReport>,
     pub seeding_peak_rss_kib: Vec<Option<u64>>,
     /// `/proc/loadavg` (1, 5, 15 min) as each phase started and at the end: other work on the
@@ -28,7 +40,7 @@ pub struct Results {
     pub load_average: Vec<(String, String)>,
 }
 
-/// One target of issue 6 (B1–B6) or issue 14 (B7).
+/// One target of issue 6 (B1–B6), issue 14 (B7) or issue 10 (E1–E5).
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     pub id: &'static str,
@@ -61,13 +73,14 @@ pub struct Report<'a> {
     pub notes: Vec<&'static str>,
 }
 
-pub const NOTES: [&str; 6] = [
+pub const NOTES: [&str; 7] = [
     "latencies are client-side (request sent to whole body read) over kept-alive HTTP/1.1 to 127.0.0.1, nearest-rank percentiles over every sample",
     "the bench and the CP share the machine's CPUs; bench_cpu_seconds in B1 shows what the load generator itself used",
     "B7 runs the CP with RBAC on; its flood generator shares the CPUs with the CP and the operator's client: flood.generator_cpu_seconds (the flood threads alone) stands next to the CP's cp_cpu_seconds",
     "peak_rss_kib is VmHWM of the CP instance that served only that phase (each phase starts its own CP; seeding runs in separate instances, see seeding_peak_rss_kib)",
     "smoke runs use tiny sizes: their numbers prove the bench works, not the targets",
     "targets: B1 c=64 creates/s >= 5x raw single-row commits/s; B2 p99 < 20 ms; B3 deep-page p50 <= 2x first-page p50; B4 median restart-to-ready < 1000 ms; B5 API p99 < 50 ms; B6 CLI p50 <= 2x curl p50; B7 operator create p99 under the flood <= 2x quiet, and 200 refused requests grow the data dir by < 2 MiB",
+    "engine targets (issue 10): E1 idle polls >= 10000/s with the generator on the same box; E2 device reports/s at concurrency 256 >= 5x raw single-row commits/s; E3 promoter tick p99 < 50 ms (100k devices, 100 plans); E4 stuck scan p99 < 50 ms (same fleet); E5 last report of a stage to the next stage's dispatch p99 < 1 s. E1/E2 run RBAC off (X-Autonomy-Device) with a raw-HTTP generator whose CPU is reported",
 ];
 
 pub fn targets(r: &Results) -> Vec<Target> {
@@ -212,6 +225,88 @@ pub fn targets(r: &Results) -> Vec<Target> {
         threshold: B7_STORE_LIMIT_PER_200 / 1048576.0,
         unit: "MiB",
         met: b7.map(|b| b.store_probe.bytes_per_200_refused < B7_STORE_LIMIT_PER_200),
+    });
+    let e1 = r.e1.as_ref();
+    t.push(Target {
+        id: "E1",
+        target: "idle long polls (wait 0, nothing assigned) >= 10,000/s, generator on the same box",
+        basis: e1.map_or("not run".into(), |e| {
+            format!(
+                "{} devices over {} connections, generator {} CPUs, CP {} CPUs",
+                e.devices,
+                e.connections,
+                e.generator_cpus_used.map_or("?".into(), |v| v.to_string()),
+                e.cp_cpus_used.map_or("?".into(), |v| v.to_string())
+            )
+        }),
+        value: e1.map(|e| e.polls_per_sec),
+        threshold: 10_000.0,
+        unit: "/s",
+        met: e1.map(|e| e.polls_per_sec >= 10_000.0),
+    });
+    let e2 = r.e2.as_ref();
+    t.push(Target {
+        id: "E2",
+        target: "durable device reports at concurrency 256 >= 5x the single-row-commit limit",
+        basis: e2.map_or("not run".into(), |e| {
+            format!(
+                "{:.0} reports/s at c={} / {:.0} raw single-row commits/s",
+                e.run.reports_per_sec,
+                e.run.concurrency,
+                e.single_row_commits_per_sec.unwrap_or(f64::NAN)
+            )
+        }),
+        value: e2.and_then(|e| e.ratio_to_single_row_commits),
+        threshold: 5.0,
+        unit: "x",
+        met: e2
+            .and_then(|e| e.ratio_to_single_row_commits)
+            .map(|v| v >= 5.0),
+    });
+    let e3 = r.e3.as_ref();
+    t.push(Target {
+        id: "E3",
+        target: "promoter tick with 100k devices in 100 plans: p99 < 50 ms",
+        basis: e3.map_or("not run".into(), |e| {
+            format!(
+                "p99 of {} ticks over {} devices in {} plans",
+                e.ticks, e.devices, e.plans
+            )
+        }),
+        value: e3.map(|e| e.latency.p99_ms),
+        threshold: 50.0,
+        unit: "ms",
+        met: e3.map(|e| e.latency.p99_ms < 50.0),
+    });
+    let e4 = r.e4.as_ref();
+    t.push(Target {
+        id: "E4",
+        target: "stuck scan over 100k devices: p99 < 50 ms",
+        basis: e4.map_or("not run".into(), |e| {
+            format!(
+                "p99 of {} scans over {} devices in {} plans",
+                e.scans, e.devices, e.plans
+            )
+        }),
+        value: e4.map(|e| e.latency.p99_ms),
+        threshold: 50.0,
+        unit: "ms",
+        met: e4.map(|e| e.latency.p99_ms < 50.0),
+    });
+    let e5 = r.e5.as_ref();
+    t.push(Target {
+        id: "E5",
+        target: "last report of a stage -> next stage dispatched: p99 < 1 s",
+        basis: e5.map_or("not run".into(), |e| {
+            format!(
+                "p99 of {} stage transitions ({} plans of {} stages)",
+                e.samples, e.plans, e.stages_per_plan
+            )
+        }),
+        value: e5.map(|e| e.latency.p99_ms),
+        threshold: 1000.0,
+        unit: "ms",
+        met: e5.map(|e| e.samples > 0 && e.latency.p99_ms < 1000.0),
     });
     t
 }
@@ -438,6 +533,103 @@ pub fn summary(rep: &Report) -> String {
             "".into(),
         );
     }
+    let cpus = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.2}"));
+    if let Some(s) = &r.engine_io_seeding {
+        row(
+            "E",
+            format!("register {} devices (c={})", s.devices, s.concurrency),
+            format!("{:.0}/s, {:.1} s", s.registrations_per_sec, s.seconds),
+            "".into(),
+            "".into(),
+        );
+    }
+    if let Some(e) = &r.e1 {
+        row(
+            "E1",
+            format!(
+                "idle polls, {} devices, {} conns ({} errors)",
+                e.devices, e.connections, e.errors
+            ),
+            format!(
+                "{:.0} polls/s; CP {} CPUs, generator {}",
+                e.polls_per_sec,
+                cpus(e.cp_cpus_used),
+                cpus(e.generator_cpus_used)
+            ),
+            lat(&e.latency),
+            mib(e.peak_rss_kib),
+        );
+    }
+    if let Some(e) = &r.e2 {
+        row(
+            "E2",
+            format!(
+                "device reports, c={}, {} devices (avg batch {})",
+                e.run.concurrency, e.devices, e.store.avg_batch
+            ),
+            format!(
+                "{:.0} reports/s = {}x L1; CP {} CPUs, reporters {}",
+                e.run.reports_per_sec,
+                e.ratio_to_single_row_commits
+                    .map_or("?".into(), |v| format!("{v:.2}")),
+                cpus(e.cp_cpus_used),
+                cpus(e.run.generator_cpus_used)
+            ),
+            lat(&e.run.latency),
+            "".into(),
+        );
+    }
+    if let Some(f) = &r.engine_fleet_seeding {
+        row(
+            "E",
+            format!(
+                "fleet: {} devices, {} plans of {}",
+                f.devices.devices, f.plans, f.devices_per_plan
+            ),
+            format!(
+                "registered in {:.1} s ({:.0}/s), dispatched {:.1} s after start",
+                f.devices.seconds, f.devices.registrations_per_sec, f.start_to_dispatched_seconds
+            ),
+            format!(
+                "{} mixing reports, {:.0}/s",
+                f.mixing.reports, f.mixing.reports_per_sec
+            ),
+            mib(f.peak_rss_kib),
+        );
+    }
+    if let Some(e) = &r.e3 {
+        row(
+            "E3",
+            format!(
+                "promoter tick, {} devices in {} plans ({} ticks)",
+                e.devices, e.plans, e.ticks
+            ),
+            format!("{} actions", e.actions_applied),
+            lat(&e.latency),
+            "(in-process)".into(),
+        );
+    }
+    if let Some(e) = &r.e4 {
+        row(
+            "E4",
+            format!(
+                "stuck scan, {} devices in {} plans ({} scans)",
+                e.devices, e.plans, e.scans
+            ),
+            format!("stuck_count {:?}", e.stuck_count_seen),
+            lat(&e.latency),
+            mib(e.peak_rss_kib),
+        );
+    }
+    if let Some(e) = &r.e5 {
+        row(
+            "E5",
+            format!("last report -> next stage assigned ({} samples)", e.samples),
+            format!("{}/{} plans completed", e.plans_completed, e.plans),
+            lat(&e.latency),
+            mib(e.peak_rss_kib),
+        );
+    }
     let mut widths = [0usize; 5];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -464,7 +656,7 @@ pub fn summary(rep: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out.push_str("\ntargets (issue 6; B7 issue 14):\n");
+    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10):\n");
     for t in &rep.targets {
         let verdict = match t.met {
             Some(true) => "met ",

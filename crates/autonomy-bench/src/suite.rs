@@ -50,6 +50,19 @@ pub struct Config {
     pub b7_flood_max_requests: u64,
     pub b7_probe_requests: u64,
     pub b7_rounds: usize,
+    pub e1_devices: u64,
+    pub e1_connections: usize,
+    pub e1_warmup_seconds: f64,
+    pub e1_seconds: f64,
+    pub e2_devices: u64,
+    pub e2_concurrency: usize,
+    pub e2_seconds: f64,
+    pub e3_devices: u64,
+    pub e3_plans: u64,
+    pub e3_ticks: usize,
+    pub e4_scans: usize,
+    pub e5_plans: usize,
+    pub e5_stages: usize,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -94,7 +107,24 @@ impl Env {
             .with_context(|| format!("starting the CP for {name}"))
     }
 
-    fn stop(&self, cp: Cp) -> anyhow::Result<Stopped> {
+    /// [`Env::start`] with more `serve` arguments (the engine phases: `--promoter-interval`).
+    pub(crate) fn start_args(
+        &self,
+        data_dir: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Cp> {
+        cp::start_args(
+            &self.bin,
+            data_dir,
+            &self.log(name),
+            self.start_limit(),
+            args,
+        )
+        .with_context(|| format!("starting the CP for {name}"))
+    }
+
+    pub(crate) fn stop(&self, cp: Cp) -> anyhow::Result<Stopped> {
         let stopped = cp::stop(cp, self.stop_limit())?;
         if stopped.killed || stopped.exit_code != Some(0) {
             eprintln!(
@@ -171,7 +201,7 @@ pub struct B1Report {
     pub note: &'static str,
 }
 
-struct StoreSnap {
+pub(crate) struct StoreSnap {
     commits: f64,
     requests: f64,
     micros: f64,
@@ -179,7 +209,7 @@ struct StoreSnap {
     at: Instant,
 }
 
-fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
+pub(crate) fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
     let t = http
         .call(&http.api().get::<()>("/metrics", &[]))?
         .text()
@@ -194,7 +224,7 @@ fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
     })
 }
 
-fn store_delta(a: &StoreSnap, b: &StoreSnap) -> StoreDelta {
+pub(crate) fn store_delta(a: &StoreSnap, b: &StoreSnap) -> StoreDelta {
     let commits = (b.commits - a.commits).max(0.0);
     let requests = (b.requests - a.requests).max(0.0);
     let micros = (b.micros - a.micros).max(0.0);
@@ -1424,7 +1454,9 @@ fn opt_f(v: Option<f64>) -> String {
 }
 
 /// The phases a run can select.
-pub const PHASES: [&str; 8] = ["limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7"];
+pub const PHASES: [&str; 13] = [
+    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5",
+];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
 fn wall_us() -> i64 {
