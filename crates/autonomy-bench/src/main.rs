@@ -33,6 +33,7 @@
 
 mod cp;
 mod engine;
+mod fleet;
 mod flood;
 mod http;
 mod limit;
@@ -245,6 +246,10 @@ struct Args {
     #[arg(long, value_name = "N")]
     e5_stages: Option<usize>,
 
+    /// F1: simulated devices through a 4-stage rollout (issue 11) [full 10000, smoke 200].
+    #[arg(long, value_name = "N")]
+    f1_devices: Option<u64>,
+
     /// Concurrency of the seeding that builds the data sets [default 64].
     #[arg(long, value_name = "N")]
     seed_concurrency: Option<usize>,
@@ -312,6 +317,9 @@ impl Args {
             e4_scans: pick_n(self.e4_scans, 200, 20),
             e5_plans: pick_n(self.e5_plans, 3, 1),
             e5_stages: pick_n(self.e5_stages, 21, 6),
+            f1_devices: self
+                .f1_devices
+                .unwrap_or(if self.smoke { 200 } else { 10_000 }),
             seed_concurrency: self.seed_concurrency.unwrap_or(64),
             operators: self.operators.unwrap_or(100),
             start_timeout_seconds: self.start_timeout_seconds,
@@ -597,6 +605,10 @@ fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
         if cfg.wants("e5") {
             mark("e5");
             results.e5 = Some(engine::run_e5(env)?);
+        }
+        if cfg.wants("f1") {
+            mark("f1");
+            results.f1 = Some(fleet::run_f1(env)?);
         }
         Ok(())
     })();

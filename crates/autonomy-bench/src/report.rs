@@ -27,6 +27,7 @@ pub struct Results {
     pub e3: Option<E3Report>,
     pub e4: Option<E4Report>,
     pub e5: Option<E5Report>,
+    pub f1: Option<crate::fleet::F1Report>,
     /// Registration of E1/E2's devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_io_seeding: Option<DeviceSeed>,
@@ -307,6 +308,28 @@ pub fn targets(r: &Results) -> Vec<Target> {
         threshold: 1000.0,
         unit: "ms",
         met: e5.map(|e| e.samples > 0 && e.latency.p99_ms < 1000.0),
+    });
+    let f1 = r.f1.as_ref();
+    t.push(Target {
+        id: "F1",
+        target: "10,000 simulated devices through 4 stages: CP peak RSS < 1 GiB",
+        basis: f1.map_or("not run".into(), |f| {
+            format!(
+                "{} devices, completed={} in {:.1} s, {} reports, CP {} us CPU/report, simulator {} KiB/device",
+                f.devices,
+                f.completed,
+                f.rollout_seconds,
+                f.reports,
+                crate::fleet::show(f.cp_cpu_us_per_report),
+                crate::fleet::show(f.simulator_kib_per_device)
+            )
+        }),
+        value: f1.and_then(|f| f.cp_peak_rss_kib).map(|k| k as f64 / 1024.0),
+        threshold: 1024.0,
+        unit: "MiB",
+        met: f1.map(|f| {
+            f.completed && f.cp_peak_rss_kib.is_some_and(|k| k < 1024 * 1024)
+        }),
     });
     t
 }
@@ -628,6 +651,24 @@ pub fn summary(rep: &Report) -> String {
             format!("{}/{} plans completed", e.plans_completed, e.plans),
             lat(&e.latency),
             mib(e.peak_rss_kib),
+        );
+    }
+    if let Some(f) = &r.f1 {
+        row(
+            "F1",
+            format!("simulated fleet, {} devices, 4 stages", f.devices),
+            format!(
+                "completed={} in {:.1} s ({} reports, CP {} us/report)",
+                f.completed,
+                f.rollout_seconds,
+                f.reports,
+                crate::fleet::show(f.cp_cpu_us_per_report)
+            ),
+            format!(
+                "sim {} KiB/device",
+                crate::fleet::show(f.simulator_kib_per_device)
+            ),
+            mib(f.cp_peak_rss_kib),
         );
     }
     let mut widths = [0usize; 5];

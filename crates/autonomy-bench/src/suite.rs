@@ -63,6 +63,7 @@ pub struct Config {
     pub e4_scans: usize,
     pub e5_plans: usize,
     pub e5_stages: usize,
+    pub f1_devices: u64,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -1454,8 +1455,8 @@ fn opt_f(v: Option<f64>) -> String {
 }
 
 /// The phases a run can select.
-pub const PHASES: [&str; 13] = [
-    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5",
+pub const PHASES: [&str; 14] = [
+    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5", "f1",
 ];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).

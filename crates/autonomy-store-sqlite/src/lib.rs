@@ -520,7 +520,17 @@ impl Store for SqliteStore {
     }
 
     async fn known_device(&self, id: String) -> Result<Option<DeviceIdentity>> {
-        self.read(move |r| r.known_device(&id)).await
+        // RBAC off: the device is named, not proven; a known name is remembered like a token
+        // (and forgotten the same way when the device is revoked).
+        let key = format!("id:{id}");
+        if let Some(device_id) = self.live.token_device(&key) {
+            return Ok(Some(DeviceIdentity { device_id }));
+        }
+        let found = self.read(move |r| r.known_device(&id)).await?;
+        if let Some(who) = &found {
+            self.live.remember_token(key, who.device_id.clone());
+        }
+        Ok(found)
     }
 
     fn live(&self) -> &Live {
