@@ -130,6 +130,9 @@ const CLIENT_ARG_IDS: &[(&str, &str)] = &[
     ("operator", "--operator"),
 ];
 
+/// The verbs that never talk to a CP, and so take none of the [`ClientArgs`] after them.
+const LOCAL_VERBS: &[&str] = &["serve", "completions", "man"];
+
 /// The whole command tree: the derived one, with the [`ClientArgs`] also on every client verb
 /// (global from there down) and every `AUTONOMY_*` variable that is set but empty treated as
 /// unset.
@@ -139,7 +142,7 @@ pub fn command() -> clap::Command {
         .map(|a| a.clone().global(true))
         .collect();
     let cmd = Cli::command().mut_subcommands(|verb| {
-        if verb.get_name() == "serve" {
+        if LOCAL_VERBS.contains(&verb.get_name()) {
             verb
         } else {
             verb.args(client_args.iter().cloned())

@@ -10,6 +10,7 @@ use autonomy_client::{Api, Call, ClientError, Reply};
 use crate::output::Output;
 
 pub mod audit;
+pub mod completions;
 pub mod device;
 pub mod health;
 pub mod labels;
@@ -54,6 +55,8 @@ pub enum Command {
     /// RBAC tokens (admin only): create, list, revoke.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    Completions(completions::CompletionsArgs),
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -66,6 +69,8 @@ impl Command {
             Command::Rollback(cmd) => cmd.run(ctx),
             Command::Audit(cmd) => cmd.run(ctx),
             Command::Token(cmd) => cmd.run(ctx),
+            Command::Completions(args) => args.run(),
+            Command::Man(args) => args.run(),
         }
     }
 }
