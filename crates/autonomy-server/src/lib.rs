@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use autonomy_api::{AuditCheck, AuditDamage, ErrorCode};
 use autonomy_store::Store;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -241,10 +241,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
             state.clone(),
             host::check::<S>,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .with_state(state)
 }
 
@@ -282,20 +282,60 @@ pub async fn run<S: Store>(
     served
 }
 
+/// The route label of a request no route matched (a 404 or 405 from the fallbacks).
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Outermost layer: gives the request its id (the client's `X-Request-Id` when well-formed,
+/// else a fresh one), which handlers put in the audit event (`auth::request_facts`), returns
+/// it as `X-Request-Id` on every answer (panics included), counts the answer, and logs the
+/// request once: id, method, route template (never the raw path or query), status, latency.
 async fn observe<S: Store>(
     State(state): State<AppState<S>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = format!("req_{:016x}", rand_u64());
+    let started = std::time::Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("req_{:016x}", rand_u64()));
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
-    let class = (resp.status().as_u16() / 100) as usize;
+    let status = resp.status().as_u16();
+    let class = (status / 100) as usize;
     state.http.by_class[class.min(5)].fetch_add(1, Ordering::Relaxed);
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "autonomy::http",
+        request_id = %id,
+        method = %method,
+        route = %route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+        status,
+        latency_ms,
+        "request"
+    );
     resp
+}
+
+/// The request id header, read from the client and returned on every answer.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A client's request id is kept when it is 1 to 64 of `[A-Za-z0-9._-]`.
+fn is_request_id(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -1,11 +1,13 @@
 //! The interfaces an operator's tooling expects from the binary (issue 15, SPEC §10): shell
-//! completions and man pages generated from the clap definitions.
+//! completions and man pages generated from the clap definitions, `serve --log-format` and
+//! `X-Request-Id`.
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
-use common::{run, run_bounded, OutputExt, TestDir, CLI_LIMIT};
+use common::{run, run_bounded, Cp, OutputExt, TestDir, CLI_LIMIT};
 
 /// Runs `bash -c SCRIPT` with `autonomy` (the binary under test) sourced from its completions.
 fn bash_with_completions(dir: &TestDir, script: &str) -> std::process::Output {
@@ -127,4 +129,148 @@ fn man_page_renders_with_name_synopsis_and_every_command() {
     }
     let page = std::fs::read_to_string(out_dir.join("autonomy-audit-query.1")).unwrap();
     assert!(page.contains("\\-\\-audit\\-dir"), "{page}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// serve --log-format, X-Request-Id
+// ---------------------------------------------------------------------------------------------
+
+/// One raw exchange with the CP: `(status, X-Request-Id of the answer, body)`.
+fn exchange(
+    cp: &Cp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let r = autonomy_testkit::http::call(
+        method,
+        &format!("{}{path}", cp.url),
+        headers,
+        body.map(str::as_bytes),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let id = r.header("x-request-id").unwrap_or("").to_string();
+    (r.status, id, r.text().into_owned())
+}
+
+/// The CP's log lines, each parsed as JSON (fails the test on a line that is not).
+fn json_log(cp: &Cp) -> Vec<serde_json::Value> {
+    cp.stderr()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_logs_carry_each_request_once_and_a_client_request_id_reaches_the_audit_event() {
+    let cp = Cp::start(&["--log-format", "json"], &[]);
+    let given = "ops-trace.42_A-b";
+    let body = r#"{"metadata":{"id":"traced-1"},"spec":{"artifact_ref":"oci://a"}}"#;
+    let json = ("content-type", "application/json");
+    let (status, id, text) = exchange(
+        &cp,
+        "POST",
+        "/v1/rollouts",
+        &[json, ("x-request-id", given)],
+        Some(body),
+    );
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(id, given);
+
+    // Ill-formed ids are replaced by a fresh one, never echoed.
+    let long = "a".repeat(65);
+    for bad in ["has space", "semi;colon", "ünï", long.as_str(), ""] {
+        let (status, id, _) = exchange(&cp, "GET", "/v1/health", &[("x-request-id", bad)], None);
+        assert_eq!(status, 200);
+        assert!(id.starts_with("req_") && id != bad, "{bad:?} -> {id:?}");
+    }
+    let (_, id64, _) = exchange(
+        &cp,
+        "GET",
+        "/v1/health",
+        &[("x-request-id", &long[..64])],
+        None,
+    );
+    assert_eq!(id64, &long[..64]);
+    // Every answer has one: a 404 of no route, a 405, a 4xx of a handler.
+    let (s404, id404, _) = exchange(&cp, "GET", "/v1/nope", &[], None);
+    let (s405, id405, _) = exchange(&cp, "DELETE", "/v1/health", &[], None);
+    let (s400, id400, _) = exchange(&cp, "POST", "/v1/rollouts", &[json], Some("{"));
+    assert_eq!((s404, s405, s400), (404, 405, 400));
+    for id in [&id404, &id405, &id400] {
+        assert!(id.starts_with("req_"), "{id}");
+    }
+
+    // The audit event of the create carries the client's id.
+    let (status, _, events) = exchange(&cp, "GET", "/v1/audit/events?resource=traced-1", &[], None);
+    assert_eq!(status, 200, "{events}");
+    let events: serde_json::Value = serde_json::from_str(&events).unwrap();
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{events}");
+    assert_eq!(items[0]["request_id"], given);
+
+    let (_, id_get, _) = exchange(&cp, "GET", "/v1/rollouts/traced-1?x=secret", &[], None);
+
+    // Every log line is JSON; each request is one line with its fields.
+    let log = json_log(&cp);
+    let requests: Vec<&serde_json::Value> =
+        log.iter().filter(|l| l["message"] == "request").collect();
+    let of = |id: &str| -> Vec<&serde_json::Value> {
+        requests
+            .iter()
+            .copied()
+            .filter(|l| l["request_id"] == id)
+            .collect()
+    };
+    let create = of(given);
+    assert_eq!(create.len(), 1, "{requests:?}");
+    assert_eq!(create[0]["method"], "POST");
+    assert_eq!(create[0]["route"], "/v1/rollouts");
+    assert_eq!(create[0]["status"], 201);
+    assert_eq!(create[0]["level"], "INFO");
+    assert!(
+        create[0]["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{:?}",
+        create[0]
+    );
+    assert!(create[0]["timestamp"].is_string());
+    let one = |id: &str, route: &str, status: u16| {
+        let lines = of(id);
+        assert_eq!(lines.len(), 1, "{id}: {requests:?}");
+        assert_eq!(lines[0]["route"], route, "{id}");
+        assert_eq!(lines[0]["status"], status, "{id}");
+    };
+    one(&id404, "unmatched", 404);
+    one(&id405, "/v1/health", 405);
+    one(&id400, "/v1/rollouts", 400);
+    one(&id_get, "/v1/rollouts/{id}", 200);
+    // The route template, never the raw path or query.
+    assert!(!cp.stderr().contains("secret"));
+}
+
+#[test]
+fn text_logs_carry_each_request_and_the_format_is_checked() {
+    let cp = Cp::start(&[], &[("AUTONOMY_LOG_FORMAT", "")]);
+    let (status, id, _) = exchange(&cp, "GET", "/v1/rollouts", &[("x-request-id", "t-1")], None);
+    assert_eq!((status, id.as_str()), (200, "t-1"));
+    let log = cp.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request_id=t-1"))
+        .unwrap_or_else(|| panic!("no request line:\n{log}"));
+    for field in [
+        "method=GET",
+        "route=/v1/rollouts",
+        "status=200",
+        "latency_ms=",
+    ] {
+        assert!(line.contains(field), "{field} not in {line}");
+    }
+    drop(cp);
+    let out = run(&["serve", "--log-format", "xml"], &[], None);
+    out.assert_code(2);
+    assert!(out.error_line().contains("--log-format"));
 }
