@@ -98,7 +98,8 @@ pub struct ClientArgs {
     )]
     pub token: Option<Token>,
 
-    /// Output format: `text` (logfmt lines and tables) or `json` (the API's JSON unchanged).
+    /// Output format: `text` (logfmt lines and tables), `json` (the API's JSON unchanged) or
+    /// `jsonl` (like json; `audit query` prints one event per line as it pages).
     #[arg(
         short = 'o',
         long,

@@ -15,9 +15,9 @@ pub async fn events<S: Store>(
 ) -> Result<Json<AuditEventList>, ApiError> {
     let q: AuditQuery = input::query(q.as_deref())?;
     let filter = q.parse().map_err(ApiError::field)?;
-    Ok(Json(AuditEventList {
-        items: state.store.audit_events(filter).await?,
-    }))
+    let limit = filter.limit;
+    let items = state.store.audit_events(filter).await?;
+    Ok(Json(AuditEventList::page(items, limit)))
 }
 
 /// The public key of the audit checkpoints (SPEC §5.9), for `audit verify --public-key`.
