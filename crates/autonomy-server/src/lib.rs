@@ -18,12 +18,12 @@ mod denials;
 mod error;
 mod host;
 mod input;
+mod metrics;
 pub mod promoter;
 mod respond;
 mod routes;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use autonomy_api::{AuditCheck, AuditDamage, ErrorCode};
@@ -87,11 +87,6 @@ impl ServerConfig {
     }
 }
 
-#[derive(Default)]
-struct HttpMetrics {
-    by_class: [AtomicU64; 6],
-}
-
 /// What the server reports about the retained audit store: the public half of the checkpoint
 /// signing key (SPEC §5.9) and the state of the background chain check after start-up (SPEC
 /// §5.8), which whoever runs the check updates with [`AuditMonitor::set`].
@@ -126,11 +121,11 @@ impl AuditMonitor {
     }
 }
 
-/// What every handler shares: the store, the configuration, the HTTP counters.
+/// What every handler shares: the store, the configuration, the HTTP metrics.
 pub struct AppState<S> {
     store: Arc<S>,
     config: Arc<ServerConfig>,
-    http: Arc<HttpMetrics>,
+    http: metrics::HttpMetrics,
     denials: Arc<denials::Denials>,
     audit: Option<Arc<AuditMonitor>>,
     engine: Arc<EngineState>,
@@ -165,7 +160,7 @@ impl<S: Store> AppState<S> {
         AppState {
             store,
             config: Arc::new(config),
-            http: Arc::default(),
+            http: metrics::HttpMetrics::default(),
             denials,
             audit: None,
             engine: promoter::new_state(),
@@ -282,9 +277,6 @@ pub async fn run<S: Store>(
     served
 }
 
-/// The route label of a request no route matched (a 404 or 405 from the fallbacks).
-const UNMATCHED_ROUTE: &str = "unmatched";
-
 /// Outermost layer: gives the request its id (the client's `X-Request-Id` when well-formed,
 /// else a fresh one), which handlers put in the audit event (`auth::request_facts`), returns
 /// it as `X-Request-Id` on every answer (panics included), counts the answer, and logs the
@@ -310,17 +302,18 @@ async fn observe<S: Store>(
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
-    let class = (status / 100) as usize;
-    state.http.by_class[class.min(5)].fetch_add(1, Ordering::Relaxed);
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let route = route.as_deref().unwrap_or(metrics::UNMATCHED_ROUTE);
+    let seconds = started.elapsed().as_secs_f64();
+    state.http.observe(method.as_str(), route, status, seconds);
+    let latency_ms = seconds * 1000.0;
     tracing::info!(
         target: "autonomy::http",
         request_id = %id,
         method = %method,
-        route = %route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+        route = %route,
         status,
         latency_ms,
         "request"

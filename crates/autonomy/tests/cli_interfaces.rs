@@ -274,3 +274,140 @@ fn text_logs_carry_each_request_and_the_format_is_checked() {
     out.assert_code(2);
     assert!(out.error_line().contains("--log-format"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// `/metrics` as `(content type, samples name{labels} → value)`, every sample line checked
+/// to be `name[{labels}] number` and the text to end with `# EOF`.
+fn scrape(cp: &Cp) -> (String, Vec<(String, f64)>) {
+    let r = autonomy_testkit::http::call(
+        "GET",
+        &format!("{}/metrics", cp.url),
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.text().into_owned();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("not a number: {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.starts_with("autonomy_")
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "{line}"
+        );
+        samples.push((series.to_string(), value));
+    }
+    (r.header("content-type").unwrap_or("").to_string(), samples)
+}
+
+fn value(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .unwrap_or_else(|| panic!("no {series} in {samples:?}"))
+        .1
+}
+
+#[test]
+fn metrics_count_requests_by_route_and_class_commits_and_device_polls() {
+    let cp = Cp::start(&[], &[]);
+    let json = ("content-type", "application/json");
+    let body = r#"{"metadata":{"id":"m-1"},"spec":{"artifact_ref":"oci://a"}}"#;
+    assert_eq!(cp.post("/v1/rollouts", &[json], body).0, 201);
+    assert_eq!(cp.post("/v1/rollouts", &[json], body).0, 409);
+    assert_eq!(cp.get("/v1/rollouts/m-1", &[]).0, 200);
+    assert_eq!(cp.get("/v1/rollouts/nope", &[]).0, 404);
+    assert_eq!(cp.get("/v1/no/such/route", &[]).0, 404);
+    assert_eq!(cp.post("/v1/devices", &[json], r#"{"id":"amr-1"}"#).0, 201);
+    let dev = ("x-autonomy-device", "amr-1");
+    for _ in 0..3 {
+        assert_eq!(cp.post("/v1/device/poll", &[json, dev], "{}").0, 200);
+    }
+
+    let (content_type, m) = scrape(&cp);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let req = |method: &str, route: &str, class: &str| {
+        value(
+            &m,
+            &format!(
+                "autonomy_http_requests_total{{method=\"{method}\",route=\"{route}\",class=\"{class}\"}}"
+            ),
+        )
+    };
+    assert_eq!(req("POST", "/v1/rollouts", "2xx"), 1.0);
+    assert_eq!(req("POST", "/v1/rollouts", "4xx"), 1.0);
+    assert_eq!(req("GET", "/v1/rollouts/{id}", "2xx"), 1.0);
+    assert_eq!(req("GET", "/v1/rollouts/{id}", "4xx"), 1.0);
+    assert_eq!(req("GET", "unmatched", "4xx"), 1.0);
+    assert_eq!(req("POST", "/v1/device/poll", "2xx"), 3.0);
+    let latency = |suffix: &str| {
+        value(
+            &m,
+            &format!(
+                "autonomy_http_request_duration_seconds_{suffix}{{method=\"GET\",route=\"/v1/rollouts/{{id}}\"}}"
+            ),
+        )
+    };
+    assert_eq!(latency("count"), 2.0);
+    assert!(latency("sum") > 0.0);
+    let inf = value(
+        &m,
+        "autonomy_http_request_duration_seconds_bucket{le=\"+Inf\",method=\"GET\",route=\"/v1/rollouts/{id}\"}",
+    );
+    assert_eq!(inf, 2.0);
+    assert_eq!(value(&m, "autonomy_device_polls_total"), 3.0);
+    assert_eq!(value(&m, "autonomy_device_reports_total"), 0.0);
+
+    // The writer's batches and commit times: every commit in a bucket, counts cumulative.
+    let commits = value(&m, "autonomy_store_commits_total");
+    assert!(commits >= 2.0, "{commits}");
+    assert_eq!(value(&m, "autonomy_store_batch_size_count"), commits);
+    assert_eq!(
+        value(&m, "autonomy_store_batch_size_bucket{le=\"+Inf\"}"),
+        commits
+    );
+    assert_eq!(
+        value(&m, "autonomy_store_batch_size_sum"),
+        value(&m, "autonomy_store_committed_requests_total")
+    );
+    assert_eq!(
+        value(&m, "autonomy_store_commit_duration_seconds_count"),
+        commits
+    );
+    let buckets: Vec<f64> = m
+        .iter()
+        .filter(|(s, _)| s.starts_with("autonomy_store_commit_duration_seconds_bucket"))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(value(&m, "autonomy_store_queue_depth"), 0.0);
+    assert_eq!(value(&m, "autonomy_audit_export_lag_events"), 0.0);
+    // The names of before are still there.
+    for series in [
+        "autonomy_store_commit_microseconds_total",
+        "autonomy_store_max_batch",
+        "autonomy_audit_events_total",
+        "autonomy_promoter_ticks_total",
+        "autonomy_auth_denied_total",
+        "autonomy_device_long_polls_waiting",
+        "autonomy_plans{phase=\"published\"}",
+        "autonomy_http_responses_total{class=\"2xx\"}",
+        "autonomy_time_seconds",
+    ] {
+        value(&m, series);
+    }
+}
