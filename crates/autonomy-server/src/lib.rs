@@ -19,6 +19,7 @@ mod error;
 mod host;
 mod input;
 mod metrics;
+pub mod openapi;
 pub mod promoter;
 mod respond;
 mod routes;
@@ -229,6 +230,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         )
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke::<S>))
         .route("/metrics", get(system::metrics::<S>))
+        .route("/v1/openapi.json", get(system::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

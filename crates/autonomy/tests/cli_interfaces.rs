@@ -411,3 +411,27 @@ fn metrics_count_requests_by_route_and_class_commits_and_device_polls() {
         value(&m, series);
     }
 }
+
+#[test]
+fn the_openapi_document_is_served_and_names_every_device_route() {
+    let cp = Cp::start(&[], &[("AUTONOMY_RBAC_ENFORCEMENT", "1")]);
+    let (status, body) = cp.get("/v1/openapi.json", &[]);
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/rollouts/{id}",
+        "/v1/devices/{id}/labels",
+        "/v1/device/reports",
+        "/v1/enroll-keys",
+        "/v1/audit/events",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path}");
+    }
+    let audit = &doc["paths"]["/v1/audit/events"]["get"]["parameters"];
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "cursor"));
+}

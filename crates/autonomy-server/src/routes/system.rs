@@ -12,6 +12,14 @@ use axum::Json;
 use crate::metrics::Snapshot;
 use crate::{ApiError, AppState};
 
+#[utoipa::path(
+    get,
+    operation_id = "system_health",
+    path = "/v1/health",
+    tag = "system",
+    summary = "Is the CP up",
+    responses((status = 200, description = "Up", body = autonomy_api::Health), crate::openapi::ReadErrors)
+)]
 pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> {
     let (audit, audit_damage) = match &state.audit {
         Some(m) => {
@@ -29,6 +37,14 @@ pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> 
     })
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "system_ready",
+    path = "/v1/ready",
+    tag = "system",
+    summary = "Can the store take writes now",
+    responses((status = 200, description = "Ready", body = autonomy_api::Ready), crate::openapi::ReadErrors)
+)]
 pub async fn ready<S: Store>(
     State(state): State<AppState<S>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -37,6 +53,14 @@ pub async fn ready<S: Store>(
 }
 
 /// `/metrics`: OpenMetrics text (see [`crate::metrics`]).
+#[utoipa::path(
+    get,
+    operation_id = "system_metrics",
+    path = "/metrics",
+    tag = "system",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"), crate::openapi::ReadErrors)
+)]
 pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
     let e = &state.engine;
     let snapshot = Snapshot {
@@ -63,4 +87,19 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
         text,
     )
         .into_response())
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "system_openapi",
+    path = "/v1/openapi.json",
+    tag = "system",
+    summary = "This document (OpenAPI 3.1)",
+    responses(
+        (status = 200, description = "The document", body = Object),
+        crate::openapi::ReadErrors
+    )
+)]
+pub async fn openapi() -> Response {
+    crate::openapi::response()
 }
