@@ -28,6 +28,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Port 0: the CP prints the address it bound as its first stdout line.
+: >"$work/stdout"
 AUTONOMY_RBAC_ENFORCEMENT=0 "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" \
   >"$work/stdout" 2>"$work/cp.log" &
 cp_pid=$!

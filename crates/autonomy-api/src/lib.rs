@@ -334,6 +334,7 @@ pub struct CreateRolloutRequest {
 pub struct CreateMetadata {
     /// Generated when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub id: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

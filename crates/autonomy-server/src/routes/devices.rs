@@ -99,7 +99,7 @@ fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
     path = "/v1/devices",
     tag = "devices",
     summary = "List devices by pages",
-    params(("selector" = Option<String>, Query, description = "Only devices with every label: k=v,k2=v2"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    params(("selector" = Option<String>, Query, description = "Only devices with every label: k=v,k2=v2"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
     responses((status = 200, description = "A page", body = autonomy_api::device::DeviceList), crate::openapi::ReadErrors)
 )]
 pub async fn list<S: Store>(
@@ -127,7 +127,7 @@ pub async fn list<S: Store>(
     path = "/v1/devices/{id}",
     tag = "devices",
     summary = "One device",
-    params(("id" = String, Path, description = "The device id")),
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::ReadErrors)
 )]
 pub async fn get<S: Store>(
@@ -145,7 +145,7 @@ pub async fn get<S: Store>(
     path = "/v1/devices/{id}/labels",
     tag = "devices",
     summary = "Replace a device's labels",
-    params(("id" = String, Path, description = "The device id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
     request_body(content = autonomy_api::device::DeviceLabelsRequest, content_type = "application/json"),
     responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::WriteErrors)
 )]
@@ -177,7 +177,7 @@ pub async fn labels<S: Store>(
     path = "/v1/devices/{id}/revoke",
     tag = "devices",
     summary = "Revoke a device",
-    params(("id" = String, Path, description = "The device id"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
     responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::WriteErrors)
 )]
 pub async fn revoke<S: Store>(
@@ -359,7 +359,7 @@ struct RolloutDevicesQuery {
     path = "/v1/rollouts/{id}/devices",
     tag = "rollouts",
     summary = "A plan's devices and their states, by pages",
-    params(("id" = String, Path, description = "The plan id"), ("state" = Option<autonomy_api::DeviceState>, Query, description = "Only devices in this state"), ("stage" = Option<String>, Query, description = "Only devices of this stage"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    params(("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("state" = Option<autonomy_api::DeviceState>, Query, description = "Only devices in this state"), ("stage" = Option<String>, Query, description = "Only devices of this stage"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
     responses((status = 200, description = "A page", body = autonomy_api::device::DeviceAssignmentList), crate::openapi::ReadErrors)
 )]
 pub async fn of_rollout<S: Store>(

@@ -84,7 +84,7 @@ pub async fn create<S: Store>(
     path = "/v1/rollouts",
     tag = "rollouts",
     summary = "List plans, oldest first, by pages",
-    params(("phase" = Option<autonomy_api::Phase>, Query, description = "Only plans in this phase"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    params(("phase" = Option<autonomy_api::Phase>, Query, description = "Only plans in this phase"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
     responses((status = 200, description = "A page", body = autonomy_api::RolloutList), crate::openapi::ReadErrors)
 )]
 pub async fn list<S: Store>(
@@ -124,7 +124,7 @@ pub async fn list<S: Store>(
     path = "/v1/rollouts/{id}",
     tag = "rollouts",
     summary = "One plan",
-    params(("id" = String, Path, description = "The plan id")),
+    params(("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 200, description = "The plan", body = autonomy_api::Rollout), crate::openapi::ReadErrors)
 )]
 pub async fn get<S: Store>(
@@ -145,7 +145,7 @@ macro_rules! verb_handlers {
             tag = "rollouts",
             summary = $summary,
             params(
-                ("id" = String, Path, description = "The plan id"),
+                ("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"),
                 ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")
             ),
             request_body(content = Option<TransitionRequest>, content_type = "application/json", description = "Optional: a reason, and (start) the stage whose gate is approved"),
@@ -213,7 +213,7 @@ pub async fn unknown_verb(Path((_, verb)): Path<(String, String)>) -> ApiError {
     path = "/v1/rollouts/stuck",
     tag = "rollouts",
     summary = "The stuck scan",
-    params(("threshold_seconds" = Option<f64>, Query, description = "Stale for at least this many seconds (default 300)"), ("limit" = Option<u32>, Query, description = "At most this many items, 1 to 10000 (default 1000)"), ("code" = Option<autonomy_api::StuckCode>, Query, description = "Only plans whose main reason is this")),
+    params(("threshold_seconds" = Option<f64>, Query, description = "Stale for at least this many seconds (default 300)", minimum = 0), ("limit" = Option<u32>, Query, description = "At most this many items, 1 to 10000 (default 1000)", minimum = 1, maximum = 10000), ("code" = Option<autonomy_api::StuckCode>, Query, description = "Only plans whose main reason is this")),
     responses((status = 200, description = "The stuck plans", body = autonomy_api::StuckReport), crate::openapi::ReadErrors)
 )]
 pub async fn stuck<S: Store>(
