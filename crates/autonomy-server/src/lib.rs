@@ -128,6 +128,7 @@ pub struct AppState<S> {
     config: Arc<ServerConfig>,
     http: metrics::HttpMetrics,
     denials: Arc<denials::Denials>,
+    refusal_lines: Arc<RefusalLines>,
     audit: Option<Arc<AuditMonitor>>,
     engine: Arc<EngineState>,
 }
@@ -139,6 +140,7 @@ impl<S> Clone for AppState<S> {
             config: self.config.clone(),
             http: self.http.clone(),
             denials: self.denials.clone(),
+            refusal_lines: self.refusal_lines.clone(),
             audit: self.audit.clone(),
             engine: self.engine.clone(),
         }
@@ -163,6 +165,7 @@ impl<S: Store> AppState<S> {
             config: Arc::new(config),
             http: metrics::HttpMetrics::default(),
             denials,
+            refusal_lines: Arc::default(),
             audit: None,
             engine: promoter::new_state(),
         }
@@ -296,6 +299,7 @@ async fn observe<S: Store>(
         .filter(|v| is_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| format!("req_{:016x}", rand_u64()));
+    let anonymous = !auth::has_plausible_token(req.headers());
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -311,16 +315,55 @@ async fn observe<S: Store>(
     let seconds = started.elapsed().as_secs_f64();
     state.http.observe(method.as_str(), route, status, seconds);
     let latency_ms = seconds * 1000.0;
-    tracing::info!(
-        target: "autonomy::http",
-        request_id = %id,
-        method = %method,
-        route = %route,
-        status,
-        latency_ms,
-        "request"
-    );
+    // A refusal for want of a valid token is logged at most once a second (SPEC §4): a flood
+    // without a token must not grow the log at its own pace. The line that is written says
+    // how many were left out since the last one.
+    let refusal = status == 401 || (state.config.rbac && (400..500).contains(&status) && anonymous);
+    if !refusal {
+        tracing::info!(
+            target: "autonomy::http",
+            request_id = %id,
+            method = %method,
+            route = %route,
+            status,
+            latency_ms,
+            "request"
+        );
+    } else if let Some(left_out) = state.refusal_lines.admit() {
+        tracing::info!(
+            target: "autonomy::http",
+            request_id = %id,
+            method = %method,
+            route = %route,
+            status,
+            latency_ms,
+            refusals_not_logged = left_out,
+            "request"
+        );
+    }
     resp
+}
+
+/// Request lines of refusals without a valid token: at most one a second.
+#[derive(Default)]
+struct RefusalLines(Mutex<(Option<std::time::Instant>, u64)>);
+
+impl RefusalLines {
+    /// `Some(refusals left out since the last line)` when this one may be logged.
+    fn admit(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.0 {
+            Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                let left_out = g.1;
+                *g = (Some(std::time::Instant::now()), 0);
+                Some(left_out)
+            }
+        }
+    }
 }
 
 /// The request id header, read from the client and returned on every answer.

@@ -435,3 +435,64 @@ fn the_openapi_document_is_served_and_names_every_device_route() {
         .iter()
         .any(|p| p["name"] == "cursor"));
 }
+
+#[test]
+fn refusals_without_a_token_are_logged_at_most_once_a_second() {
+    let cp = Cp::start(
+        &["--log-format", "json", "--refusal-budget", "100000"],
+        &[("AUTONOMY_RBAC_ENFORCEMENT", "1")],
+    );
+    let admin = format!("Bearer {}", cp.admin_token());
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(cp.get("/v1/rollouts", &[]).0, 401);
+        assert_eq!(cp.get("/v1/rollouts/BAD!", &[]).0, 400);
+    }
+    let (status, id, _) = exchange(
+        &cp,
+        "GET",
+        "/v1/rollouts",
+        &[("authorization", &admin)],
+        None,
+    );
+    assert_eq!(status, 200);
+    let seconds = started.elapsed().as_secs();
+
+    let lines = || -> Vec<serde_json::Value> {
+        json_log(&cp)
+            .into_iter()
+            .filter(|l| l["message"] == "request")
+            .collect()
+    };
+    let refused = |lines: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["status"] == 401 || l["status"] == 400)
+            .cloned()
+            .collect()
+    };
+    let log = lines();
+    let refusals = refused(&log);
+    assert!(
+        !refusals.is_empty() && refusals.len() as u64 <= seconds + 1,
+        "{} refusal lines in {seconds} s",
+        refusals.len()
+    );
+    // The operator's request is logged as always.
+    assert_eq!(
+        log.iter()
+            .filter(|l| l["request_id"] == id.as_str())
+            .count(),
+        1
+    );
+
+    // The next refusal line, a second later, counts those left out.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(cp.get("/v1/rollouts", &[]).0, 401);
+    let refusals = refused(&lines());
+    let left_out: u64 = refusals
+        .iter()
+        .map(|l| l["refusals_not_logged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(left_out + refusals.len() as u64, 401, "{refusals:?}");
+}
