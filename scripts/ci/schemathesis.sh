@@ -42,6 +42,8 @@ done
 [ -n "$url" ] || { echo "schemathesis.sh: the CP printed no address within 10 s" >&2; exit 1; }
 echo "schemathesis.sh: CP at $url"
 
+# From the temp dir: schemathesis keeps its cache (.schemathesis/) in the working directory.
+cd "$work"
 status=0
 schemathesis --no-color run "$url/v1/openapi.json" \
   --checks not_a_server_error,response_schema_conformance \

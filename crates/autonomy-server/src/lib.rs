@@ -10,7 +10,9 @@
 //!
 //! Modules: `auth` (the caller extractor), `conn` (the accept loop and connection bounds),
 //! `error`, `host` (the `Host` check with RBAC off), `input` (bodies and queries parsed by
-//! hand), `respond` (replies and idempotency), `routes::*` (one module per resource).
+//! hand), `metrics` (`/metrics` through prometheus-client), `openapi` (`/v1/openapi.json`
+//! through utoipa), `respond` (replies and idempotency), `routes::*` (one module per resource,
+//! each handler with its `#[utoipa::path]`).
 
 mod auth;
 mod conn;
