@@ -59,6 +59,7 @@ string_enum! {
 
 /// The assignment a device currently holds, as shown on the device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AssignmentSummary {
     pub plan_id: String,
     pub attempt: u32,
@@ -67,6 +68,7 @@ pub struct AssignmentSummary {
 
 /// `GET /v1/devices/{id}` and the items of `GET /v1/devices`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Device {
     pub id: String,
     pub labels: BTreeMap<String, String>,
@@ -81,6 +83,7 @@ pub struct Device {
 
 /// `GET /v1/devices?selector=&limit=&cursor=`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceList {
     pub items: Vec<Device>,
     pub next_cursor: Option<String>,
@@ -88,8 +91,10 @@ pub struct DeviceList {
 
 /// `POST /v1/devices` (operator).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDeviceRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub id: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -97,6 +102,7 @@ pub struct RegisterDeviceRequest {
 
 /// Answer of `POST /v1/devices`: the only time the device token is shown (it is stored hashed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceRegistered {
     pub device: Device,
     pub token: String,
@@ -104,6 +110,7 @@ pub struct DeviceRegistered {
 
 /// `POST /v1/devices/{id}/labels`: the device's new labels (they replace the old ones).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceLabelsRequest {
     pub labels: BTreeMap<String, String>,
@@ -111,6 +118,7 @@ pub struct DeviceLabelsRequest {
 
 /// `POST /v1/enroll-keys` (admin).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollKeyRequest {
     #[serde(default)]
@@ -121,6 +129,7 @@ pub struct EnrollKeyRequest {
 
 /// Answer of `POST /v1/enroll-keys`: the only time the key is shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollKeyCreated {
     pub id: String,
     pub key: String,
@@ -132,8 +141,10 @@ pub struct EnrollKeyCreated {
 
 /// `POST /v1/device/enroll`, with the enroll key as bearer. The key's labels win over these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub id: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -141,6 +152,7 @@ pub struct EnrollRequest {
 
 /// Answer of `POST /v1/device/enroll`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     pub id: String,
     pub token: String,
@@ -152,6 +164,7 @@ pub struct Enrolled {
 
 /// `POST /v1/device/poll`: the heartbeat and long poll.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// What the device runs now (empty when it does not know).
@@ -172,6 +185,7 @@ pub struct PollRequest {
 
 /// What the device is asked to do in one plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AssignmentView {
     pub plan_id: String,
     pub attempt: u32,
@@ -187,6 +201,7 @@ pub struct AssignmentView {
 
 /// Answer of `POST /v1/device/poll`. `assignment` is `null` when there is nothing to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     pub revision: u64,
     pub poll_after_seconds: u32,
@@ -195,6 +210,7 @@ pub struct PollResponse {
 
 /// `POST /v1/device/reports`: one step of one attempt. `seq` rises per (device, plan, attempt).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReportRequest {
     pub plan_id: String,
@@ -211,6 +227,7 @@ pub struct ReportRequest {
 
 /// Answer of `POST /v1/device/reports`, given once the report is durable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportResponse {
     pub result: ReportResult,
     pub assignment_state: DeviceState,
@@ -222,6 +239,7 @@ pub struct ReportResponse {
 
 /// One item of `GET /v1/rollouts/{id}/devices`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceAssignment {
     pub device_id: String,
     /// The name of the stage the device belongs to.
@@ -236,6 +254,7 @@ pub struct DeviceAssignment {
 
 /// `GET /v1/rollouts/{id}/devices?state=&stage=&limit=&cursor=`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceAssignmentList {
     pub items: Vec<DeviceAssignment>,
     pub next_cursor: Option<String>,

@@ -14,6 +14,7 @@ use crate::string_enum;
 /// `spec.targets` of an engine-driven plan: devices matching every `selector` label, plus the
 /// listed `devices`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Targets {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -25,6 +26,7 @@ pub struct Targets {
 /// How many devices a stage takes: `{"count":N}` or `{"percent":P}` (of the target population,
 /// or of the devices matching the stage's own selector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum StageSize {
     Count(u32),
@@ -40,6 +42,7 @@ string_enum! {
 
 /// One entry of `spec.stages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub name: String,
@@ -69,6 +72,17 @@ pub enum FailureThreshold {
     Percent { percent: u32, min_settled: u32 },
 }
 
+/// On the wire a [`FailureThreshold`] is its object form.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for FailureThreshold {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <FailureThresholdWire as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for FailureThreshold {}
+
 impl Default for FailureThreshold {
     fn default() -> Self {
         FailureThreshold::Count(1)
@@ -77,6 +91,7 @@ impl Default for FailureThreshold {
 
 /// The object form of [`FailureThreshold`]: exactly one of `count` and `percent`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 struct FailureThresholdWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +152,7 @@ string_enum! {
 
 /// `spec.policy`, every field defaulted as SPEC §8.1 shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub success_threshold_pct: u32,
@@ -242,6 +258,7 @@ string_enum! {
 
 /// `status.rollout.gate`: the plan waits (phase `published`) before stage `stage` since `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Gate {
     pub stage: u32,
@@ -250,6 +267,7 @@ pub struct Gate {
 
 /// One entry of `status.rollout.stages`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StageStatus {
     pub name: String,
@@ -265,6 +283,7 @@ pub struct StageStatus {
 
 /// `status.rollout` of an engine-driven plan (SPEC §8.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RolloutStatus {
     pub current_stage: u32,

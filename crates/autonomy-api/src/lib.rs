@@ -72,6 +72,20 @@ macro_rules! string_enum {
                 s.parse().map_err(<D::Error as ::serde::de::Error>::custom)
             }
         }
+
+        /// OpenAPI: a string, one of the wire names.
+        #[cfg(feature = "openapi")]
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                ::utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(::utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl ::utoipa::ToSchema for $name {}
     };
 }
 
@@ -214,6 +228,7 @@ string_enum! {
 
 /// `GET /v1/rollouts/{id}`: the whole resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     pub plan: Plan,
@@ -221,6 +236,7 @@ pub struct Rollout {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub metadata: PlanMetadata,
@@ -228,6 +244,7 @@ pub struct Plan {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlanMetadata {
     pub id: String,
@@ -241,6 +258,7 @@ pub struct PlanMetadata {
 
 /// What the operator asks for. Stored as given; see `autonomy_core::artifact_warnings`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
     pub artifact_ref: String,
@@ -248,12 +266,15 @@ pub struct PlanSpec {
     pub target_lock_fingerprint: Option<String>,
     /// Which devices the plan goes to (free-form object, e.g. `{"fleet":"warehouse-7"}`).
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub targets: serde_json::Map<String, serde_json::Value>,
     /// The stages the rollout goes in (free-form objects, in order).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub stages: Vec<serde_json::Map<String, serde_json::Value>>,
     /// How an engine-driven plan rolls out (SPEC §8.1); free-form for a record-only plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub policy: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -262,6 +283,7 @@ fn empty_object() -> serde_json::Map<String, serde_json::Value> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlanStatus {
     pub phase: Phase,
@@ -278,6 +300,7 @@ pub struct PlanStatus {
 
 /// One phase change, appended to `status.history` by every transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HistoryEntry {
     pub generation: u64,
@@ -294,6 +317,7 @@ pub struct HistoryEntry {
 
 /// `POST /v1/rollouts`: the plan without server-set fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRolloutRequest {
     #[serde(default)]
@@ -305,10 +329,12 @@ pub struct CreateRolloutRequest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateMetadata {
     /// Generated when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"))]
     pub id: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -316,6 +342,7 @@ pub struct CreateMetadata {
 
 /// Optional body of `POST /v1/rollouts/{id}/publish|start|pause|resume`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TransitionRequest {
     #[serde(default)]
@@ -327,6 +354,7 @@ pub struct TransitionRequest {
 
 /// `GET /v1/rollouts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutList {
     pub items: Vec<Rollout>,
     pub next_cursor: Option<String>,
@@ -334,6 +362,7 @@ pub struct RolloutList {
 
 /// Query of `GET /v1/rollouts`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,6 +375,7 @@ pub struct ListQuery {
 
 /// Query of `GET /v1/rollouts/stuck`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StuckQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +389,7 @@ pub struct StuckQuery {
 
 /// `GET /v1/rollouts/stuck`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StuckReport {
     pub threshold_seconds: f64,
     pub scanned_at: String,
@@ -370,6 +401,7 @@ pub struct StuckReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StuckItem {
     pub id: String,
     pub phase: Phase,
@@ -410,6 +442,7 @@ string_enum! {
 
 /// One reason a plan is stuck: how many devices it concerns and up to 10 of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StuckReason {
     pub code: StuckCode,
     pub count: u64,
@@ -418,6 +451,7 @@ pub struct StuckReason {
 
 /// The stage a stuck plan is on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StuckStage {
     pub index: u32,
     pub name: String,
@@ -429,6 +463,7 @@ pub struct StuckStage {
 
 /// `POST /v1/rollback/execute`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
     /// Only `rollout_plan` today.
@@ -443,6 +478,7 @@ pub struct ExecuteRequest {
 /// Answer of `POST /v1/rollback/execute` (200 for success and noop, 409 for rejected; a
 /// rejected answer also carries the `error` object of [`ErrorBody`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecuteResponse {
     pub outcome: Outcome,
     pub execution_id: String,
@@ -473,6 +509,7 @@ pub struct ExecuteResponse {
 /// `event_type` stays a string on the record so that a reader accepts event types it does not
 /// know (a newer CP's); writers can only make the ones of [`EventType`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     pub seq: u64,
@@ -553,6 +590,7 @@ impl AuditEvent {
 /// Filters of `GET /v1/audit/events` and `autonomy audit query`. Times are RFC 3339; the
 /// range is `start_time <= time < end_time`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,6 +607,9 @@ pub struct AuditQuery {
     pub end_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
+    /// The `next_cursor` of the previous page: only events after it are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// An [`AuditQuery`] after validation: parsed times (UTC microseconds) and a bounded limit.
@@ -581,6 +622,8 @@ pub struct AuditFilter {
     pub start_us: Option<i64>,
     pub end_us: Option<i64>,
     pub limit: usize,
+    /// Only events with a larger `seq` (the page cursor).
+    pub after_seq: Option<u64>,
 }
 
 pub const AUDIT_DEFAULT_LIMIT: usize = 100;
@@ -616,6 +659,18 @@ impl AuditQuery {
                 return Err(FieldError::new("end_time", "must not be before start_time"));
             }
         }
+        let after_seq = self
+            .cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<u64>().map_err(|_| {
+                    FieldError::new(
+                        "cursor",
+                        format!("must be the next_cursor of a previous page, got '{c}'"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(AuditFilter {
             event_type: non_empty("event_type", &self.event_type)?,
             actor: non_empty("actor", &self.actor)?,
@@ -624,6 +679,7 @@ impl AuditQuery {
             start_us,
             end_us,
             limit,
+            after_seq,
         })
     }
 }
@@ -639,14 +695,17 @@ impl AuditFilter {
             start_us: None,
             end_us: None,
             limit,
+            after_seq: None,
         }
     }
 
     /// Whether `event` passes every filter but the limit.
     pub fn matches(&self, event: &AuditEvent, time_us: i64) -> bool {
-        self.event_type
-            .as_deref()
-            .is_none_or(|t| t == event.event_type)
+        self.after_seq.is_none_or(|c| event.seq > c)
+            && self
+                .event_type
+                .as_deref()
+                .is_none_or(|t| t == event.event_type)
             && self.actor.as_deref().is_none_or(|a| a == event.actor)
             && self.resource.as_deref().is_none_or(|r| r == event.resource)
             && self.outcome.is_none_or(|o| o == event.outcome)
@@ -669,10 +728,28 @@ pub fn parse_limit(v: Option<&str>, default: usize, max: usize) -> Result<usize,
     }
 }
 
-/// `GET /v1/audit/events`: oldest first.
+/// `GET /v1/audit/events`: oldest first. A full page (`limit` events) carries `next_cursor`:
+/// ask again with `cursor=<it>` for the events after it; `null` means there are no more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEventList {
     pub items: Vec<AuditEvent>,
+    /// Absent from the answers of CPs that do not page (decoded as `None`).
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+impl AuditEventList {
+    /// A page of a query whose limit was `limit`: `next_cursor` is the last seq when the page
+    /// is full (there may be more).
+    pub fn page(items: Vec<AuditEvent>, limit: usize) -> AuditEventList {
+        let next_cursor = if items.len() >= limit {
+            items.last().map(|e| e.seq.to_string())
+        } else {
+            None
+        };
+        AuditEventList { items, next_cursor }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -680,6 +757,7 @@ pub struct AuditEventList {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub operator: String,
@@ -690,6 +768,7 @@ pub struct CreateTokenRequest {
 /// request (same `Idempotency-Key`) answers the metadata without `token`: secrets are never
 /// stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub id: String,
     pub operator: String,
@@ -702,6 +781,7 @@ pub struct TokenCreated {
 
 /// One token of `GET /v1/tokens` (never the secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub id: String,
     pub operator: String,
@@ -711,6 +791,7 @@ pub struct TokenInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     pub items: Vec<TokenInfo>,
 }
@@ -720,6 +801,7 @@ pub struct TokenList {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -744,6 +826,7 @@ string_enum! {
 
 /// The first bad record the background audit check found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditDamage {
     /// The segment file (or `checkpoints.jsonl`).
     pub segment: String,
@@ -758,6 +841,7 @@ pub struct AuditDamage {
 
 /// `GET /v1/audit/public-key`: the key that signs the audit checkpoints (SPEC §5.9).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPublicKey {
     /// Always `ed25519`.
     pub algorithm: String,
@@ -767,17 +851,20 @@ pub struct AuditPublicKey {
 
 /// `GET /v1/ready`: `{"status":"ready"}` once the store answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ready {
     pub status: String,
 }
 
 /// `{"error":{"code":…,"message":…}}`, the body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
@@ -862,5 +949,40 @@ mod tests {
             "unknown role 'nope' (expected viewer, operator or admin)"
         );
         assert!(serde_json::from_str::<Strategy>("\"x\"").is_err());
+    }
+
+    #[test]
+    fn audit_cursor_parses_and_pages_carry_the_next_one() {
+        let q = |cursor: &str| AuditQuery {
+            cursor: Some(cursor.into()),
+            ..AuditQuery::default()
+        };
+        assert_eq!(q("42").parse().unwrap().after_seq, Some(42));
+        assert_eq!(AuditQuery::default().parse().unwrap().after_seq, None);
+        for bad in ["", "-1", "x", "1.5", "99999999999999999999"] {
+            assert_eq!(q(bad).parse().unwrap_err().field, "cursor", "{bad:?}");
+        }
+        let event = |seq| AuditEvent {
+            seq,
+            ..AuditEvent::draft(
+                EventType::PlanCreated,
+                Target::RolloutPlan,
+                "p",
+                Outcome::Success,
+                "",
+                serde_json::Value::Null,
+            )
+        };
+        let full = AuditEventList::page(vec![event(7), event(9)], 2);
+        assert_eq!(full.next_cursor.as_deref(), Some("9"));
+        assert_eq!(AuditEventList::page(vec![event(7)], 2).next_cursor, None);
+        assert_eq!(AuditEventList::page(vec![], 2).next_cursor, None);
+        let mut filter = AuditFilter::everything(10);
+        filter.after_seq = Some(7);
+        assert!(!filter.matches(&event(7), 0));
+        assert!(filter.matches(&event(8), 0));
+        // The answer of a CP that does not page still decodes.
+        let old: AuditEventList = serde_json::from_str(r#"{"items":[]}"#).unwrap();
+        assert_eq!(old.next_cursor, None);
     }
 }

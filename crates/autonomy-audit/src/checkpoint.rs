@@ -534,7 +534,7 @@ pub fn verify_signed(dir: &Path, key: &PublicKey) -> Result<SignedReport, AuditE
         checkpoints,
         next: 0,
     };
-    let summary = crate::scan(dir, &mut visitor, None)?;
+    let summary = crate::scan(dir, &mut visitor, crate::SegmentSkip::default())?;
     let last_seq = visitor.chain.next_seq - 1;
     if let Some((cp_line, cp)) = visitor.checkpoints.get(visitor.next) {
         return Err(AuditError::Checkpoint {

@@ -385,13 +385,41 @@ fn read_range(mut file: &File, start: u64, end: u64, path: &Path) -> Result<Vec<
 
 /// The time of a segment's last complete event, when it can be read cheaply (the tail only).
 /// `None` means "don't know": the caller then reads the segment.
-fn last_event_time(file: &File, path: &Path) -> Option<i64> {
+fn last_event(file: &File, path: &Path) -> Option<serde_json::Value> {
     let len = file.metadata().ok()?.len();
     let end = rfind_newline(file, len, path).ok()??;
     let start = rfind_newline(file, end, path).ok()?.map_or(0, |p| p + 1);
     let line = read_range(file, start, end, path).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&line).ok()?;
-    autonomy_api::timefmt::parse_rfc3339_us(value.get("time")?.as_str()?).ok()
+    serde_json::from_slice(&line).ok()
+}
+
+/// Which segments a scan may skip whole, judged by their last event (never the last segment,
+/// which may be growing).
+#[derive(Debug, Clone, Copy, Default)]
+struct SegmentSkip {
+    /// Segments whose last event is older than this time (UTC microseconds).
+    before_us: Option<i64>,
+    /// Segments whose last event's seq is at most this (a page cursor).
+    through_seq: Option<u64>,
+}
+
+impl SegmentSkip {
+    fn any(&self) -> bool {
+        self.before_us.is_some() || self.through_seq.is_some()
+    }
+
+    fn skips(&self, last: &serde_json::Value) -> bool {
+        let time = || {
+            let t = last.get("time")?.as_str()?;
+            autonomy_api::timefmt::parse_rfc3339_us(t).ok()
+        };
+        let seq = || last.get("seq")?.as_u64();
+        self.before_us
+            .is_some_and(|start| time().is_some_and(|t| t < start))
+            || self
+                .through_seq
+                .is_some_and(|cursor| seq().is_some_and(|s| s <= cursor))
+    }
 }
 
 /// Number of `\n` in `file[..end]`.
@@ -850,7 +878,7 @@ struct ScanSummary {
 fn scan(
     dir: &Path,
     visitor: &mut impl Visitor,
-    skip_before_us: Option<i64>,
+    skip: SegmentSkip,
 ) -> Result<ScanSummary, AuditError> {
     let segments = list_segments(dir)?;
     let mut summary = ScanSummary {
@@ -865,9 +893,9 @@ fn scan(
         }
         let path = &segment.path;
         let mut file = File::open(path).map_err(io_err(path))?;
-        if let Some(start) = skip_before_us {
+        if skip.any() {
             let is_last = i + 1 == segments.len();
-            if !is_last && last_event_time(&file, path).is_some_and(|t| t < start) {
+            if !is_last && last_event(&file, path).is_some_and(|last| skip.skips(&last)) {
                 continue;
             }
             // The tail read moved the cursor.
@@ -975,7 +1003,11 @@ pub fn query(dir: &Path, filter: &AuditFilter) -> Result<Vec<AuditEvent>, AuditE
         filter,
         events: Vec::new(),
     };
-    scan(dir, &mut visitor, filter.start_us)?;
+    let skip = SegmentSkip {
+        before_us: filter.start_us,
+        through_seq: filter.after_seq,
+    };
+    scan(dir, &mut visitor, skip)?;
     Ok(visitor.events)
 }
 
@@ -1071,7 +1103,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
         next_seq: 1,
         prev_hash: GENESIS_HASH.to_string(),
     };
-    let summary = scan(dir, &mut visitor, None)?;
+    let summary = scan(dir, &mut visitor, SegmentSkip::default())?;
     Ok(VerifyReport {
         segments: summary.segments,
         events: visitor.next_seq - 1,

@@ -786,3 +786,49 @@ fn a_time_window_query_skips_segments_that_end_before_it() {
     let (segment, line, _, _) = expect_corrupt(query(&dir, &filter()).unwrap_err());
     assert_eq!((segment.as_str(), line), (segments[0].as_str(), 1));
 }
+
+#[test]
+fn query_pages_after_a_cursor_and_skips_the_segments_before_it() {
+    let tmp = TempDir::new("cursor");
+    let dir = tmp.audit();
+    write_log(&dir, 40, 1000);
+    assert!(segment_files(&dir).len() >= 5);
+    let page = |after_seq: Option<u64>, limit: usize| -> Vec<u64> {
+        let f = AuditFilter {
+            after_seq,
+            limit,
+            ..filter()
+        };
+        query(&dir, &f).unwrap().iter().map(|e| e.seq).collect()
+    };
+    // Pages of 7 follow each other without gap or repeat.
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let seqs = page(cursor, 7);
+        all.extend_from_slice(&seqs);
+        if seqs.len() < 7 {
+            break;
+        }
+        cursor = seqs.last().copied();
+    }
+    assert_eq!(all, (1..=40).collect::<Vec<_>>());
+    assert_eq!(page(Some(40), 7), Vec::<u64>::new());
+    assert_eq!(page(Some(1_000), 7), Vec::<u64>::new());
+
+    // Segment 1 is damaged: a page after its last seq never reads it; one before does.
+    let first = dir.join(seg(1));
+    let mut lines = read_lines(&first);
+    let last_of_first = seq_of(lines.last().unwrap());
+    lines[0] = lines[0].replacen("\"actor\":\"", "\"actor\":\"x", 1);
+    write_lines(&first, &lines);
+    assert_eq!(
+        page(Some(last_of_first), 100),
+        (last_of_first + 1..=40).collect::<Vec<_>>()
+    );
+    let f = AuditFilter {
+        after_seq: Some(last_of_first - 1),
+        ..filter()
+    };
+    expect_corrupt(query(&dir, &f).unwrap_err());
+}

@@ -292,6 +292,7 @@ impl Api {
             "/v1/audit/events",
             &[
                 ("actor", query.actor.as_deref()),
+                ("cursor", query.cursor.as_deref()),
                 ("end_time", query.end_time.as_deref()),
                 ("event_type", query.event_type.as_deref()),
                 ("limit", query.limit.as_deref()),

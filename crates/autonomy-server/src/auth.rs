@@ -347,6 +347,12 @@ async fn authorize<S: Store, P: Permission>(
     Err(denial)
 }
 
+/// Whether the request carries a bearer token of the shape of a secret (whether or not it is
+/// known): what tells an operator's request from an anonymous one before authorising it.
+pub(crate) fn has_plausible_token(headers: &HeaderMap) -> bool {
+    matches!(bearer(headers), Bearer::Token(t) if autonomy_store::ids::is_secret_shaped(&t))
+}
+
 enum Bearer {
     Missing,
     Malformed,

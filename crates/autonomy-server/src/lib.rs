@@ -10,7 +10,9 @@
 //!
 //! Modules: `auth` (the caller extractor), `conn` (the accept loop and connection bounds),
 //! `error`, `host` (the `Host` check with RBAC off), `input` (bodies and queries parsed by
-//! hand), `respond` (replies and idempotency), `routes::*` (one module per resource).
+//! hand), `metrics` (`/metrics` through prometheus-client), `openapi` (`/v1/openapi.json`
+//! through utoipa), `respond` (replies and idempotency), `routes::*` (one module per resource,
+//! each handler with its `#[utoipa::path]`).
 
 mod auth;
 mod conn;
@@ -18,17 +20,18 @@ mod denials;
 mod error;
 mod host;
 mod input;
+mod metrics;
+pub mod openapi;
 pub mod promoter;
 mod respond;
 mod routes;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use autonomy_api::{AuditCheck, AuditDamage, ErrorCode};
 use autonomy_store::Store;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -87,11 +90,6 @@ impl ServerConfig {
     }
 }
 
-#[derive(Default)]
-struct HttpMetrics {
-    by_class: [AtomicU64; 6],
-}
-
 /// What the server reports about the retained audit store: the public half of the checkpoint
 /// signing key (SPEC §5.9) and the state of the background chain check after start-up (SPEC
 /// §5.8), which whoever runs the check updates with [`AuditMonitor::set`].
@@ -126,12 +124,13 @@ impl AuditMonitor {
     }
 }
 
-/// What every handler shares: the store, the configuration, the HTTP counters.
+/// What every handler shares: the store, the configuration, the HTTP metrics.
 pub struct AppState<S> {
     store: Arc<S>,
     config: Arc<ServerConfig>,
-    http: Arc<HttpMetrics>,
+    http: metrics::HttpMetrics,
     denials: Arc<denials::Denials>,
+    refusal_lines: Arc<RefusalLines>,
     audit: Option<Arc<AuditMonitor>>,
     engine: Arc<EngineState>,
 }
@@ -143,6 +142,7 @@ impl<S> Clone for AppState<S> {
             config: self.config.clone(),
             http: self.http.clone(),
             denials: self.denials.clone(),
+            refusal_lines: self.refusal_lines.clone(),
             audit: self.audit.clone(),
             engine: self.engine.clone(),
         }
@@ -165,8 +165,9 @@ impl<S: Store> AppState<S> {
         AppState {
             store,
             config: Arc::new(config),
-            http: Arc::default(),
+            http: metrics::HttpMetrics::default(),
             denials,
+            refusal_lines: Arc::default(),
             audit: None,
             engine: promoter::new_state(),
         }
@@ -234,6 +235,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         )
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke::<S>))
         .route("/metrics", get(system::metrics::<S>))
+        .route("/v1/openapi.json", get(system::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -241,10 +243,10 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
             state.clone(),
             host::check::<S>,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::<S>))
         .with_state(state)
 }
 
@@ -287,20 +289,98 @@ pub async fn run<S: Store>(
     served
 }
 
+/// Outermost layer: gives the request its id (the client's `X-Request-Id` when well-formed,
+/// else a fresh one), which handlers put in the audit event (`auth::request_facts`), returns
+/// it as `X-Request-Id` on every answer (panics included), counts the answer, and logs the
+/// request once: id, method, route template (never the raw path or query), status, latency.
 async fn observe<S: Store>(
     State(state): State<AppState<S>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let id = format!("req_{:016x}", rand_u64());
+    let started = std::time::Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("req_{:016x}", rand_u64()));
+    let anonymous = !auth::has_plausible_token(req.headers());
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = next.run(req).await;
-    let class = (resp.status().as_u16() / 100) as usize;
-    state.http.by_class[class.min(5)].fetch_add(1, Ordering::Relaxed);
+    let status = resp.status().as_u16();
     if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    let route = route.as_deref().unwrap_or(metrics::UNMATCHED_ROUTE);
+    let seconds = started.elapsed().as_secs_f64();
+    state.http.observe(method.as_str(), route, status, seconds);
+    let latency_ms = seconds * 1000.0;
+    // A refusal for want of a valid token is logged at most once a second (SPEC §4): a flood
+    // without a token must not grow the log at its own pace. The line that is written says
+    // how many were left out since the last one.
+    let refusal = status == 401 || (state.config.rbac && (400..500).contains(&status) && anonymous);
+    if !refusal {
+        tracing::info!(
+            target: "autonomy::http",
+            request_id = %id,
+            method = %method,
+            route = %route,
+            status,
+            latency_ms,
+            "request"
+        );
+    } else if let Some(left_out) = state.refusal_lines.admit() {
+        tracing::info!(
+            target: "autonomy::http",
+            request_id = %id,
+            method = %method,
+            route = %route,
+            status,
+            latency_ms,
+            refusals_not_logged = left_out,
+            "request"
+        );
     }
     resp
+}
+
+/// Request lines of refusals without a valid token: at most one a second.
+#[derive(Default)]
+struct RefusalLines(Mutex<(Option<std::time::Instant>, u64)>);
+
+impl RefusalLines {
+    /// `Some(refusals left out since the last line)` when this one may be logged.
+    fn admit(&self) -> Option<u64> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.0 {
+            Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {
+                g.1 += 1;
+                None
+            }
+            _ => {
+                let left_out = g.1;
+                *g = (Some(std::time::Instant::now()), 0);
+                Some(left_out)
+            }
+        }
+    }
+}
+
+/// The request id header, read from the client and returned on every answer.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A client's request id is kept when it is 1 to 64 of `[A-Za-z0-9._-]`.
+fn is_request_id(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

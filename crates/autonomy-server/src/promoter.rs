@@ -45,9 +45,6 @@ pub struct EngineState {
     /// Whether a promoter loop runs in this process.
     pub enabled: std::sync::atomic::AtomicBool,
     interval_us: AtomicI64,
-    /// Device polls and reports answered.
-    pub polls: AtomicU64,
-    pub reports: AtomicU64,
     /// Set when the server stops: waiting long polls answer at once.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -61,8 +58,6 @@ impl Default for EngineState {
             actions: AtomicU64::new(0),
             enabled: std::sync::atomic::AtomicBool::new(false),
             interval_us: AtomicI64::new(0),
-            polls: AtomicU64::new(0),
-            reports: AtomicU64::new(0),
             closing: tokio::sync::watch::channel(false).0,
         }
     }

@@ -80,6 +80,10 @@ pub(crate) struct Metrics {
     pub max_batch: AtomicU64,
     pub audit_events: AtomicU64,
     pub audit_export_failures: AtomicU64,
+    /// Committed audit events waiting for the retained store.
+    pub audit_export_lag: AtomicU64,
+    pub batch_sizes: [AtomicU64; autonomy_store::BATCH_SIZE_BUCKETS.len() + 1],
+    pub commit_latencies: [AtomicU64; autonomy_store::COMMIT_MICROS_BUCKETS.len() + 1],
     /// Set while committed audit events wait to be appended to the retained store.
     pub audit_export_behind: AtomicBool,
     /// Set when a commit failed (disk full, I/O error); cleared by the next successful one.
@@ -329,6 +333,16 @@ impl Store for SqliteStore {
             max_batch: get(&m.max_batch),
             audit_events: get(&m.audit_events),
             audit_export_failures: get(&m.audit_export_failures),
+            audit_export_lag: get(&m.audit_export_lag),
+            queue_depth: self
+                .jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as u64),
+            queue_capacity: self.queue_depth as u64,
+            batch_sizes: m.batch_sizes.each_ref().map(get),
+            commit_latencies: m.commit_latencies.each_ref().map(get),
         }
     }
 
@@ -509,12 +523,13 @@ impl Store for SqliteStore {
 
     async fn identify_device(&self, secret: String) -> Result<Option<DeviceIdentity>> {
         let hash = autonomy_store::ids::hash_secret(&secret);
-        if let Some(device_id) = self.live.token_device(&hash) {
-            return Ok(Some(DeviceIdentity { device_id }));
-        }
+        let seen = match self.live.token_device(&hash) {
+            Ok(device_id) => return Ok(Some(DeviceIdentity { device_id })),
+            Err(revocations) => revocations,
+        };
         let found = self.read(move |r| r.identify_device(&secret)).await?;
         if let Some(who) = &found {
-            self.live.remember_token(hash, who.device_id.clone());
+            self.live.remember_token(hash, who.device_id.clone(), seen);
         }
         Ok(found)
     }
@@ -523,12 +538,13 @@ impl Store for SqliteStore {
         // RBAC off: the device is named, not proven; a known name is remembered like a token
         // (and forgotten the same way when the device is revoked).
         let key = format!("id:{id}");
-        if let Some(device_id) = self.live.token_device(&key) {
-            return Ok(Some(DeviceIdentity { device_id }));
-        }
+        let seen = match self.live.token_device(&key) {
+            Ok(device_id) => return Ok(Some(DeviceIdentity { device_id })),
+            Err(revocations) => revocations,
+        };
         let found = self.read(move |r| r.known_device(&id)).await?;
         if let Some(who) = &found {
-            self.live.remember_token(key, who.device_id.clone());
+            self.live.remember_token(key, who.device_id.clone(), seen);
         }
         Ok(found)
     }

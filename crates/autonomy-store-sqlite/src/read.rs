@@ -313,6 +313,9 @@ impl ReadConn {
         if let Some(e) = f.end_us {
             add("time_us <", e.into());
         }
+        if let Some(c) = f.after_seq {
+            add("seq >", i64::try_from(c).unwrap_or(i64::MAX).into());
+        }
         args.push((f.limit as i64).into());
         // The writer keeps event times monotonic in seq, so (time_us, seq) is seq order, and
         // it lets SQLite walk the (column, time_us) index in order instead of sorting every

@@ -611,8 +611,13 @@ impl Writer {
         if let Err(e) = self.export() {
             tracing::error!(error = %e, "audit append failed after commit; will retry before the next write");
         }
-        m.commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let micros = started.elapsed().as_micros() as u64;
+        m.commit_micros.fetch_add(micros, Ordering::Relaxed);
+        let slot =
+            autonomy_store::bucket_of(&autonomy_store::BATCH_SIZE_BUCKETS, batch.len() as u64);
+        m.batch_sizes[slot].fetch_add(1, Ordering::Relaxed);
+        let slot = autonomy_store::bucket_of(&autonomy_store::COMMIT_MICROS_BUCKETS, micros);
+        m.commit_latencies[slot].fetch_add(1, Ordering::Relaxed);
         if !self.woken.is_empty() {
             let woken = std::mem::take(&mut self.woken);
             self.live.wake(woken.iter().map(String::as_str));
@@ -629,12 +634,16 @@ impl Writer {
         match self.audit.append(&self.pending) {
             Ok(()) => {
                 self.pending.clear();
+                self.metrics.audit_export_lag.store(0, Ordering::Relaxed);
                 self.metrics
                     .audit_export_behind
                     .store(false, Ordering::SeqCst);
                 Ok(())
             }
             Err(e) => {
+                self.metrics
+                    .audit_export_lag
+                    .store(self.pending.len() as u64, Ordering::Relaxed);
                 self.metrics
                     .audit_export_failures
                     .fetch_add(1, Ordering::Relaxed);

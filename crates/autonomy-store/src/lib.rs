@@ -184,6 +184,32 @@ pub struct StoreMetrics {
     pub audit_events: u64,
     /// Failed appends to the retained audit store.
     pub audit_export_failures: u64,
+    /// Committed audit events not yet appended to the retained audit store (non-zero only
+    /// while appends fail).
+    pub audit_export_lag: u64,
+    /// Write requests queued for the writer now, and how many the queue holds.
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    /// Committed transactions by how many requests they carried: `batch_sizes[i]` counts those
+    /// of at most [`BATCH_SIZE_BUCKETS`]`[i]` (and more than the bound before); the last slot,
+    /// the larger ones.
+    pub batch_sizes: [u64; BATCH_SIZE_BUCKETS.len() + 1],
+    /// Committed transactions by commit time, audit fsync included, in the same way over
+    /// [`COMMIT_MICROS_BUCKETS`].
+    pub commit_latencies: [u64; COMMIT_MICROS_BUCKETS.len() + 1],
+}
+
+/// Upper bounds of the [`StoreMetrics::batch_sizes`] buckets (requests per commit).
+pub const BATCH_SIZE_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+/// Upper bounds of the [`StoreMetrics::commit_latencies`] buckets (microseconds).
+pub const COMMIT_MICROS_BUCKETS: [u64; 14] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 10_000_000,
+];
+
+/// The slot of `value` in buckets with upper bounds `bounds` (the last slot: above them all).
+pub fn bucket_of(bounds: &[u64], value: u64) -> usize {
+    bounds.partition_point(|&b| b < value)
 }
 
 /// The store the server is generic over. Reads may run concurrently; writes are answered
@@ -382,4 +408,26 @@ pub trait Store: Send + Sync + 'static {
         epoch: u64,
         max_dispatch: u64,
     ) -> impl Future<Output = Result<Reply>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_falls_in_the_first_bucket_whose_bound_holds_it() {
+        let b = [1, 2, 4];
+        assert_eq!(bucket_of(&b, 0), 0);
+        assert_eq!(bucket_of(&b, 1), 0);
+        assert_eq!(bucket_of(&b, 2), 1);
+        assert_eq!(bucket_of(&b, 3), 2);
+        assert_eq!(bucket_of(&b, 4), 2);
+        assert_eq!(bucket_of(&b, 5), 3);
+        assert_eq!(
+            bucket_of(&BATCH_SIZE_BUCKETS, u64::MAX),
+            BATCH_SIZE_BUCKETS.len()
+        );
+        assert!(COMMIT_MICROS_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(BATCH_SIZE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
 }

@@ -28,7 +28,15 @@ pub struct Live {
     /// the lookup. The store's writer forgets a device here when it revokes it, in the
     /// transaction's thread before answering, so a revoked token is refused from the next
     /// request on. (One process only: a store with several writers must not use it.)
-    tokens: Mutex<HashMap<String, String>>,
+    tokens: Mutex<Tokens>,
+}
+
+/// The token cache and how many revocations it has seen (a lookup that started before a
+/// revocation must not put its answer back in).
+#[derive(Debug, Default)]
+struct Tokens {
+    by_hash: HashMap<String, String>,
+    revocations: u64,
 }
 
 impl Live {
@@ -106,30 +114,32 @@ impl Live {
         }
     }
 
-    /// The device a confirmed token hash belongs to.
-    pub fn token_device(&self, token_hash: &str) -> Option<String> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token_hash)
-            .cloned()
+    /// The device a confirmed token hash belongs to, or the revocation count to hand to
+    /// [`Live::remember_token`] after looking it up in the store.
+    pub fn token_device(&self, token_hash: &str) -> Result<String, u64> {
+        let t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        t.by_hash.get(token_hash).cloned().ok_or(t.revocations)
     }
 
-    /// Remembers a token hash the store confirmed for `device_id`.
-    pub fn remember_token(&self, token_hash: String, device_id: String) {
+    /// Remembers a token hash the store confirmed for `device_id` — unless a revocation
+    /// happened since `revocations` was read (the lookup may predate it).
+    pub fn remember_token(&self, token_hash: String, device_id: String, revocations: u64) {
         let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if t.len() >= MAX_CACHED_TOKENS {
-            t.clear();
+        if t.revocations != revocations {
+            return;
         }
-        t.insert(token_hash, device_id);
+        if t.by_hash.len() >= MAX_CACHED_TOKENS {
+            t.by_hash.clear();
+        }
+        t.by_hash.insert(token_hash, device_id);
     }
 
-    /// Forgets every token of `device_id` (its revocation).
+    /// Forgets every token of `device_id` (its revocation), and makes lookups that started
+    /// before it unable to remember their answer.
     pub fn forget_device(&self, device_id: &str) {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, d| d != device_id);
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        t.revocations += 1;
+        t.by_hash.retain(|_, d| d != device_id);
     }
 
     /// Devices with a long poll waiting now.
@@ -160,6 +170,23 @@ mod tests {
         live.beat("a", beat(3));
         live.restore_beats(taken);
         assert_eq!(live.pending_beat("a"), Some(beat(3)));
+    }
+
+    #[test]
+    fn a_lookup_that_predates_a_revocation_is_not_remembered() {
+        let live = Live::default();
+        let seen = live.token_device("h").unwrap_err();
+        live.forget_device("d1");
+        live.remember_token("h".into(), "d1".into(), seen);
+        assert!(
+            live.token_device("h").is_err(),
+            "a stale answer came back in"
+        );
+        let seen = live.token_device("h").unwrap_err();
+        live.remember_token("h".into(), "d1".into(), seen);
+        assert_eq!(live.token_device("h"), Ok("d1".to_string()));
+        live.forget_device("d1");
+        assert!(live.token_device("h").is_err());
     }
 
     #[test]

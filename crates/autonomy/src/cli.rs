@@ -98,7 +98,8 @@ pub struct ClientArgs {
     )]
     pub token: Option<Token>,
 
-    /// Output format: `text` (logfmt lines and tables) or `json` (the API's JSON unchanged).
+    /// Output format: `text` (logfmt lines and tables), `json` (the API's JSON unchanged) or
+    /// `jsonl` (like json; `audit query` prints one event per line as it pages).
     #[arg(
         short = 'o',
         long,
@@ -130,9 +131,10 @@ const CLIENT_ARG_IDS: &[(&str, &str)] = &[
     ("operator", "--operator"),
 ];
 
-/// The verbs that take none of the client flags: `serve`, and `agent` (a device, with its own
-/// `--server` and a device token, not an operator's).
-const STANDALONE_VERBS: &[&str] = &["serve", "agent"];
+/// The verbs that take none of the client flags after them: `serve`, `completions` and `man`
+/// (they never talk to a CP), and `agent` (a device, with its own `--server` and a device
+/// token, not an operator's).
+const STANDALONE_VERBS: &[&str] = &["serve", "agent", "completions", "man"];
 
 /// The whole command tree: the derived one, with the [`ClientArgs`] also on every client verb
 /// (global from there down) and every `AUTONOMY_*` variable that is set but empty treated as

@@ -17,6 +17,9 @@ use serde::de::DeserializeOwned;
 pub enum Format {
     Text,
     Json,
+    /// JSON lines: like `json` (the answer is one line), except that `audit query` prints one
+    /// event per line as the pages arrive, for log pipelines.
+    Jsonl,
 }
 
 pub struct Output {
@@ -28,8 +31,13 @@ impl Output {
         Output { format }
     }
 
+    /// `json` or `jsonl`: the API's JSON, unchanged.
     pub fn is_json(&self) -> bool {
-        self.format == Format::Json
+        matches!(self.format, Format::Json | Format::Jsonl)
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Prints a 2xx answer after decoding it as `T` (an answer of another shape is

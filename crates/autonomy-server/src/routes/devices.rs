@@ -42,6 +42,16 @@ fn device_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError
     Ok(id)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "devices_register",
+    path = "/v1/devices",
+    tag = "devices",
+    summary = "Register a device (its token is shown once)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::device::RegisterDeviceRequest, content_type = "application/json"),
+    responses((status = 201, description = "Registered", body = autonomy_api::device::DeviceRegistered), crate::openapi::WriteErrors)
+)]
 pub async fn register<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<RegisterDevice>,
@@ -83,6 +93,15 @@ fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
     Ok(out)
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "devices_list",
+    path = "/v1/devices",
+    tag = "devices",
+    summary = "List devices by pages",
+    params(("selector" = Option<String>, Query, description = "Only devices with every label: k=v,k2=v2"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    responses((status = 200, description = "A page", body = autonomy_api::device::DeviceList), crate::openapi::ReadErrors)
+)]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ListDevices>,
@@ -102,6 +121,15 @@ pub async fn list<S: Store>(
     Ok(Json(state.store.devices(selector, limit, q.cursor).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "devices_get",
+    path = "/v1/devices/{id}",
+    tag = "devices",
+    summary = "One device",
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::ReadErrors)
+)]
 pub async fn get<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ReadDevice>,
@@ -111,6 +139,16 @@ pub async fn get<S: Store>(
     Ok(Json(state.store.device(&id).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "devices_labels",
+    path = "/v1/devices/{id}/labels",
+    tag = "devices",
+    summary = "Replace a device's labels",
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::device::DeviceLabelsRequest, content_type = "application/json"),
+    responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::WriteErrors)
+)]
 pub async fn labels<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<LabelDevice>,
@@ -133,6 +171,15 @@ pub async fn labels<S: Store>(
     ))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "devices_revoke",
+    path = "/v1/devices/{id}/revoke",
+    tag = "devices",
+    summary = "Revoke a device",
+    params(("id" = String, Path, description = "The device id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    responses((status = 200, description = "The device", body = autonomy_api::device::Device), crate::openapi::WriteErrors)
+)]
 pub async fn revoke<S: Store>(
     State(state): State<AppState<S>>,
     Caller { ctx, .. }: Caller<RevokeDevice>,
@@ -142,6 +189,16 @@ pub async fn revoke<S: Store>(
     Ok(reply(state.store.revoke_device(&ctx, &id).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "devices_create_enroll_key",
+    path = "/v1/enroll-keys",
+    tag = "devices",
+    summary = "Create an enroll key (shown once)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::device::EnrollKeyRequest, content_type = "application/json"),
+    responses((status = 201, description = "Created", body = autonomy_api::device::EnrollKeyCreated), crate::openapi::WriteErrors)
+)]
 pub async fn create_enroll_key<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<CreateEnrollKey>,
@@ -154,6 +211,15 @@ pub async fn create_enroll_key<S: Store>(
     Ok(reply(state.store.create_enroll_key(&ctx, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "devices_enroll",
+    path = "/v1/device/enroll",
+    tag = "device",
+    summary = "A device enrolls itself with an enroll key (Authorization: Bearer <key>)",
+    request_body(content = autonomy_api::device::EnrollRequest, content_type = "application/json"),
+    responses((status = 201, description = "Enrolled; the device token is shown once", body = autonomy_api::device::Enrolled), crate::openapi::WriteErrors)
+)]
 pub async fn enroll<S: Store>(
     State(state): State<AppState<S>>,
     EnrollKey { key, mut ctx }: EnrollKey,
@@ -167,6 +233,16 @@ pub async fn enroll<S: Store>(
 }
 
 /// `POST /v1/device/poll`: a long poll (SPEC §9.2).
+#[utoipa::path(
+    post,
+    operation_id = "devices_poll",
+    path = "/v1/device/poll",
+    tag = "device",
+    summary = "A device asks what to run (long poll with wait_seconds)",
+    params(("X-Autonomy-Device" = Option<String>, Header, description = "With RBAC off: the registered device calling (with RBAC on, its device token instead)")),
+    request_body(content = Option<autonomy_api::device::PollRequest>, content_type = "application/json", description = "Optional"),
+    responses((status = 200, description = "What to run", body = autonomy_api::device::PollResponse), crate::openapi::WriteErrors)
+)]
 pub async fn poll<S: Store>(
     State(state): State<AppState<S>>,
     DeviceCaller { device_id, ctx }: DeviceCaller,
@@ -230,10 +306,6 @@ pub async fn poll<S: Store>(
         store.live().unwatch(&device_id);
     }
     let seen = answer?;
-    state
-        .engine
-        .polls
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let poll_after_seconds = if seen.assignment.is_some() {
         1
     } else {
@@ -248,6 +320,16 @@ pub async fn poll<S: Store>(
 }
 
 /// `POST /v1/device/reports`: answered once durable (SPEC §9.2).
+#[utoipa::path(
+    post,
+    operation_id = "devices_report",
+    path = "/v1/device/reports",
+    tag = "device",
+    summary = "A device reports progress or its result",
+    params(("X-Autonomy-Device" = Option<String>, Header, description = "With RBAC off: the registered device calling (with RBAC on, its device token instead)")),
+    request_body(content = autonomy_api::device::ReportRequest, content_type = "application/json"),
+    responses((status = 200, description = "Recorded (durable)", body = autonomy_api::device::ReportResponse), crate::openapi::WriteErrors)
+)]
 pub async fn report<S: Store>(
     State(state): State<AppState<S>>,
     DeviceCaller { device_id, ctx }: DeviceCaller,
@@ -257,10 +339,6 @@ pub async fn report<S: Store>(
     let (_, req): (Bytes, ReportRequest) = input::required_json(&headers, body)?;
     let req = dev::validate_report(&req).map_err(ApiError::field)?;
     let answer = state.store.report(&ctx, &device_id, req).await?;
-    state
-        .engine
-        .reports
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Reply::Report(r) = &answer {
         if r.assignment_state.is_settled() {
             state.engine.wake_promoter();
@@ -280,6 +358,15 @@ struct RolloutDevicesQuery {
 }
 
 /// `GET /v1/rollouts/{id}/devices` (SPEC §8.2).
+#[utoipa::path(
+    get,
+    operation_id = "devices_of_rollout",
+    path = "/v1/rollouts/{id}/devices",
+    tag = "rollouts",
+    summary = "A plan's devices and their states, by pages",
+    params(("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"), ("state" = Option<autonomy_api::DeviceState>, Query, description = "Only devices in this state"), ("stage" = Option<String>, Query, description = "Only devices of this stage"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    responses((status = 200, description = "A page", body = autonomy_api::device::DeviceAssignmentList), crate::openapi::ReadErrors)
+)]
 pub async fn of_rollout<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ReadPlan>,

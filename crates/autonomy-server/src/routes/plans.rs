@@ -17,6 +17,16 @@ use crate::auth::{Caller, ChangePhase, CreatePlan, ListPlans, ReadPlan, ScanStuc
 use crate::respond::{idempotency, reply};
 use crate::{input, rand_u64, ApiError, AppState, ArtifactPolicy};
 
+#[utoipa::path(
+    post,
+    operation_id = "rollouts_create",
+    path = "/v1/rollouts",
+    tag = "rollouts",
+    summary = "Create a rollout plan",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::CreateRolloutRequest, content_type = "application/json"),
+    responses((status = 201, description = "Created", body = autonomy_api::Rollout), crate::openapi::WriteErrors)
+)]
 pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<CreatePlan>,
@@ -68,6 +78,15 @@ pub async fn create<S: Store>(
     Ok(reply(state.store.create_plan(&ctx, plan).await?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "rollouts_list",
+    path = "/v1/rollouts",
+    tag = "rollouts",
+    summary = "List plans, oldest first, by pages",
+    params(("phase" = Option<autonomy_api::Phase>, Query, description = "Only plans in this phase"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "The next_cursor of the previous page")),
+    responses((status = 200, description = "A page", body = autonomy_api::RolloutList), crate::openapi::ReadErrors)
+)]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ListPlans>,
@@ -99,6 +118,15 @@ pub async fn list<S: Store>(
     }))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "rollouts_get",
+    path = "/v1/rollouts/{id}",
+    tag = "rollouts",
+    summary = "One plan",
+    params(("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
+    responses((status = 200, description = "The plan", body = autonomy_api::Rollout), crate::openapi::ReadErrors)
+)]
 pub async fn get<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ReadPlan>,
@@ -109,7 +137,23 @@ pub async fn get<S: Store>(
 }
 
 macro_rules! verb_handlers {
-    ($($name:ident => $verb:ident),+) => {$(
+    ($($name:ident => $verb:ident, $path:literal, $summary:literal);+ $(;)?) => {$(
+        #[utoipa::path(
+            post,
+            path = $path,
+            operation_id = concat!("rollouts_", stringify!($name)),
+            tag = "rollouts",
+            summary = $summary,
+            params(
+                ("id" = String, Path, description = "The plan id", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$"),
+                ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")
+            ),
+            request_body(content = Option<TransitionRequest>, content_type = "application/json", description = "Optional: a reason, and (start) the stage whose gate is approved"),
+            responses(
+                (status = 200, description = "The plan after the transition", body = autonomy_api::Rollout),
+                crate::openapi::WriteErrors
+            )
+        )]
         pub async fn $name<S: Store>(
             state: State<AppState<S>>,
             caller: Caller<ChangePhase>,
@@ -122,7 +166,12 @@ macro_rules! verb_handlers {
     )+};
 }
 
-verb_handlers!(publish => Publish, start => Start, pause => Pause, resume => Resume);
+verb_handlers!(
+    publish => Publish, "/v1/rollouts/{id}/publish", "Publish a draft plan";
+    start => Start, "/v1/rollouts/{id}/start", "Start a published plan, or approve the gate before a stage";
+    pause => Pause, "/v1/rollouts/{id}/pause", "Pause an active plan";
+    resume => Resume, "/v1/rollouts/{id}/resume", "Resume a paused plan";
+);
 
 async fn transition<S: Store>(
     State(state): State<AppState<S>>,
@@ -158,6 +207,15 @@ pub async fn unknown_verb(Path((_, verb)): Path<(String, String)>) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "rollouts_stuck",
+    path = "/v1/rollouts/stuck",
+    tag = "rollouts",
+    summary = "The stuck scan",
+    params(("threshold_seconds" = Option<f64>, Query, description = "Stale for at least this many seconds (default 300)", minimum = 0), ("limit" = Option<u32>, Query, description = "At most this many items, 1 to 10000 (default 1000)", minimum = 1, maximum = 10000), ("code" = Option<autonomy_api::StuckCode>, Query, description = "Only plans whose main reason is this")),
+    responses((status = 200, description = "The stuck plans", body = autonomy_api::StuckReport), crate::openapi::ReadErrors)
+)]
 pub async fn stuck<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ScanStuck>,

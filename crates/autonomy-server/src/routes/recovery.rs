@@ -12,6 +12,16 @@ use crate::auth::{Caller, ExecuteRecovery};
 use crate::respond::{idempotency, reply};
 use crate::{input, ApiError, AppState};
 
+#[utoipa::path(
+    post,
+    operation_id = "rollback_execute",
+    path = "/v1/rollback/execute",
+    tag = "recovery",
+    summary = "Retry, roll back or abort a plan",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::ExecuteRequest, content_type = "application/json"),
+    responses((status = 200, description = "Done (success or noop), or what would be done (dry run)", body = autonomy_api::ExecuteResponse), crate::openapi::WriteErrors)
+)]
 pub async fn execute<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<ExecuteRecovery>,

@@ -1,6 +1,5 @@
 //! Health, readiness and `/metrics`.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use autonomy_api::{AuditCheck, Health};
@@ -10,8 +9,17 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::metrics::Snapshot;
 use crate::{ApiError, AppState};
 
+#[utoipa::path(
+    get,
+    operation_id = "system_health",
+    path = "/v1/health",
+    tag = "system",
+    summary = "Is the CP up",
+    responses((status = 200, description = "Up", body = autonomy_api::Health), crate::openapi::ReadErrors)
+)]
 pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> {
     let (audit, audit_damage) = match &state.audit {
         Some(m) => {
@@ -29,6 +37,14 @@ pub async fn health<S: Store>(State(state): State<AppState<S>>) -> Json<Health> 
     })
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "system_ready",
+    path = "/v1/ready",
+    tag = "system",
+    summary = "Can the store take writes now",
+    responses((status = 200, description = "Ready", body = autonomy_api::Ready), crate::openapi::ReadErrors)
+)]
 pub async fn ready<S: Store>(
     State(state): State<AppState<S>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -36,118 +52,54 @@ pub async fn ready<S: Store>(
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
+/// `/metrics`: OpenMetrics text (see [`crate::metrics`]).
+#[utoipa::path(
+    get,
+    operation_id = "system_metrics",
+    path = "/metrics",
+    tag = "system",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"), crate::openapi::ReadErrors)
+)]
 pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
-    let m = state.store.metrics();
-    let mut out = String::new();
-    let counters = [
-        (
-            "autonomy_store_commits_total",
-            "Write transactions committed (each one fsync).",
-            m.commits,
-        ),
-        (
-            "autonomy_store_committed_requests_total",
-            "Write requests carried by committed transactions.",
-            m.committed_requests,
-        ),
-        (
-            "autonomy_store_failed_commits_total",
-            "Write transactions that failed to commit (answered 503).",
-            m.failed_commits,
-        ),
-        (
-            "autonomy_store_commit_microseconds_total",
-            "Time spent committing, including the audit fsync.",
-            m.commit_micros,
-        ),
-        (
-            "autonomy_audit_events_total",
-            "Audit events committed.",
-            m.audit_events,
-        ),
-        (
-            "autonomy_audit_export_failures_total",
-            "Failed appends to the retained audit store.",
-            m.audit_export_failures,
-        ),
-    ];
     let e = &state.engine;
-    let engine_counters = [
-        (
-            "autonomy_promoter_ticks_total",
-            "Promoter ticks finished (SPEC §8.3).",
-            e.ticks.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        (
-            "autonomy_promoter_actions_total",
-            "Promoter actions applied (each audited once as system:promoter).",
-            e.actions.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        (
-            "autonomy_device_polls_total",
-            "Device polls answered (SPEC §9.2).",
-            e.polls.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        (
-            "autonomy_device_reports_total",
-            "Device reports answered (applied or duplicate).",
-            e.reports.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, v) in counters.into_iter().chain(engine_counters) {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP autonomy_store_max_batch Largest group commit so far.\n# TYPE autonomy_store_max_batch gauge\nautonomy_store_max_batch {}",
-        m.max_batch
-    );
-    let _ = writeln!(
-        out,
-        "# HELP autonomy_device_long_polls_waiting Devices with a long poll waiting now.\n# TYPE autonomy_device_long_polls_waiting gauge\nautonomy_device_long_polls_waiting {}",
-        state.store.live().waiting()
-    );
-    if let Some(monitor) = &state.audit {
-        let (check, _) = monitor.get();
-        let _ = writeln!(
-            out,
-            "# HELP autonomy_audit_damaged 1 when the background check found the audit store damaged (see /v1/health).\n# TYPE autonomy_audit_damaged gauge\nautonomy_audit_damaged {}",
-            u8::from(check == AuditCheck::Damaged)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP autonomy_audit_verifying 1 while the background check of the audit store runs.\n# TYPE autonomy_audit_verifying gauge\nautonomy_audit_verifying {}",
-            u8::from(check == AuditCheck::Verifying)
-        );
-    }
-    let _ = writeln!(out, "# HELP autonomy_http_responses_total Responses by status class.\n# TYPE autonomy_http_responses_total counter");
-    for (i, c) in state.http.by_class.iter().enumerate().skip(1) {
-        let _ = writeln!(
-            out,
-            "autonomy_http_responses_total{{class=\"{i}xx\"}} {}",
-            c.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP autonomy_auth_denied_total Requests refused for want of a valid bearer token.\n# TYPE autonomy_auth_denied_total counter\nautonomy_auth_denied_total {}",
-        state.denials.total()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP autonomy_auth_tarpitted_total Refusals answered after the tarpit delay (source over its budget).\n# TYPE autonomy_auth_tarpitted_total counter\nautonomy_auth_tarpitted_total {}",
-        state.denials.tarpitted()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP autonomy_plans Plans by phase.\n# TYPE autonomy_plans gauge"
-    );
-    for (phase, n) in state.store.phase_counts().await? {
-        let _ = writeln!(out, "autonomy_plans{{phase=\"{phase}\"}} {n}");
-    }
-    let _ = writeln!(out, "# HELP autonomy_time_seconds Server clock.\n# TYPE autonomy_time_seconds gauge\nautonomy_time_seconds {}", autonomy_store::now_us() as f64 / 1e6);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    let snapshot = Snapshot {
+        store: state.store.metrics(),
+        promoter_ticks: e.ticks.load(Ordering::Relaxed),
+        promoter_actions: e.actions.load(Ordering::Relaxed),
+        auth_denied: state.denials.total(),
+        auth_tarpitted: state.denials.tarpitted(),
+        long_polls_waiting: state.store.live().waiting() as u64,
+        audit_check: state.audit.as_ref().map(|m| {
+            let (check, _) = m.get();
+            (check == AuditCheck::Damaged, check == AuditCheck::Verifying)
+        }),
+        plans_by_phase: state.store.phase_counts().await?,
+        time_seconds: autonomy_store::now_us() as f64 / 1e6,
+    };
+    let text = crate::metrics::render(&state.http, snapshot)
+        .map_err(|_| ApiError::internal("encoding the metrics failed"))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "system_openapi",
+    path = "/v1/openapi.json",
+    tag = "system",
+    summary = "This document (OpenAPI 3.1)",
+    responses(
+        (status = 200, description = "The document", body = Object),
+        crate::openapi::ReadErrors
+    )
+)]
+pub async fn openapi() -> Response {
+    crate::openapi::response()
 }

@@ -13,6 +13,16 @@ use crate::auth::{operator_name, Caller, CreateToken, ListTokens, RevokeToken};
 use crate::respond::{idempotency, reply};
 use crate::{input, ApiError, AppState};
 
+#[utoipa::path(
+    post,
+    operation_id = "tokens_create",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Create a token (its secret is shown once)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first answer (1 to 255 visible ASCII characters)")),
+    request_body(content = autonomy_api::CreateTokenRequest, content_type = "application/json"),
+    responses((status = 201, description = "Created", body = autonomy_api::TokenCreated), crate::openapi::WriteErrors)
+)]
 pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     Caller { mut ctx, .. }: Caller<CreateToken>,
@@ -28,6 +38,14 @@ pub async fn create<S: Store>(
     ))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "tokens_list",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "List tokens (never their secrets)",
+    responses((status = 200, description = "The tokens", body = autonomy_api::TokenList), crate::openapi::ReadErrors)
+)]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     _: Caller<ListTokens>,
@@ -37,6 +55,15 @@ pub async fn list<S: Store>(
     }))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "tokens_revoke",
+    path = "/v1/tokens/{id}/revoke",
+    tag = "tokens",
+    summary = "Revoke a token",
+    params(("id" = String, Path, description = "The token id")),
+    responses((status = 200, description = "Revoked", body = autonomy_api::TokenInfo), crate::openapi::WriteErrors)
+)]
 pub async fn revoke<S: Store>(
     State(state): State<AppState<S>>,
     Caller { ctx, .. }: Caller<RevokeToken>,

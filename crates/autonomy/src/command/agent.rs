@@ -143,7 +143,7 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        crate::command::serve::init_logging();
+        crate::command::serve::init_logging(crate::command::serve::LogFormat::Text);
         fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("cannot create the state dir {}", self.state_dir.display()))?;
         let lock = File::create(self.state_dir.join(LOCK_FILE))

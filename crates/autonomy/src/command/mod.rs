@@ -11,6 +11,7 @@ use crate::output::Output;
 
 pub mod agent;
 pub mod audit;
+pub mod completions;
 pub mod device;
 pub mod fleet;
 pub mod health;
@@ -61,6 +62,8 @@ pub enum Command {
     /// A simulated fleet: thousands of devices running the agent state machine.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
+    Completions(completions::CompletionsArgs),
+    Man(completions::ManArgs),
 }
 
 impl Command {
@@ -75,6 +78,8 @@ impl Command {
             Command::Audit(cmd) => cmd.run(ctx),
             Command::Token(cmd) => cmd.run(ctx),
             Command::Fleet(cmd) => cmd.run(ctx),
+            Command::Completions(args) => args.run(),
+            Command::Man(args) => args.run(),
         }
     }
 }

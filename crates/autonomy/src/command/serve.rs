@@ -168,9 +168,28 @@ pub struct ServeArgs {
     )]
     promoter_interval: f64,
 
+    /// Log format on stderr: `text` (one human line per event) or `json` (one JSON object per
+    /// line, for log shippers: `timestamp`, `level`, `target`, `message` and the event's fields;
+    /// each request is one line with `request_id`, `method`, `route`, `status`, `latency_ms`).
+    /// `RUST_LOG` sets the level (default `info`).
+    #[arg(
+        long,
+        env = "AUTONOMY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+
     /// Size at which the audit store starts a new segment.
     #[arg(long, env = "AUTONOMY_AUDIT_SEGMENT_BYTES", default_value_t = autonomy_audit::DEFAULT_SEGMENT_BYTES, hide = true)]
     audit_segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,7 +231,7 @@ fn parse_flag(s: &str) -> Result<bool, String> {
 
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        init_logging();
+        init_logging(self.log_format);
         if !(self.shutdown_timeout.is_finite() && self.shutdown_timeout >= 0.0) {
             bail!("invalid --shutdown-timeout: must be a non-negative number of seconds");
         }
@@ -542,14 +561,22 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs go to stderr (stdout carries only the `listening on` line); `RUST_LOG` overrides the
-/// default level `info`.
-pub(crate) fn init_logging() {
+/// Logs go to stderr (stdout carries only the `listening on` line), as text or JSON lines;
+/// `RUST_LOG` overrides the default level `info`.
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
