@@ -312,6 +312,7 @@ pub(crate) fn spawn(
         last_purge_us: 0,
         live,
         woken: Vec::new(),
+        revoked: Vec::new(),
         epoch,
         engine_params: std::collections::HashMap::new(),
         last_beat_flush: Instant::now(),
@@ -361,6 +362,8 @@ struct Writer {
     live: Arc<autonomy_store::Live>,
     /// Devices whose revision this batch raised: their long polls are woken after commit.
     woken: Vec<String>,
+    /// Devices this batch revoked: the token cache forgets them after commit.
+    revoked: Vec<String>,
     /// The leader epoch this writer writes under.
     epoch: u64,
     /// Target digest and `reboot_required` per engine-driven plan (immutable once created).
@@ -581,6 +584,7 @@ impl Writer {
             self.chain = chain_before;
             self.pending.clear();
             self.woken.clear();
+            self.revoked.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
             self.metrics.storage_fault.store(true, Ordering::SeqCst);
             let why = match sql_error(e) {
@@ -621,6 +625,11 @@ impl Writer {
         if !self.woken.is_empty() {
             let woken = std::mem::take(&mut self.woken);
             self.live.wake(woken.iter().map(String::as_str));
+        }
+        // After the commit (a lookup before it would still find the device) and before the
+        // answers: a revoked device's token is refused from the next request on.
+        for id in std::mem::take(&mut self.revoked) {
+            self.live.forget_device(&id);
         }
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);

@@ -954,8 +954,9 @@ impl Writer {
         self.conn
             .prepare_cached("UPDATE devices SET revoked_us = ?2, token_hash = NULL WHERE id = ?1")?
             .execute(params![id, now])?;
-        // Before the answer: the token cache must not let the next request through.
-        self.live.forget_device(id);
+        // Forgotten by the token cache after the commit, before the answer (`run_batch`): the
+        // next request is refused.
+        self.revoked.push(id.to_string());
         let mut cancelled = None;
         if let Some(s) = &before.assignment {
             if matches!(s.state, DeviceState::Pending | DeviceState::Dispatched) {

@@ -24,6 +24,11 @@ fn digest() -> String {
     format!("sha256:{}", "ab".repeat(32))
 }
 
+/// What every test device runs before any plan (the hook's `verify` without a plan prints it).
+fn base_digest() -> String {
+    format!("sha256:{}", "0b".repeat(32))
+}
+
 /// How long the test waits for anything (each wait polls; this only bounds a broken run).
 const LIMIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
@@ -177,11 +182,11 @@ fn applied_reports(log: &str, plan: &str) -> Vec<(u64, u64, String)> {
 /// The hook: logs each run, blocks at the step named in `block` (writing
 /// `blocked-<step>` with its pid) until `release` exists, then: download checks its env;
 /// install writes the target digest to `digest` and exits 75 the first time; verify prints
-/// `digest`.
+/// `digest` (without a plan — the agent asking what the device runs — `running`).
 const HOOK: &str = r#"#!/bin/sh
 d=$1
 echo "$AUTONOMY_STEP $AUTONOMY_ACTION $AUTONOMY_PLAN_ID" >> "$d/hook.log"
-if [ -e "$d/block" ] && [ "$(cat "$d/block")" = "$AUTONOMY_STEP" ]; then
+if [ -n "$AUTONOMY_PLAN_ID" ] && [ -e "$d/block" ] && [ "$(cat "$d/block")" = "$AUTONOMY_STEP" ]; then
   echo $$ > "$d/blocked-$AUTONOMY_STEP.tmp"
   mv "$d/blocked-$AUTONOMY_STEP.tmp" "$d/blocked-$AUTONOMY_STEP"
   i=0
@@ -198,7 +203,7 @@ case "$AUTONOMY_STEP" in
     echo "$AUTONOMY_TARGET_DIGEST" > "$d/digest"
     if [ ! -e "$d/installed-once" ]; then : > "$d/installed-once"; exit 75; fi ;;
   verify)
-    cat "$d/digest" ;;
+    if [ -z "$AUTONOMY_PLAN_ID" ]; then cat "$d/running"; else cat "$d/digest"; fi ;;
 esac
 "#;
 
@@ -215,6 +220,7 @@ impl Device {
         let dir = root.path().to_path_buf();
         fs::write(dir.join("hook.sh"), HOOK).unwrap();
         fs::write(dir.join("boot_id"), "boot-1\n").unwrap();
+        fs::write(dir.join("running"), format!("{}\n", base_digest())).unwrap();
         Device {
             id: id.to_string(),
             dir,
@@ -292,10 +298,12 @@ impl Device {
         fs::read_to_string(self.path("agent.log")).unwrap_or_default()
     }
 
+    /// The hook's runs for a plan (the first start's `verify` without a plan left out).
     fn hook_runs(&self) -> Vec<String> {
         fs::read_to_string(self.path("hook.log"))
             .unwrap_or_default()
             .lines()
+            .filter(|l| l.split(' ').nth(2).is_some_and(|p| !p.is_empty()))
             .map(|l| l.split(' ').next().unwrap_or("").to_string())
             .collect()
     }
@@ -375,6 +383,20 @@ fn install_reboot_verify_makes_the_device_verified_and_the_plan_completed() {
     assert_eq!(dev.wait_exit(&mut agent), 75, "{}", dev.log());
     assert_eq!(state_of(&cp, &admin, "fw-1", &dev.id), "rebooting");
     assert!(dev.log().contains("reboot requested"), "{}", dev.log());
+    // At its first start the agent asked `verify` (no plan) what the device runs, and its
+    // reports carried it: the CP knows the digest a rollback would revert to.
+    let asked = fs::read_to_string(dev.path("hook.log")).unwrap();
+    assert_eq!(asked.lines().next(), Some("verify install "), "{asked}");
+    assert_eq!(asked.matches("verify install \n").count(), 1, "{asked}");
+    let device = op(
+        &cp,
+        &admin,
+        "GET",
+        &format!("/v1/devices/{}", dev.id),
+        None,
+        200,
+    );
+    assert_eq!(device["installed_digest"], json!(base_digest()), "{device}");
 
     // Started again in the same boot: the reboot is still owed; nothing is reported.
     let mut agent = dev.spawn(&cp.url);

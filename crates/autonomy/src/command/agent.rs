@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use autonomy_agent::{
-    AgentState, HookExit, HookOutcome, HookRun, Machine, Next, Refusal, REBOOT_EXIT_CODE,
+    AgentState, HookExit, HookOutcome, HookRun, HookStep, JobAction, Machine, Next, Refusal,
+    REBOOT_EXIT_CODE,
 };
 use autonomy_api::device::{EnrollRequest, MAX_POLL_WAIT_SECONDS};
 use autonomy_client::blocking::Transport;
@@ -186,6 +187,18 @@ impl AgentArgs {
         let (mut machine, persist) = Machine::resume(state, &boot_id);
         if persist.needed() || !state_path.exists() {
             self.save(&machine)?;
+        }
+        // What the device runs, while the agent does not know it (its first start): `verify`
+        // prints the installed digest (SPEC §9.4), so ask it, outside any plan. The CP records
+        // it at the first dispatch as the digest a rollback reverts to.
+        let idle = machine.state().job.is_none() && machine.state().outbox.is_none();
+        if idle && machine.state().installed_digest.is_empty() {
+            if let Some(digest) = self.discover_digest() {
+                let mut s = machine.into_state();
+                s.installed_digest = digest;
+                machine = Machine::resume(s, &boot_id).0;
+                self.save(&machine)?;
+            }
         }
         tracing::info!(
             server = %self.server,
@@ -351,6 +364,33 @@ impl AgentArgs {
                     _ => return Err(anyhow::Error::new(e).context("cannot enroll")),
                 },
             }
+        }
+    }
+
+    /// Runs `verify` with no plan (`AUTONOMY_PLAN_ID` empty) and takes its last stdout line as
+    /// the installed digest; `None` (logged) when it fails or prints nothing.
+    fn discover_digest(&self) -> Option<String> {
+        let run = HookRun {
+            step: HookStep::Verify,
+            action: JobAction::Install,
+            plan_id: String::new(),
+            attempt: 0,
+            artifact_ref: String::new(),
+            target_digest: String::new(),
+        };
+        let outcome = run_hook(&self.hook, &run, self.hook_timeout);
+        let digest = outcome.stdout_last_line.trim().to_string();
+        if outcome.exit == HookExit::Code(0) && !digest.is_empty() {
+            tracing::info!(installed_digest = %digest, "verify says what the device runs");
+            Some(digest)
+        } else {
+            tracing::warn!(
+                exit = ?outcome.exit,
+                stderr = %outcome.stderr_tail,
+                "verify (no plan) did not say what the device runs; the digest stays unknown \
+                 until the first verify of a job (a rollback before then has nothing to revert to)"
+            );
+            None
         }
     }
 
