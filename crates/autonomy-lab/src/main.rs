@@ -77,68 +77,90 @@ fn fresh_dir(p: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))
 }
 
+/// A lab on `port` with fresh evidence and work dirs (data, audit and scratch dirs inside the
+/// work dir).
+fn new_lab(
+    name: &'static str,
+    port: u16,
+    operator: &str,
+    bin: &Path,
+    evidence_dir: &Path,
+    work_dir: &Path,
+) -> anyhow::Result<lab::Lab> {
+    let bin = absolute(bin)?;
+    anyhow::ensure!(bin.is_file(), "{} is not an executable file", bin.display());
+    let (dir, work_root) = (absolute(evidence_dir)?, absolute(work_dir)?);
+    fresh_dir(&dir)?;
+    fresh_dir(&work_root)?;
+    let (data_dir, audit_dir, work) = (
+        work_root.join("data"),
+        work_root.join("audit"),
+        work_root.join("work"),
+    );
+    for d in [&data_dir, &audit_dir, &work] {
+        std::fs::create_dir_all(d)?;
+    }
+    Ok(lab::Lab {
+        name,
+        bin,
+        dir,
+        work,
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        data_dir,
+        audit_dir,
+        operator: operator.into(),
+        report: report::Report {
+            lab: name,
+            ..report::Report::default()
+        },
+        cp: None,
+        start_error: String::new(),
+        ready_ms: String::new(),
+        started_at: lab::utc_now(),
+        t0: Instant::now(),
+        cp_args: Vec::new(),
+    })
+}
+
+/// A `--seed` of 1 to 9 digits, else `None`.
+fn seed_of(seed: Option<String>) -> anyhow::Result<Option<u64>> {
+    Ok(
+        match seed.filter(|s| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())) {
+            Some(s) => Some(s.parse()?),
+            None => None,
+        },
+    )
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.lab {
+    // The lab (and its CP, stopped when dropped) lives until the exit code is known.
+    let (_lab, pass) = match cli.lab {
         LabCmd::Val12 {
             bin,
             evidence_dir,
             work_dir,
             seed,
         } => {
-            let bin = absolute(&bin)?;
-            anyhow::ensure!(bin.is_file(), "{} is not an executable file", bin.display());
-            let (dir, work_root) = (absolute(&evidence_dir)?, absolute(&work_dir)?);
-            fresh_dir(&dir)?;
-            fresh_dir(&work_root)?;
-            let seed = match seed
-                .filter(|s| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
-            {
-                Some(s) => s.parse()?,
-                None => {
-                    let nanos = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_nanos();
-                    u64::from(nanos) % (1 << 30)
-                }
-            };
-            let (data_dir, audit_dir, work) = (
-                work_root.join("data"),
-                work_root.join("audit"),
-                work_root.join("work"),
-            );
-            for d in [&data_dir, &audit_dir, &work] {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut lab = lab::Lab {
-                name: "val12",
-                bin,
-                dir,
-                work,
-                port: val12::PORT,
-                base: format!("http://127.0.0.1:{}", val12::PORT),
-                data_dir,
-                audit_dir,
-                operator: "val12-chaos-op".into(),
-                report: report::Report {
-                    lab: "val12",
-                    ..report::Report::default()
-                },
-                cp: None,
-                start_error: String::new(),
-                ready_ms: String::new(),
-                started_at: lab::utc_now(),
-                t0: Instant::now(),
-                cp_args: Vec::new(),
-            };
+            let seed = seed_of(seed)?.unwrap_or_else(|| {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos();
+                u64::from(nanos) % (1 << 30)
+            });
+            let mut lab = new_lab(
+                "val12",
+                val12::PORT,
+                "val12-chaos-op",
+                &bin,
+                &evidence_dir,
+                &work_dir,
+            )?;
             lab.say(&format!("starting (evidence: {})", lab.dir.display()));
             let pass = val12::run(&mut lab, seed)?;
-            Ok(if pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            (lab, pass)
         }
         LabCmd::Val13 {
             bin,
@@ -146,53 +168,23 @@ fn main() -> anyhow::Result<ExitCode> {
             work_dir,
             seed,
         } => {
-            let bin = absolute(&bin)?;
-            anyhow::ensure!(bin.is_file(), "{} is not an executable file", bin.display());
-            let (dir, work_root) = (absolute(&evidence_dir)?, absolute(&work_dir)?);
-            fresh_dir(&dir)?;
-            fresh_dir(&work_root)?;
-            let seed: u64 = match seed
-                .filter(|s| (1..=9).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
-            {
-                Some(s) => s.parse()?,
-                None => 13,
-            };
-            let (data_dir, audit_dir, work) = (
-                work_root.join("data"),
-                work_root.join("audit"),
-                work_root.join("work"),
-            );
-            for d in [&data_dir, &audit_dir, &work] {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut lab = lab::Lab {
-                name: "val13",
-                bin,
-                dir,
-                work,
-                port: val13::PORT,
-                base: format!("http://127.0.0.1:{}", val13::PORT),
-                data_dir,
-                audit_dir,
-                operator: "val13-fleet-op".into(),
-                report: report::Report {
-                    lab: "val13",
-                    ..report::Report::default()
-                },
-                cp: None,
-                start_error: String::new(),
-                ready_ms: String::new(),
-                started_at: lab::utc_now(),
-                t0: Instant::now(),
-                cp_args: Vec::new(),
-            };
+            let seed = seed_of(seed)?.unwrap_or(13);
+            let mut lab = new_lab(
+                "val13",
+                val13::PORT,
+                "val13-fleet-op",
+                &bin,
+                &evidence_dir,
+                &work_dir,
+            )?;
             lab.say(&format!("starting (evidence: {})", lab.dir.display()));
             let pass = val13::run(&mut lab, seed)?;
-            Ok(if pass {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            (lab, pass)
         }
-    }
+    };
+    Ok(if pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
