@@ -512,6 +512,10 @@ impl Writer {
             return;
         }
         self.last_beat_flush = Instant::now();
+        // No device polled: no transaction at all (an idle CP writes nothing).
+        if !self.live.has_beats() {
+            return;
+        }
         if self.check_ground().is_err() || self.export().is_err() {
             return;
         }

@@ -69,6 +69,15 @@ impl Live {
         }
     }
 
+    /// Whether any heartbeat waits to be flushed.
+    pub fn has_beats(&self) -> bool {
+        !self
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// Takes every unflushed heartbeat (the store writes them in one transaction).
     pub fn take_beats(&self) -> Vec<(String, Beat)> {
         let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
