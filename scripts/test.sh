@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suites (unit, in-process and black-box tests that spawn the real
-# binary) and then the operator labs (VAL08-VAL12 and the CLI/audit baseline) against a
-# freshly built binary. Exit 0 only if everything passes.
+# binary), the black-box suite again over PostgreSQL (the conformance run, SPEC §7: a
+# throwaway cluster from scripts/ci/postgres.sh unless AUTONOMY_TEST_DATABASE_URL names one),
+# and then the operator labs (VAL08-VAL14 and the CLI/audit baseline) against a freshly built
+# binary. Exit 0 only if everything passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,21 @@ if ! command -v curl >/dev/null 2>&1; then
   fi
 fi
 
+# The SQLite run first: a database URL from the caller is kept for the conformance run.
+pg_url=${AUTONOMY_TEST_DATABASE_URL:-}
+unset AUTONOMY_TEST_DATABASE_URL
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast
+cargo nextest run --workspace --no-fail-fast -E 'not test(/postgres_only_/)'
+
+# The conformance run: every black-box test again, each CP on a fresh PostgreSQL database;
+# only tests of SQLite-only facts (named `sqlite_only_*`) are left out, and the
+# PostgreSQL-only ones (`postgres_only_*`) run here.
+if [ -z "$pg_url" ]; then
+  pg_dir="${TMPDIR:-/tmp}/autonomy-test-pg.$$"
+  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  trap 'bash scripts/ci/postgres.sh stop "$pg_dir"' EXIT
+  pg_url=$(bash scripts/ci/postgres.sh start "$pg_dir" "$pg_port")
+fi
+AUTONOMY_TEST_DATABASE_URL=$pg_url cargo nextest run -p autonomy -p autonomy-store-postgres \
+  --no-fail-fast -E 'not test(/sqlite_only_/)'
 AUTONOMY_BIN="${CARGO_TARGET_DIR:-target}/debug/autonomy" bash scripts/labs/run_cli_audit_lab.sh all

@@ -206,6 +206,9 @@ string_enum! {
         DeviceRead = "device.read",
         DeviceListed = "device.listed",
         EnrollKeyCreated = "enroll_key.created",
+        /// A replica took the leader lock and raised the epoch (SPEC §7); actor
+        /// `system:<replica>`.
+        LeaderAcquired = "leader.acquired",
     }
 }
 
@@ -219,6 +222,8 @@ string_enum! {
         Auth = "auth",
         Device = "device",
         EnrollKey = "enroll_key",
+        /// The promoter's leadership (`leader.acquired`: `resource` is the replica).
+        Leader = "leader",
     }
 }
 
@@ -777,6 +782,21 @@ pub struct TokenCreated {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
     pub created_at: String,
+}
+
+/// `GET /v1/leader` (SPEC §7): which replica runs the promoter, under which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaderInfo {
+    /// The leader's replica name (empty while no replica has ever led).
+    pub replica: String,
+    /// Raised at each acquisition; every promoter write checks it.
+    pub epoch: u64,
+    /// When the leader acquired the lock (RFC 3339; empty while none has).
+    pub since: String,
+    /// Whether the answering replica is the leader.
+    #[serde(rename = "self")]
+    pub is_self: bool,
 }
 
 /// One token of `GET /v1/tokens` (never the secret).

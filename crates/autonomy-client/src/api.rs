@@ -198,6 +198,11 @@ impl Api {
         self.get("/v1/ready", &[])
     }
 
+    /// `GET /v1/leader`.
+    pub fn leader(&self) -> Call<autonomy_api::LeaderInfo> {
+        self.get("/v1/leader", &[])
+    }
+
     /// `POST /v1/rollouts`.
     pub fn create_rollout(
         &self,
@@ -514,6 +519,7 @@ mod tests {
         let report = report(3);
         let cases: Vec<(Request, Method, &str)> = vec![
             (a.health().request, Method::Get, "/v1/health"),
+            (a.leader().request, Method::Get, "/v1/leader"),
             (a.ready().request, Method::Get, "/v1/ready"),
             (
                 a.get_rollout("..").request,

@@ -203,6 +203,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     Router::new()
         .route("/v1/health", get(system::health::<S>))
         .route("/v1/ready", get(system::ready::<S>))
+        .route("/v1/leader", get(system::leader::<S>))
         .route(
             "/v1/rollouts",
             get(plans::list::<S>).post(plans::create::<S>),

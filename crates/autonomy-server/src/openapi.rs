@@ -22,14 +22,15 @@ use crate::routes;
     info(
         title = "AutonomyOps control plane API",
         description = "The fleet rollout control plane's HTTP API v1 (SPEC §3). Every error \
-                       answer is an ErrorBody. With RBAC on, every /v1 route but health and \
-                       ready needs `Authorization: Bearer <token>`; with RBAC off, the actor \
+                       answer is an ErrorBody. With RBAC on, every /v1 route but health, \
+                       ready and leader needs `Authorization: Bearer <token>`; with RBAC off, the actor \
                        is `X-Autonomy-Operator` and devices name themselves with \
                        `X-Autonomy-Device`. POSTs take an optional `Idempotency-Key`.",
     ),
     paths(
         routes::system::health,
         routes::system::ready,
+        routes::system::leader,
         routes::system::metrics,
         routes::system::openapi,
         routes::plans::list,

@@ -126,12 +126,16 @@ pub async fn tick<S: Store>(
     store: &Arc<S>,
     config: &PromoterConfig,
 ) -> autonomy_store::Result<u64> {
+    // Only the leader promotes (SPEC §7); a follower reads nothing either.
+    let epoch = store.epoch();
+    if epoch == 0 {
+        return Ok(0);
+    }
     let now = autonomy_store::now_us();
     let due = store.promoter_due(now, config.max_dispatch).await?;
     if due.is_empty() {
         return Ok(0);
     }
-    let epoch = store.epoch();
     let ctx = Ctx {
         actor: PROMOTER_ACTOR.into(),
         request_id: format!("promoter-{now}"),

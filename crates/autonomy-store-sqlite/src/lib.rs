@@ -20,8 +20,7 @@ pub mod limit;
 mod read;
 mod writer;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,6 +54,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Signs checkpoints of the retained audit store (SPEC §5.9) when set.
     pub audit_signer: Option<autonomy_audit::Signer>,
+    /// This CP's name, as `GET /v1/leader` shows it (the one process is always the leader).
+    pub replica: String,
 }
 
 impl StoreConfig {
@@ -66,6 +67,7 @@ impl StoreConfig {
             queue_depth: 4096,
             max_batch: 256,
             audit_signer: None,
+            replica: "local".into(),
         }
     }
 }
@@ -116,6 +118,9 @@ pub struct SqliteStore {
     metrics: Arc<Metrics>,
     live: Arc<autonomy_store::Live>,
     epoch: u64,
+    /// This CP's name and when this start raised the epoch, for `GET /v1/leader`.
+    replica: String,
+    since_us: i64,
     queue_depth: usize,
     _lock: File,
 }
@@ -195,6 +200,8 @@ impl SqliteStore {
             jobs: Mutex::new(Some(tx)),
             live,
             epoch: epoch as u64,
+            replica: config.replica.clone(),
+            since_us: autonomy_store::now_us(),
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
             readers,
@@ -262,7 +269,7 @@ impl SqliteStore {
     fn bootstrap_admin(&self, data_dir: &Path) -> Result<PathBuf, StartupError> {
         let secret = autonomy_store::ids::new_secret();
         let path = data_dir.join("admin.token");
-        write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(|e| {
+        autonomy_audit::write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(|e| {
             StartupError(format!(
                 "cannot write the admin token to {}: {e}",
                 path.display()
@@ -598,6 +605,17 @@ impl Store for SqliteStore {
         self.epoch
     }
 
+    /// One process, one writer: this CP leads from its start, under the epoch that start
+    /// raised.
+    async fn leader(&self) -> Result<autonomy_store::LeaderInfo> {
+        Ok(autonomy_store::LeaderInfo {
+            replica: self.replica.clone(),
+            epoch: self.epoch,
+            since: autonomy_api::timefmt::format_us(self.since_us),
+            is_self: true,
+        })
+    }
+
     async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
         self.read(move |r| r.promoter_due(now_us, max_dispatch))
             .await
@@ -642,25 +660,6 @@ fn lock_data_dir(dir: &Path) -> Result<File, StartupError> {
         }
         other => StartupError(format!("cannot lock data dir {}: {other}", dir.display())),
     })
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir).
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// What the database records of the audit chain, for cross-checking the retained store.

@@ -380,6 +380,9 @@ impl Writer {
                 }
                 _ => {}
             }
+            // The epoch the action was written under: in seq order it never decreases (a
+            // fenced leader's stale tick writes nothing; VAL14 checks it).
+            details["epoch"] = serde_json::json!(epoch);
             if let Some(to) = e.apply(action, epoch) {
                 let from = r.status.phase;
                 plan::move_phase(&mut r, "promoter", to, &ctx.actor, &reason, now);

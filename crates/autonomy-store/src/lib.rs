@@ -19,6 +19,7 @@ use autonomy_api::{
     AuditEvent, AuditFilter, DeviceState, ExecuteRequest, ExecuteResponse, FieldError, Phase, Role,
     Rollout, StuckCode, StuckReport, TokenCreated, TokenInfo, Verb,
 };
+pub use autonomy_api::LeaderInfo;
 pub use autonomy_core::NewPlan;
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +120,10 @@ pub enum Reply {
     /// it was read, or there was nothing to do).
     Promoted {
         actions: u64,
+    },
+    /// A replica became the leader under this epoch (never answered to a client).
+    LeaderAcquired {
+        epoch: u64,
     },
     /// Kept by an idempotency record instead of a plan answer over
     /// [`IDEMPOTENCY_MAX_REPLY`]; a replay answers the plan as it is now. Never leaves a store.
@@ -387,8 +392,12 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the promoter (SPEC §8.3) ----------------------------------------------------------
 
-    /// The leader epoch this store writes under.
+    /// The leader epoch this replica writes promoter actions under; 0 while it is not the
+    /// leader (SPEC §7: only the leader promotes).
     fn epoch(&self) -> u64;
+
+    /// Who leads now, as the store records it (`GET /v1/leader`).
+    fn leader(&self) -> impl Future<Output = Result<LeaderInfo>> + Send;
 
     /// The engine-driven plans `decide` has something for at `now_us`, read in one snapshot.
     fn promoter_due(

@@ -52,6 +52,22 @@ pub async fn ready<S: Store>(
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
+/// Which replica runs the promoter (SPEC §7). Public like health: a load balancer or an
+/// operator's script asks it without a token; it names a replica and an epoch, nothing more.
+#[utoipa::path(
+    get,
+    operation_id = "system_leader",
+    path = "/v1/leader",
+    tag = "system",
+    summary = "Which replica is the leader (runs the promoter), and under which epoch",
+    responses((status = 200, description = "The leader as the store records it", body = autonomy_api::LeaderInfo), crate::openapi::ReadErrors)
+)]
+pub async fn leader<S: Store>(
+    State(state): State<AppState<S>>,
+) -> Result<Json<autonomy_api::LeaderInfo>, ApiError> {
+    Ok(Json(state.store.leader().await?))
+}
+
 /// `/metrics`: OpenMetrics text (see [`crate::metrics`]).
 #[utoipa::path(
     get,

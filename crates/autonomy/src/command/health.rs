@@ -1,4 +1,4 @@
-//! `autonomy health`: GET /v1/health.
+//! `autonomy health` (GET /v1/health) and `autonomy leader` (GET /v1/leader).
 
 use std::process::ExitCode;
 
@@ -44,6 +44,34 @@ impl HealthArgs {
                 fields.push(("audit_problem", d.message.clone()));
             }
             logfmt(&fields)
+        })?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Which replica runs the promoter: GET /v1/leader
+///
+/// Prints `replica=… epoch=… since=… self=true|false` (`self`: the replica at --server is the
+/// leader). On SQLite the one CP always leads, under the epoch its start raised; over
+/// PostgreSQL the replica holding the leader lock does (SPEC §7). Needs no token.
+///
+/// Examples:
+///   autonomy leader
+///   autonomy leader --server http://10.0.0.6:8080 -o json
+#[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
+pub struct LeaderArgs {}
+
+impl LeaderArgs {
+    pub fn run(self, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+        let reply = ctx.call(ctx.api.leader())?;
+        ctx.out.answer(&reply, |l: &autonomy_api::LeaderInfo| {
+            logfmt(&[
+                ("replica", l.replica.clone()),
+                ("epoch", l.epoch.to_string()),
+                ("since", l.since.clone()),
+                ("self", l.is_self.to_string()),
+            ])
         })?;
         Ok(ExitCode::SUCCESS)
     }

@@ -43,6 +43,7 @@ pub enum Command {
     /// Run the edge agent on a device (SPEC §9.4).
     Agent(agent::AgentArgs),
     Health(health::HealthArgs),
+    Leader(health::LeaderArgs),
     /// Rollout plans: create, get, list, their devices, the stuck scan, and operator
     /// transitions.
     #[command(subcommand)]
@@ -72,6 +73,7 @@ impl Command {
             Command::Serve(args) => args.run(),
             Command::Agent(args) => args.run(),
             Command::Health(args) => args.run(ctx),
+            Command::Leader(args) => args.run(ctx),
             Command::Rollout(cmd) => cmd.run(ctx),
             Command::Device(cmd) => cmd.run(ctx),
             Command::Rollback(cmd) => cmd.run(ctx),

@@ -14,15 +14,18 @@ use anyhow::{bail, Context};
 use autonomy_api::AuditDamage;
 use autonomy_server::{AppState, ArtifactPolicy, AuditMonitor, Limits, ServerConfig};
 use autonomy_store::Store;
+use autonomy_store_postgres::{PgConfig, PgStore};
 use autonomy_store_sqlite::{SqliteStore, StoreConfig};
 use clap::{Args, ValueEnum};
 
-/// Run the control plane (CP) on its embedded SQLite store.
+/// Run the control plane (CP): on its embedded SQLite store, or as one replica over PostgreSQL.
 ///
 /// Examples:
 ///   autonomy serve                                   # 127.0.0.1:8080, ./autonomy-data
 ///   autonomy serve --listen 127.0.0.1:0              # any free port; prints the one bound
 ///   AUTONOMY_RBAC_ENFORCEMENT=0 autonomy serve       # no tokens (lab use only)
+///   AUTONOMY_DATABASE_URL=postgres://cp@db/autonomy autonomy serve --listen 0.0.0.0:8080
+///                                                    # one replica of several (SPEC §7)
 ///
 /// On first start the CP writes an admin token to <data-dir>/admin.token (mode 0600).
 #[derive(Debug, Args)]
@@ -39,9 +42,22 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTONOMY_AUDIT_DIR")]
     audit_dir: Option<PathBuf>,
 
-    /// PostgreSQL URL for the scale-out store (not built yet: the CP refuses to start with it).
-    #[arg(long, env = "AUTONOMY_DATABASE_URL", hide_env_values = true)]
+    /// PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DB) for the scale-out store:
+    /// several replicas share one database, one of them runs the promoter (SPEC §7). Unset:
+    /// the embedded SQLite store in --data-dir. The password never appears in logs or errors;
+    /// prefer the env var (or ~/.pgpass) to a flag other users can read in `ps`.
+    #[arg(
+        long,
+        env = "AUTONOMY_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
+
+    /// This replica's name, as `autonomy leader` and the `leader.acquired` audit event show it
+    /// [default: <hostname>:<port>].
+    #[arg(long, env = "AUTONOMY_REPLICA", value_name = "NAME")]
+    replica: Option<String>,
 
     /// What to do with unknown artifact schemes and malformed digests: record a warning on
     /// the plan (warn) or reject the plan with 422 (strict).
@@ -250,53 +266,118 @@ impl ServeArgs {
             }
             allowed_hosts.push(name.to_string());
         }
-        if let Some(url) = &self.database_url {
-            let scheme = url.split("://").next().unwrap_or("");
-            bail!(
-                "cannot start: the PostgreSQL store ({scheme}://…) is not built yet; unset \
-                 AUTONOMY_DATABASE_URL to use the embedded SQLite store"
-            );
-        }
         let audit_dir = self
             .audit_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit"));
-        let mut config = StoreConfig::new(self.data_dir.clone(), audit_dir.clone());
-        config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
 
-        // Lock the data dir, then take the port, then open the database. A refused start
-        // leaves no file behind (SPEC §5.10): the guard removes what this start created.
+        // Lock the data dir, then take the port, then open the store. A refused start leaves
+        // no file behind (SPEC §5.10): the guard removes what this start created.
         let mut guard = StartGuard::new(&self.data_dir, &audit_dir);
         let lock =
             SqliteStore::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         guard.locked = true;
         let listener = std::net::TcpListener::bind(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
-        // The checkpoint signing key (SPEC §5.9): made at the first start, kept in the data dir.
+        listener
+            .set_nonblocking(true)
+            .context("cannot start: listener setup")?;
+        let addr = listener
+            .local_addr()
+            .context("cannot start: listener address")?;
         // The checkpoint signing key (SPEC §5.9): made at the first start, kept in the data dir
         // (a refused start removes it again with everything else it made: StartGuard).
         let (signer, _created) = autonomy_audit::Signer::load_or_create(&self.data_dir)
             .map_err(|e| anyhow::anyhow!("cannot start: audit signing key: {e}"))?;
         let public_key = signer.public_key();
-        config.audit_signer = Some(signer);
-        let (store, report) =
-            SqliteStore::open(&config, lock).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
-        let store = Arc::new(store);
-        guard.disarm();
-        tracing::info!(
-            db = %report.db_path.display(),
-            audit_dir = %audit_dir.display(),
-            plans = report.plans,
-            audit_last_seq = report.audit_last_seq,
-            audit_replayed = report.audit_replayed,
-            "store open"
-        );
-        if let Some(repair) = &report.audit_repair {
-            tracing::warn!(repair = %repair, "audit store tail repaired at start-up");
+        let replica = self
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), addr.port()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let started = Started {
+            listener,
+            addr,
+            audit_dir: audit_dir.clone(),
+            public_key,
+            grace,
+            limits,
+            allowed_hosts,
+        };
+        match &self.database_url {
+            None => {
+                let mut config = StoreConfig::new(self.data_dir.clone(), audit_dir.clone());
+                config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
+                config.audit_signer = Some(signer);
+                config.replica = replica;
+                let (store, report) = SqliteStore::open(&config, lock)
+                    .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+                guard.disarm();
+                tracing::info!(
+                    db = %report.db_path.display(),
+                    audit_dir = %audit_dir.display(),
+                    plans = report.plans,
+                    audit_last_seq = report.audit_last_seq,
+                    audit_replayed = report.audit_replayed,
+                    "store open"
+                );
+                if let Some(repair) = &report.audit_repair {
+                    tracing::warn!(repair = %repair, "audit store tail repaired at start-up");
+                }
+                if let Some(path) = &report.admin_token_path {
+                    tracing::info!(path = %path.display(), "wrote the first admin token");
+                }
+                self.serve(Arc::new(store), started, runtime)
+            }
+            Some(url) => {
+                let mut config =
+                    PgConfig::new(url.clone(), replica.clone(), self.data_dir.clone());
+                config.audit_dir = Some(audit_dir.clone());
+                config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
+                config.audit_signer = Some(signer);
+                let (store, report) = runtime
+                    .block_on(PgStore::open(&config))
+                    .map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+                guard.disarm();
+                tracing::info!(
+                    database = %report.database,
+                    server_version = %report.server_version,
+                    replica = %replica,
+                    audit_dir = %audit_dir.display(),
+                    plans = report.plans,
+                    audit_last_seq = report.audit_last_seq,
+                    audit_replayed = report.audit_replayed,
+                    "store open (PostgreSQL)"
+                );
+                if let Some(path) = &report.admin_token_path {
+                    tracing::info!(path = %path.display(), "wrote the first admin token");
+                }
+                // The data dir's lock stays held while this replica runs.
+                let _lock = lock;
+                self.serve(Arc::new(store), started, runtime)
+            }
         }
-        if let Some(path) = &report.admin_token_path {
-            tracing::info!(path = %path.display(), "wrote the first admin token");
-        }
+    }
+
+    /// Serves until SIGTERM/SIGINT on either store, then stops it.
+    fn serve<S: Store>(
+        &self,
+        store: Arc<S>,
+        started: Started,
+        runtime: tokio::runtime::Runtime,
+    ) -> anyhow::Result<ExitCode> {
+        let Started {
+            listener,
+            addr,
+            audit_dir,
+            public_key,
+            grace,
+            limits,
+            allowed_hosts,
+        } = started;
         if !self.rbac_enforcement {
             tracing::warn!(
                 allowed_hosts = ?self.allowed_hosts,
@@ -318,15 +399,8 @@ impl ServeArgs {
             }
         }
 
-        listener
-            .set_nonblocking(true)
-            .context("cannot start: listener setup")?;
-        let addr = listener
-            .local_addr()
-            .context("cannot start: listener address")?;
-
         let monitor = Arc::new(AuditMonitor::new(Some(public_key.to_hex())));
-        spawn_audit_check(audit_dir.clone(), public_key, monitor.clone())
+        spawn_audit_check(audit_dir, public_key, monitor.clone())
             .context("cannot start: the background audit check")?;
         let mut config = ServerConfig::new(
             self.rbac_enforcement,
@@ -345,10 +419,6 @@ impl ServeArgs {
             ..Default::default()
         });
         let state = AppState::new(store.clone(), config).with_audit_monitor(monitor);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
         let served = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             println!("listening on http://{addr}");
@@ -387,6 +457,26 @@ impl ServeArgs {
         tracing::info!("control plane stopped cleanly");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// What start-up prepared before the store opened.
+struct Started {
+    listener: std::net::TcpListener,
+    addr: std::net::SocketAddr,
+    audit_dir: PathBuf,
+    public_key: autonomy_audit::PublicKey,
+    grace: std::time::Duration,
+    limits: Limits,
+    allowed_hosts: Vec<String>,
+}
+
+/// This machine's name (for the default replica name), or `localhost`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Removes what a refused start created: the data dir and audit dir if they did not exist,

@@ -208,14 +208,55 @@ impl Cp {
         Cp::launch(TestDir::new("cp-logs"), data_dir, extra_args, extra_env)
     }
 
+    /// Starts another replica over this CP's PostgreSQL database, on a data dir of its own
+    /// (SPEC §7). Only for `postgres_only_*` tests.
+    pub fn replica(&self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Cp {
+        let url = self
+            .database_url()
+            .expect("replicas share a PostgreSQL database: run with AUTONOMY_TEST_DATABASE_URL")
+            .to_string();
+        let root = TestDir::new("replica");
+        let data_dir = root.path().join("data");
+        Cp::launch_on(root, &data_dir, extra_args, extra_env, Some(url))
+            .unwrap_or_else(|e| panic!("the replica did not start: {e:#?}"))
+    }
+
+    /// Starts a CP on a fresh data dir over the PostgreSQL database at `url`.
+    pub fn start_on_database(url: String, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Cp {
+        let root = TestDir::new("cp-db");
+        let data_dir = root.path().join("data");
+        Cp::launch_on(root, &data_dir, extra_args, extra_env, Some(url))
+            .unwrap_or_else(|e| panic!("the CP did not start: {e:#?}"))
+    }
+
+    /// The PostgreSQL URL this CP runs over (`None`: SQLite).
+    pub fn database_url(&self) -> Option<&str> {
+        self.inner.options().database_url.as_deref()
+    }
+
     fn launch(
         root: Arc<TestDir>,
         data_dir: &Path,
         extra_args: &[&str],
         extra_env: &[(&str, &str)],
     ) -> Result<Cp, StartError> {
+        Cp::launch_on(root, data_dir, extra_args, extra_env, None)
+    }
+
+    /// `database_url`: `None` keeps what the test run says (a fresh database per data dir on
+    /// PostgreSQL, else SQLite).
+    fn launch_on(
+        root: Arc<TestDir>,
+        data_dir: &Path,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+        database_url: Option<String>,
+    ) -> Result<Cp, StartError> {
         let mut options =
             CpOptions::new(Path::new(BIN), data_dir, &root.path().join("cp.stderr.log"));
+        if database_url.is_some() {
+            options.database_url = database_url;
+        }
         options.args = extra_args.iter().map(|s| s.to_string()).collect();
         options.env = extra_env
             .iter()
