@@ -1113,7 +1113,6 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, AuditError> {
     })
 }
 
-
 /// Writes `bytes` to `path` atomically with mode 0600 (temp file, fsync, rename, fsync dir):
 /// the first admin token of either store.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

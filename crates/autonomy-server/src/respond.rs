@@ -38,11 +38,9 @@ pub fn reply(r: Reply) -> Response {
             Json(serde_json::json!({"actions": actions})),
         )
             .into_response(),
-        Reply::LeaderAcquired { epoch } => (
-            StatusCode::OK,
-            Json(serde_json::json!({"epoch": epoch})),
-        )
-            .into_response(),
+        Reply::LeaderAcquired { epoch } => {
+            (StatusCode::OK, Json(serde_json::json!({"epoch": epoch}))).into_response()
+        }
         Reply::PlanRef { id, .. } => {
             ApiError::internal(format!("a store answered with a plan reference ({id})"))
                 .into_response()

@@ -56,7 +56,10 @@ async fn pause(shared: &Shared) {
 fn step_down(shared: &Shared) {
     let was = shared.epoch.swap(0, Ordering::SeqCst);
     if was != 0 {
-        tracing::warn!(epoch = was, "stepped down as leader: no promoter writes from here");
+        tracing::warn!(
+            epoch = was,
+            "stepped down as leader: no promoter writes from here"
+        );
     }
 }
 

@@ -85,7 +85,9 @@ impl PgConfig {
             queue_depth: 4096,
             max_batch: 256,
             writers: 2,
-            report_writers: 2,
+            // One connection for reports: two would lock counters of several plans in
+            // different orders and deadlock each other.
+            report_writers: 1,
             read_connections: 16,
             leader_idle_timeout: Duration::from_secs(3),
         }
@@ -102,6 +104,8 @@ pub struct OpenReport {
     pub audit_last_seq: u64,
     /// Events the mirror appended at start-up.
     pub audit_replayed: u64,
+    /// What the mirror's start-up repair cut off (a torn last line), if anything.
+    pub audit_repair: Option<String>,
     /// Set when this start created the first admin token.
     pub admin_token_path: Option<PathBuf>,
 }
@@ -211,11 +215,11 @@ impl PgStore {
 
         // The mirror catches up before the CP serves (a mirror that disagrees with the
         // database refuses the start).
-        let mut audit_replayed = 0;
+        let (mut audit_replayed, mut audit_repair) = (0, None);
         let mirror = match &config.audit_dir {
             Some(dir) => {
-                let (m, replayed) = mirror::Mirror::open(dir, config, &setup).await?;
-                audit_replayed = replayed;
+                let (m, replayed, repair) = mirror::Mirror::open(dir, config, &setup).await?;
+                (audit_replayed, audit_repair) = (replayed, repair);
                 Some(m)
             }
             None => None,
@@ -261,12 +265,7 @@ impl PgStore {
         drop(setup);
         spawn_task(
             &shared,
-            leader::run(
-                pg_config,
-                shared.clone(),
-                tx,
-                config.leader_idle_timeout,
-            ),
+            leader::run(pg_config, shared.clone(), tx, config.leader_idle_timeout),
         );
         Ok((
             store,
@@ -276,6 +275,7 @@ impl PgStore {
                 plans: plans as u64,
                 audit_last_seq: audit_last_seq as u64,
                 audit_replayed,
+                audit_repair,
                 admin_token_path,
             },
         ))
@@ -294,7 +294,9 @@ impl PgStore {
         &self,
         f: impl for<'a> FnOnce(
             &'a read::R,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>,
+        >,
     ) -> Result<T> {
         let conn = self.readers.get().await.map_err(pg::pool_error)?;
         let r = read::R { c: conn };
@@ -323,9 +325,8 @@ impl PgStore {
                 return Ok(None);
             }
             let secret = autonomy_store::ids::new_secret();
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                StartupError(format!("cannot create {}: {e}", data_dir.display()))
-            })?;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| StartupError(format!("cannot create {}: {e}", data_dir.display())))?;
             let path = data_dir.join("admin.token");
             autonomy_audit::write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(
                 |e| {
@@ -394,10 +395,7 @@ pub(crate) async fn submit(
 }
 
 /// Refuses a server that would lose acknowledged writes; the server's version.
-async fn check_settings(
-    c: &tokio_postgres::Client,
-    shown: &str,
-) -> Result<String, StartupError> {
+async fn check_settings(c: &tokio_postgres::Client, shown: &str) -> Result<String, StartupError> {
     let show = |name: &'static str| async move {
         c.query_one(&format!("SHOW {name}"), &[])
             .await
@@ -540,7 +538,12 @@ impl Store for PgStore {
     /// and stops the mirror (waits up to 10 s). Idempotent.
     fn close(&self) -> Result<()> {
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(self.reports.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.stop.notify_waiters();
         self.shared.mirror_nudge.notify_one();
@@ -791,7 +794,12 @@ impl Store for PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(self.reports.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(
+            self.reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.stop.notify_waiters();
     }

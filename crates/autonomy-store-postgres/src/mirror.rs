@@ -30,15 +30,21 @@ impl Mirror {
         dir: &Path,
         config: &PgConfig,
         c: &tokio_postgres::Client,
-    ) -> Result<(Mirror, u64), StartupError> {
-        let mut log = AuditLog::open(dir, config.audit_segment_bytes)
-            .map_err(|e| StartupError(format!("cannot open the audit mirror: {e}")))?;
+    ) -> Result<(Mirror, u64, Option<String>), StartupError> {
+        let mut log = AuditLog::open(dir, config.audit_segment_bytes).map_err(|e| {
+            StartupError(format!(
+                "cannot open the audit store (this replica's mirror): {e}"
+            ))
+        })?;
+        let repaired = log.repaired().map(str::to_string);
         if let Some(signer) = &config.audit_signer {
             log.set_signer(signer.clone())
                 .map_err(|e| StartupError(format!("cannot read the audit checkpoints: {e}")))?;
         }
         let db_err = |e: tokio_postgres::Error| {
-            StartupError(format!("cannot read the audit chain from the database: {e}"))
+            StartupError(format!(
+                "cannot read the audit chain from the database: {e}"
+            ))
         };
         let db_last: i64 = c
             .query_one("SELECT seq FROM audit_head WHERE id = 1", &[])
@@ -73,9 +79,7 @@ impl Mirror {
         let mut mirror = Mirror { log: Some(log) };
         let mut replayed = 0;
         loop {
-            let page = next_page(c, mirror.last_seq())
-                .await
-                .map_err(db_err)?;
+            let page = next_page(c, mirror.last_seq()).await.map_err(db_err)?;
             if page.is_empty() {
                 break;
             }
@@ -85,7 +89,7 @@ impl Mirror {
                 .await
                 .map_err(|e| StartupError(format!("cannot write the audit mirror: {e}")))?;
         }
-        Ok((mirror, replayed))
+        Ok((mirror, replayed, repaired))
     }
 
     fn last_seq(&self) -> u64 {
@@ -177,6 +181,11 @@ impl Mirror {
                 .await
                 .map_err(|e| e.to_string())?;
             let full = page.len() as i64 == PAGE;
+            // A mirror dir deleted or replaced under us would swallow appends into unlinked
+            // files: refuse, so the lag grows and readiness says so.
+            if let Some(log) = &self.log {
+                log.check_ground().map_err(|e| e.to_string())?;
+            }
             if !page.is_empty() {
                 self.append(page).await?;
             }
@@ -187,10 +196,7 @@ impl Mirror {
     }
 }
 
-async fn next_page(
-    c: &tokio_postgres::Client,
-    after: u64,
-) -> Result<Page, tokio_postgres::Error> {
+async fn next_page(c: &tokio_postgres::Client, after: u64) -> Result<Page, tokio_postgres::Error> {
     let rows = c
         .query(
             "SELECT seq, line FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",

@@ -125,10 +125,15 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
                     || *c == SqlState::READ_ONLY_SQL_TRANSACTION
             }
         };
+    // "db error" alone says nothing: name the server's code and message.
+    let what = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
     if unavailable {
-        StoreError::Unavailable(format!("the database is unavailable: {e}"))
+        StoreError::Unavailable(format!("the database is unavailable: {what}"))
     } else {
-        StoreError::Internal(format!("database error: {e}"))
+        StoreError::Internal(format!("database error: {what}"))
     }
 }
 

@@ -49,7 +49,10 @@ impl R {
     }
 
     pub(crate) async fn get(&self, id: &str) -> Result<Rollout> {
-        match self.row("SELECT doc FROM plans WHERE id = $1", &[&id]).await? {
+        match self
+            .row("SELECT doc FROM plans WHERE id = $1", &[&id])
+            .await?
+        {
             Some(row) => {
                 let mut r = parse_doc(id, row.get(0))?;
                 crate::engine::fill_rollout(&self.c, &mut r).await?;

@@ -31,7 +31,6 @@ use crate::Shared;
 #[path = "writer_engine.rs"]
 mod engine_ops;
 
-
 pub(crate) struct Job {
     pub ctx: Ctx,
     pub command: Command,
@@ -205,7 +204,10 @@ async fn run_batch(pool: &Pool, batch: Vec<Job>, shared: &Shared) {
     };
     if let Err(why) = committed {
         let _ = client.batch_execute("ROLLBACK").await;
-        shared.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .failed_commits
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %why, jobs = batch.len(), "commit failed; nothing changed");
         fail_all(batch, &why, shared);
         return;
@@ -242,7 +244,9 @@ async fn run_batch(pool: &Pool, batch: Vec<Job>, shared: &Shared) {
 fn fail_all(batch: Vec<Job>, why: &str, shared: &Shared) {
     shared.storage_fault.store(true, Ordering::SeqCst);
     for job in batch {
-        let _ = job.reply.send(Err(StoreError::Unavailable(why.to_string())));
+        let _ = job
+            .reply
+            .send(Err(StoreError::Unavailable(why.to_string())));
     }
 }
 
@@ -473,10 +477,7 @@ impl W<'_> {
                 verb,
                 reason,
                 stage,
-            } => {
-                self.transition(ctx, id, *verb, reason, *stage, now)
-                    .await
-            }
+            } => self.transition(ctx, id, *verb, reason, *stage, now).await,
             Command::Execute(req) => self.execute(ctx, req, now).await,
             Command::TokenCreate {
                 operator,

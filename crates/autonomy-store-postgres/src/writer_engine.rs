@@ -689,6 +689,16 @@ impl W<'_> {
     /// A device's report (SPEC §9.2): applied, a duplicate, or a 409 naming why not. Records
     /// no audit event (device reports never take the chain-head lock); the assignment is
     /// locked while it is decided on.
+    /// Locks every counter row of the plan, in the order the promoter's snapshot does.
+    async fn lock_counters(&self, plan_id: &str) -> Fallible<()> {
+        self.query(
+            "SELECT 1 FROM stage_counters WHERE plan_id = $1 ORDER BY stage, state FOR UPDATE",
+            &[&plan_id],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub(crate) async fn report(
         &mut self,
         device_id: &str,
@@ -701,6 +711,9 @@ impl W<'_> {
             };
             Failure::from(StoreError::Conflict(format!("{}: {r}", r.code())))
         };
+        // Locks in the promoter's order (the plan's counters, then the assignment), so a report
+        // and a promoter tick of the same plan wait for each other instead of deadlocking.
+        self.lock_counters(&req.plan_id).await?;
         let Some((a, stage)) = sql::load_assignment(self.c, &req.plan_id, device_id, true).await?
         else {
             return Err(not_assigned());
@@ -771,6 +784,7 @@ impl W<'_> {
         now: i64,
     ) -> Fallible<Reply> {
         let done = Ok(Reply::Promoted { actions: 0 });
+        self.lock_counters(plan_id).await?;
         let Some((a, stage)) = sql::load_assignment(self.c, plan_id, device_id, true).await? else {
             return done;
         };

@@ -269,12 +269,14 @@ impl SqliteStore {
     fn bootstrap_admin(&self, data_dir: &Path) -> Result<PathBuf, StartupError> {
         let secret = autonomy_store::ids::new_secret();
         let path = data_dir.join("admin.token");
-        autonomy_audit::write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(|e| {
-            StartupError(format!(
-                "cannot write the admin token to {}: {e}",
-                path.display()
-            ))
-        })?;
+        autonomy_audit::write_private_file(&path, format!("{secret}\n").as_bytes()).map_err(
+            |e| {
+                StartupError(format!(
+                    "cannot write the admin token to {}: {e}",
+                    path.display()
+                ))
+            },
+        )?;
         let ctx = Ctx::system("startup");
         let command = writer::Command::TokenCreate {
             operator: "admin".into(),

@@ -15,11 +15,11 @@ use autonomy_api::device::{
     EnrollKeyRequest, EnrollRequest, Enrolled, RegisterDeviceRequest, ReportRequest,
     ReportResponse,
 };
+pub use autonomy_api::LeaderInfo;
 use autonomy_api::{
     AuditEvent, AuditFilter, DeviceState, ExecuteRequest, ExecuteResponse, FieldError, Phase, Role,
     Rollout, StuckCode, StuckReport, TokenCreated, TokenInfo, Verb,
 };
-pub use autonomy_api::LeaderInfo;
 pub use autonomy_core::NewPlan;
 use serde::{Deserialize, Serialize};
 

@@ -48,6 +48,11 @@ pub struct CpOptions {
     /// `--database-url`: the CP runs over PostgreSQL instead of SQLite. [`CpOptions::new`]
     /// sets it when the tests run against PostgreSQL (see [`test_database_url`]).
     pub database_url: Option<String>,
+    /// After ready, also wait until this CP says it is the leader (`GET /v1/leader`): on
+    /// PostgreSQL a lone replica takes the lock within a second or two, and audits
+    /// `leader.acquired` when it does, so tests that count events start after it. Default:
+    /// set when `database_url` is; a test's second replica clears it.
+    pub wait_leader: bool,
 }
 
 /// The env var that makes the black-box suite the PostgreSQL conformance run (SPEC §7): a
@@ -124,6 +129,7 @@ impl CpOptions {
             ready_path: "/v1/health".into(),
             poll: Duration::from_millis(50),
             database_url: test_database_url(data_dir),
+            wait_leader: on_postgres(),
         }
     }
 
@@ -188,7 +194,31 @@ impl Cp {
             .start_limit
             .saturating_sub(cp.spawned_at.elapsed());
         cp.wait_ready(&path, left)?;
+        cp.wait_leader()?;
         Ok(cp)
+    }
+
+    /// With [`CpOptions::wait_leader`], polls `GET /v1/leader` until this CP leads (bounded
+    /// by `start_limit` from the spawn).
+    fn wait_leader(&mut self) -> Result<(), StartError> {
+        if !self.options.wait_leader {
+            return Ok(());
+        }
+        let deadline = self.spawned_at + self.options.start_limit;
+        let url = format!("{}/v1/leader", self.url);
+        loop {
+            if let Ok(r) = http::call("GET", &url, &[], None, Duration::from_secs(1)) {
+                if r.status == 200 && String::from_utf8_lossy(&r.body).contains("\"self\":true") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.fail_in_place(
+                    "the CP did not become the leader (GET /v1/leader) in time".into(),
+                ));
+            }
+            thread::sleep(self.options.poll);
+        }
     }
 
     /// Spawns the CP and waits (at most `start_limit`) only for its `listening on` line.

@@ -53,20 +53,21 @@ fn verify_with_the_public_key_reports_no_unsigned_tail_after_a_clean_stop() {
     let out = verify(&cp, Some(&key));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    // 1 admin token + 5 plans, all covered by the checkpoint written at the stop.
+    // The start's events + 5 plans, all covered by the checkpoint written at the stop.
+    let n = common::first_start_events() + 5;
     assert!(stdout.starts_with("ok "), "{stdout}");
     for want in [
-        "events=6",
-        "last_seq=6",
-        "last_checkpoint_seq=6",
-        "unsigned_tail=0",
+        format!("events={n}"),
+        format!("last_seq={n}"),
+        format!("last_checkpoint_seq={n}"),
+        "unsigned_tail=0".to_string(),
     ] {
-        assert!(stdout.contains(want), "{want} missing: {stdout}");
+        assert!(stdout.contains(&want), "{want} missing: {stdout}");
     }
     let checkpoints = fs::read_to_string(cp.audit_dir().join("checkpoints.jsonl")).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(checkpoints.lines().last().unwrap()).unwrap();
-    assert_eq!(last["seq"], 6);
+    assert_eq!(last["seq"], n);
     assert_eq!(last["signature"].as_str().unwrap().len(), 128);
 
     // Without --public-key, verify answers as it always did.
@@ -78,12 +79,15 @@ fn verify_with_the_public_key_reports_no_unsigned_tail_after_a_clean_stop() {
     // Events after the last checkpoint are reported, not hidden: a crash leaves them unsigned.
     let mut cp2 = Cp::start_in(cp.data_dir(), &[], &[]);
     common::create_some(&cp2, "after", 2);
+    common::settle_mirror(&cp2);
     cp2.sigkill();
     let out = verify(&cp, Some(&key));
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let tail = common::restart_events() + 2;
     assert!(
-        stdout.contains("last_checkpoint_seq=6") && stdout.contains("unsigned_tail=2"),
+        stdout.contains(&format!("last_checkpoint_seq={n}"))
+            && stdout.contains(&format!("unsigned_tail={tail}")),
         "{stdout}"
     );
 }
@@ -95,7 +99,8 @@ fn verify_with_the_public_key_catches_a_forged_line_before_the_last_checkpoint()
     let seg = segment(&cp);
     let original = fs::read_to_string(&seg).unwrap();
     let lines: Vec<&str> = original.lines().collect();
-    assert_eq!(lines.len(), 6);
+    let n = common::first_start_events() + 5;
+    assert_eq!(lines.len(), n);
 
     // Insert a forged, correctly hashed event after seq 2 and re-seal everything after it: a
     // chain that is sound on its own, one event longer.
@@ -124,7 +129,7 @@ fn verify_with_the_public_key_catches_a_forged_line_before_the_last_checkpoint()
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stderr);
     assert!(
-        err.contains("seq 6") && err.contains("signed checkpoint"),
+        err.contains(&format!("seq {n}")) && err.contains("signed checkpoint"),
         "must name the checkpoint's seq: {err}"
     );
 
@@ -135,7 +140,7 @@ fn verify_with_the_public_key_catches_a_forged_line_before_the_last_checkpoint()
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("checkpoints.jsonl line 1") && err.contains("seq 6"),
+        err.contains("checkpoints.jsonl line 1") && err.contains(&format!("seq {n}")),
         "{err}"
     );
 }

@@ -106,8 +106,10 @@ fn an_operator_without_the_role_is_audited_one_by_one_with_a_bounded_resource() 
     assert_eq!(denied[0]["resource"], id.as_str());
 }
 
+/// SQLite-only: the data dir is where SQLite keeps the store (over PostgreSQL it holds only
+/// the replica's token file, key and mirror).
 #[test]
-fn a_deleted_data_dir_is_a_storage_fault_not_a_silent_success() {
+fn sqlite_only_a_deleted_data_dir_is_a_storage_fault_not_a_silent_success() {
     let mut cp = Cp::start(&[], &[]);
     let create = |cp: &Cp, id: &str| {
         cp.post(
@@ -132,8 +134,10 @@ fn a_deleted_data_dir_is_a_storage_fault_not_a_silent_success() {
     assert!(cp.stderr().contains("not cleanly"), "{}", cp.stderr());
 }
 
+/// SQLite-only: SQLite's retained store is on the write path (a PostgreSQL replica's mirror
+/// follows the database; a mirror that cannot follow makes `/v1/ready` 503).
 #[test]
-fn a_deleted_audit_dir_is_a_storage_fault() {
+fn sqlite_only_a_deleted_audit_dir_is_a_storage_fault() {
     let mut cp = Cp::start(&[], &[]);
     let body = r#"{"spec":{"artifact_ref":"oci://r/a"}}"#;
     let json = [("Content-Type", "application/json")];

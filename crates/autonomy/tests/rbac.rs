@@ -153,10 +153,27 @@ fn revoke_takes_effect_on_the_next_request_and_secrets_are_never_listed() {
         .0,
         404
     );
-    // Secrets are stored hashed: the database file never contains one.
-    let db = std::fs::read(cp.data_dir().join("autonomy.db")).unwrap();
-    let wal = std::fs::read(cp.data_dir().join("autonomy.db-wal")).unwrap_or_default();
-    for bytes in [&db, &wal] {
+    // Secrets are stored hashed: the database never contains one (SQLite: its files; PostgreSQL:
+    // a dump of the whole database).
+    let stored: Vec<Vec<u8>> = match cp.database_url() {
+        None => vec![
+            std::fs::read(cp.data_dir().join("autonomy.db")).unwrap(),
+            std::fs::read(cp.data_dir().join("autonomy.db-wal")).unwrap_or_default(),
+        ],
+        Some(url) => {
+            let mut dump = std::process::Command::new("pg_dump");
+            dump.arg(url);
+            let out = common::run_bounded(dump, None, std::time::Duration::from_secs(60));
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE public.tokens"));
+            vec![out.stdout]
+        }
+    };
+    for bytes in &stored {
         assert!(!bytes
             .windows(t.token.len())
             .any(|w| w == t.token.as_bytes()));

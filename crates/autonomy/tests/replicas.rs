@@ -87,7 +87,11 @@ fn a_lone_control_plane_is_its_own_leader() {
     assert_eq!(l["replica"], "solo", "{l}");
     let out = cp.cli(&["leader"]);
     out.assert_code(0);
-    assert!(out.stdout_str().contains("self=true"), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().contains("self=true"),
+        "{}",
+        out.stdout_str()
+    );
 }
 
 #[test]
@@ -132,9 +136,8 @@ fn postgres_only_replicas_share_one_gap_free_chain_and_one_leader() {
             .count()
             == 45
     );
-    assert!(all
-        .iter()
-        .any(|e| e["event_type"] == "leader.acquired" && e["actor"].as_str().unwrap().starts_with("system:")));
+    assert!(all.iter().any(|e| e["event_type"] == "leader.acquired"
+        && e["actor"].as_str().unwrap().starts_with("system:")));
     // Each replica's mirror catches up and verifies, to the same head.
     let last = *seqs.last().unwrap();
     for cp in cps {
@@ -259,9 +262,16 @@ fn postgres_only_the_database_password_never_reaches_the_log() {
     );
     assert_ne!(out.code(), 0);
     let err = out.stderr_str();
-    assert!(err.contains("postgres://app:***@127.0.0.1:1/nowhere"), "{err}");
+    assert!(
+        err.contains("postgres://app:***@127.0.0.1:1/nowhere"),
+        "{err}"
+    );
     assert!(!err.contains("Sekr1t-pw"), "{err}");
-    let help = run(&["serve", "--help"], &[("AUTONOMY_DATABASE_URL", &with_password)], None);
+    let help = run(
+        &["serve", "--help"],
+        &[("AUTONOMY_DATABASE_URL", &with_password)],
+        None,
+    );
     assert!(!help.stdout_str().contains("Sekr1t-pw"));
 }
 
@@ -288,9 +298,17 @@ fn postgres_only_a_database_without_durable_commits_is_refused() {
         None,
         Duration::from_secs(30),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = Cp::try_start_in(&data_dir, &[], &[])
         .err()
         .expect("the CP must refuse synchronous_commit=off");
-    assert!(err.stderr.contains("synchronous_commit=off"), "{}", err.stderr);
+    assert!(
+        err.stderr.contains("synchronous_commit=off"),
+        "{}",
+        err.stderr
+    );
 }

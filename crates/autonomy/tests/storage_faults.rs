@@ -56,8 +56,10 @@ fn plan(id: &str) -> String {
     format!(r#"{{"metadata":{{"id":"{id}"}},"spec":{{"artifact_ref":"oci://a"}}}}"#)
 }
 
+/// SQLite-only: SQLite's retained audit store is on the write path (a PostgreSQL replica's
+/// mirror follows the committed chain instead).
 #[test]
-fn a_full_audit_disk_refuses_new_writes_until_the_audit_store_catches_up() {
+fn sqlite_only_a_full_audit_disk_refuses_new_writes_until_the_audit_store_catches_up() {
     let root = TestDir::new("auditfull");
     let mnt = root.path().join("audit-fs");
     let Some(fs_guard) = Tmpfs::mount(&mnt, "256k") else {

@@ -333,8 +333,7 @@ impl ServeArgs {
                 self.serve(Arc::new(store), started, runtime)
             }
             Some(url) => {
-                let mut config =
-                    PgConfig::new(url.clone(), replica.clone(), self.data_dir.clone());
+                let mut config = PgConfig::new(url.clone(), replica.clone(), self.data_dir.clone());
                 config.audit_dir = Some(audit_dir.clone());
                 config.audit_segment_bytes = self.audit_segment_bytes.max(4096);
                 config.audit_signer = Some(signer);
@@ -352,6 +351,9 @@ impl ServeArgs {
                     audit_replayed = report.audit_replayed,
                     "store open (PostgreSQL)"
                 );
+                if let Some(repair) = &report.audit_repair {
+                    tracing::warn!(repair = %repair, "audit mirror tail repaired at start-up");
+                }
                 if let Some(path) = &report.admin_token_path {
                     tracing::info!(path = %path.display(), "wrote the first admin token");
                 }

@@ -255,7 +255,9 @@ impl Cp {
         let mut options =
             CpOptions::new(Path::new(BIN), data_dir, &root.path().join("cp.stderr.log"));
         if database_url.is_some() {
+            // A second replica of a running one: it waits, it does not lead.
             options.database_url = database_url;
+            options.wait_leader = false;
         }
         options.args = extra_args.iter().map(|s| s.to_string()).collect();
         options.env = extra_env
@@ -378,6 +380,47 @@ impl Cp {
             headers,
             Some(body.as_bytes()),
         )
+    }
+}
+
+/// The audit events a fresh CP writes before a test's first request: the first admin token,
+/// and on PostgreSQL `leader.acquired` (SPEC §7; the test kit waits for it). Each later
+/// start adds [`restart_events`].
+pub fn first_start_events() -> usize {
+    1 + restart_events()
+}
+
+/// The audit events one more start of a CP on the same store writes: `leader.acquired` on
+/// PostgreSQL, none on SQLite (one process always leads).
+pub fn restart_events() -> usize {
+    usize::from(autonomy_testkit::cp::on_postgres())
+}
+
+/// Waits (bounded) until the CP's audit dir holds every event its API shows. SQLite appends
+/// before it answers, so this returns at once; a PostgreSQL replica's mirror follows the
+/// database a moment later (SPEC §7).
+pub fn settle_mirror(cp: &Cp) {
+    let (status, body) = cp.get("/v1/audit/events?limit=10000", &[]);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let last = v["items"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|e| e["seq"].as_u64())
+        .unwrap_or(0);
+    let dir = cp.audit_dir();
+    let start = std::time::Instant::now();
+    loop {
+        let seen = autonomy_audit::verify(&dir).map_or(0, |r| r.last_seq);
+        if seen >= last {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the audit dir {} stayed at seq {seen}, the API shows {last}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
