@@ -614,32 +614,53 @@ async fn flush_beats(pool: &Pool, shared: &Shared) {
         digests.push(b.installed_digest.as_str());
         boots.push(b.boot_id.as_str());
     }
-    let written: Result<u64, StoreError> = async {
+    // Rows a writer holds are skipped, not waited for (their beats wait for the next flush):
+    // the flush never deadlocks with a batch of reports.
+    let written: Result<Vec<String>, StoreError> = async {
         let mut client = pool.get().await.map_err(pool_error)?;
         let tx = client.transaction().await.map_err(db_error)?;
         // One statement for every device (the beats are one per device).
         let stmt = tx
             .prepare_cached(
-                "UPDATE devices AS d SET \
+                "WITH free AS (SELECT id FROM devices WHERE id = ANY($1::text[]) \
+                 ORDER BY id FOR UPDATE SKIP LOCKED) \
+                 UPDATE devices AS d SET \
                  last_seen_us = greatest(coalesce(d.last_seen_us, 0), b.at_us), \
                  installed_digest = CASE WHEN b.digest <> '' THEN b.digest \
                  ELSE d.installed_digest END, \
                  boot_id = CASE WHEN b.boot <> '' THEN b.boot ELSE d.boot_id END \
                  FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) \
-                 AS b(id, at_us, digest, boot) WHERE d.id = b.id",
+                 AS b(id, at_us, digest, boot) JOIN free f ON f.id = b.id \
+                 WHERE d.id = b.id RETURNING d.id",
             )
             .await
             .map_err(db_error)?;
-        let n = tx
-            .execute(&stmt, &[&ids, &at, &digests, &boots])
+        let rows = tx
+            .query(&stmt, &[&ids, &at, &digests, &boots])
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        Ok(n)
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
     .await;
-    if let Err(e) = written {
-        shared.live.restore_beats(beats);
-        tracing::warn!(error = %e, "flushing heartbeats failed; will retry");
-    }
+    let beats = match written {
+        Ok(done) => {
+            let done: std::collections::HashSet<String> = done.into_iter().collect();
+            // The skipped ones go back (devices are never deleted, only revoked).
+            let rest: Vec<_> = beats
+                .into_iter()
+                .filter(|(id, _)| !done.contains(id))
+                .collect();
+            if rest.is_empty() {
+                return;
+            }
+            shared.live.restore_beats(rest);
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "flushing heartbeats failed; will retry");
+            beats
+        }
+    };
+    shared.live.restore_beats(beats);
 }

@@ -158,6 +158,7 @@ fn offline_and_api_queries_agree() {
         .0,
         200
     );
+    common::settle_mirror(&cp);
     let dir = cp.audit_dir();
     let filters: [&[&str]; 4] = [
         &["--actor", "auditor"],
@@ -208,6 +209,7 @@ fn segments_rotate_by_size_and_the_chain_spans_them_across_restarts() {
     cp.sigkill();
     cp.start_again();
     common::create_some(&cp, "rot2", 10);
+    common::settle_mirror(&cp);
     let segments = fs::read_dir(cp.audit_dir())
         .unwrap()
         .filter(|e| {

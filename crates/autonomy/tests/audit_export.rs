@@ -81,6 +81,7 @@ fn a_25000_event_history_exports_whole_and_in_order_online_and_offline() {
     assert!(n > EVENTS, "{n}");
 
     // Offline, --all -o jsonl: the same events, byte for byte.
+    common::settle_mirror(&cp);
     let dir = cp.audit_dir();
     let dir = dir.to_str().unwrap();
     let offline = cp.cli(&["audit", "query", "--all", "-o", "jsonl", "--audit-dir", dir]);

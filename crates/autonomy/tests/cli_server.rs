@@ -541,6 +541,7 @@ fn audit_query_online_and_offline_agree_and_verify_detects_tampering() {
     ];
     let online = cp.cli(&filter);
     online.assert_code(0);
+    common::settle_mirror(&cp);
     let audit_dir = cp.audit_dir();
     let mut offline_args = filter.to_vec();
     offline_args.extend(["--audit-dir", audit_dir.to_str().unwrap()]);

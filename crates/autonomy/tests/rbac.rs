@@ -169,7 +169,7 @@ fn revoke_takes_effect_on_the_next_request_and_secrets_are_never_listed() {
                 "pg_dump: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE public.tokens"));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("COPY public.tokens"));
             vec![out.stdout]
         }
     };
