@@ -599,7 +599,8 @@ impl Store for SqliteStore {
     }
 
     async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
-        self.read(move |r| r.promoter_due(now_us, max_dispatch))
+        let live = self.live.clone();
+        self.read(move |r| r.promoter_due(now_us, max_dispatch, &live))
             .await
     }
 
