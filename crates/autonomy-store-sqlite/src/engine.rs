@@ -149,12 +149,12 @@ pub(crate) fn overdue(
 }
 
 /// Every assignment of a plan in its order with its device's labels and conditions (the
-/// conditions of an unflushed poll in `live`, when given, win over the stored ones), for the
-/// gates of SPEC §8.7.
+/// conditions of an unflushed poll in `live` win over the stored ones), for the gates of
+/// SPEC §8.7.
 pub(crate) fn gate_devices(
     conn: &Connection,
     plan_id: &str,
-    live: Option<&Live>,
+    live: &Live,
 ) -> Result<Vec<GateDevice>> {
     let mut stmt = conn
         .prepare_cached(
@@ -176,7 +176,7 @@ pub(crate) fn gate_devices(
     let mut out = Vec::new();
     for row in rows {
         let (device_id, stage, state, labels, conditions) = row.map_err(sql_error)?;
-        let conditions = match live.and_then(|l| l.pending_conditions(&device_id)) {
+        let conditions = match live.pending_conditions(&device_id) {
             Some(c) => c,
             None => conditions_from(conditions.as_deref())?,
         };
@@ -232,7 +232,7 @@ pub(crate) fn snapshot(
         .saturating_mul(1_000_000);
     let in_flight = overdue(conn, plan_id, now_us.saturating_sub(timeout_us), 1000)?;
     let gate_devices = if gates::needs_devices(&engine.policy) {
-        gate_devices(conn, plan_id, Some(live))?
+        gate_devices(conn, plan_id, live)?
     } else {
         Vec::new()
     };

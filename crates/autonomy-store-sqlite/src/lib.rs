@@ -450,7 +450,8 @@ impl Store for SqliteStore {
         code: Option<StuckCode>,
         promoter_running: bool,
     ) -> Result<StuckReport> {
-        self.read(move |r| r.stuck(threshold_seconds, limit, code, promoter_running))
+        let live = self.live.clone();
+        self.read(move |r| r.stuck(threshold_seconds, limit, code, promoter_running, &live))
             .await
     }
 

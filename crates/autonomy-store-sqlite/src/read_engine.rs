@@ -331,6 +331,7 @@ impl ReadConn {
         now_us: i64,
         threshold_us: i64,
         promoter_running: bool,
+        live: &autonomy_store::Live,
     ) -> Result<Vec<(i64, StuckItem)>> {
         let rows: Vec<(String, String, i64, i64)> = {
             let mut stmt = self
@@ -442,7 +443,7 @@ impl ReadConn {
             // The gates (SPEC §8.7): waiting_ready devices, budget groups whose devices in
             // flight are all stuck, undispatched devices of the started stages.
             let (not_ready, budget_stuck) = if engine::needs_devices(&e.policy) {
-                let devices = sql::gate_devices(&self.conn, &id, None)?;
+                let devices = sql::gate_devices(&self.conn, &id, live)?;
                 let mut stuck = std::collections::BTreeSet::new();
                 if in_flight > 0 && e.policy.disruption_budget.is_some() {
                     stuck.extend(self.ids(&id, &silent_where, silent_cut)?);
