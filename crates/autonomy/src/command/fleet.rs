@@ -84,6 +84,11 @@ pub struct SimulateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
+    /// Spread the devices over N sites: device i enrolls with `site=site-<i mod N>` (two
+    /// digits at least), for a plan's `disruption_budget` grouped by site. 0: no site label.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub sites: u32,
+
     /// Fraction of devices that stop polling at their first assignment.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub silent: f64,
@@ -206,6 +211,11 @@ fn behaviour(seed: u64, index: u32, a: &SimulateArgs) -> Behaviour {
         }
     }
     Behaviour::Healthy
+}
+
+/// The site label of device `index` over `sites` sites (`None` without sites).
+fn site_of(index: u32, sites: u32) -> Option<String> {
+    (sites > 0).then(|| format!("site-{:02}", index % sites))
 }
 
 /// A uniform draw in [0, 1) from hash(seed, index, what).
@@ -513,7 +523,10 @@ fn set(fleet: &Fleet, i: usize, l: Local) {
 async fn device(fleet: Arc<Fleet>, i: usize, id: String, b: Behaviour, enrolled: Arc<AtomicU64>) {
     let salt = i as u64 ^ fleet.args.seed.rotate_left(17);
     let mut attempt = 0u32;
-    let labels: BTreeMap<String, String> = fleet.args.labels.iter().cloned().collect();
+    let mut labels: BTreeMap<String, String> = fleet.args.labels.iter().cloned().collect();
+    if let Some(site) = site_of(i as u32, fleet.args.sites) {
+        labels.insert("site".to_string(), site);
+    }
     let token = loop {
         if fleet.stop.load(Ordering::Relaxed) {
             return;
@@ -846,6 +859,8 @@ mod tests {
         assert_eq!(conditions(Behaviour::Undocked, false)["docked"], false);
         assert_eq!(conditions(Behaviour::Undocked, true)["docked"], true);
         assert_eq!(conditions(Behaviour::Healthy, false)["idle"], true);
+        assert_eq!(site_of(13, 10).as_deref(), Some("site-03"));
+        assert_eq!(site_of(13, 0), None);
         let a = args(&[
             "--silent",
             "0.02",
