@@ -79,6 +79,9 @@ pub struct Device {
     pub revoked_at: Option<String>,
     /// The device's assignment in its unsettled engine-driven plan, if any.
     pub assignment: Option<AssignmentSummary>,
+    /// The conditions of its last poll (SPEC §8.7); empty when it sent none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conditions: BTreeMap<String, serde_json::Value>,
 }
 
 /// `GET /v1/devices?selector=&limit=&cursor=`.
@@ -264,14 +267,16 @@ pub struct DeviceAssignmentList {
 mod tests {
     use super::*;
 
-    /// §8.2 names 16 states; the mirror must keep them all, in their wire spelling.
+    /// §8.2 names 16 states and §8.7 adds `waiting_ready`; the mirror must keep them all, in
+    /// their wire spelling.
     #[test]
-    fn assignment_states_are_the_sixteen_of_the_spec() {
+    fn assignment_states_are_those_of_the_spec() {
         let names: Vec<&str> = DeviceState::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
             names,
             [
                 "pending",
+                "waiting_ready",
                 "dispatched",
                 "downloading",
                 "installing",

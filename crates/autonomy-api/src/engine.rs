@@ -162,6 +162,59 @@ pub struct Policy {
     pub max_device_retries: u32,
     pub reboot_required: bool,
     pub silent_after_seconds: u64,
+    /// At most this many devices of a group in flight at once (SPEC §8.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudget>,
+    /// Conditions a device must report before it is dispatched (SPEC §8.7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require: Option<Require>,
+    /// New dispatches only inside one of these windows; none: any time (SPEC §8.7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+}
+
+/// `policy.disruption_budget`: the plan's targets are grouped by the values of the labels in
+/// `group_by` (none: one group); within a group at most `max_unavailable` devices — or as many
+/// as keep `min_available_pct` of the group out of flight, but always at least one — are in
+/// flight (`dispatched` … `verifying`) at once. Exactly one of the two is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DisruptionBudget {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available_pct: Option<u32>,
+}
+
+/// `policy.require`: what a device's last poll must have said for it to be dispatched. A
+/// condition the device did not report is not met.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Require {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docked: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<bool>,
+    /// The device reports `battery_pct` ≥ this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct_min: Option<u32>,
+}
+
+/// One entry of `policy.windows`: on `days` (`mon` … `sun`, the day the window opens), from
+/// `start` to `end` (`HH:MM`, local time in `tz`, an IANA name); `end` before `start` wraps
+/// past midnight into the next day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+    pub tz: String,
 }
 
 impl Default for Policy {
@@ -174,6 +227,9 @@ impl Default for Policy {
             max_device_retries: 0,
             reboot_required: true,
             silent_after_seconds: 120,
+            disruption_budget: None,
+            require: None,
+            windows: Vec::new(),
         }
     }
 }
@@ -182,6 +238,9 @@ string_enum! {
     /// State of one device assignment (SPEC §8.2).
     pub enum DeviceState("device state") {
         Pending = "pending",
+        /// Not dispatched because the device does not meet `policy.require` (SPEC §8.7): not
+        /// a failure, no time-out running.
+        WaitingReady = "waiting_ready",
         Dispatched = "dispatched",
         Downloading = "downloading",
         Installing = "installing",
@@ -222,9 +281,14 @@ impl DeviceState {
     }
 
     /// Nothing more happens to the assignment unless an operator acts (retry, rollback):
-    /// everything but `pending`, the in-flight states and `reverting`.
+    /// everything but `pending`, `waiting_ready`, the in-flight states and `reverting`.
     pub fn is_settled(self) -> bool {
-        !(self == DeviceState::Pending || self == DeviceState::Reverting || self.is_in_flight())
+        !(self.is_undispatched() || self == DeviceState::Reverting || self.is_in_flight())
+    }
+
+    /// Waiting to be dispatched: `pending` or `waiting_ready`.
+    pub fn is_undispatched(self) -> bool {
+        matches!(self, DeviceState::Pending | DeviceState::WaitingReady)
     }
 }
 
@@ -371,7 +435,7 @@ mod tests {
     fn device_state_classes_partition_the_states() {
         use DeviceState::*;
         for &s in DeviceState::ALL {
-            if s.is_in_flight() || s == Pending || s == Reverting {
+            if s.is_in_flight() || s == Pending || s == WaitingReady || s == Reverting {
                 assert!(!s.is_settled(), "{s}");
             } else {
                 assert!(s.is_settled(), "{s}");

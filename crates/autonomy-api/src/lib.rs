@@ -16,8 +16,9 @@ pub mod engine;
 pub mod timefmt;
 
 pub use engine::{
-    Approval, DeviceState, EngineReason, FailureThreshold, Gate, OnFailure, PausedBy, Policy,
-    RolloutStatus, Stage, StageSize, StageState, StageStatus, Targets,
+    Approval, DeviceState, DisruptionBudget, EngineReason, FailureThreshold, Gate, OnFailure,
+    PausedBy, Policy, Require, RolloutStatus, Stage, StageSize, StageState, StageStatus, Targets,
+    Window,
 };
 
 /// Declares a string enum once: the variants and their wire names. Generates `ALL`, `as_str`,
@@ -193,6 +194,9 @@ string_enum! {
         RolloutStagePassed = "rollout.stage_passed",
         /// The promoter dispatched devices of a stage (one event per tick and stage, with ids).
         RolloutDevicesDispatched = "rollout.devices_dispatched",
+        /// Devices that do not meet `policy.require` wait (`waiting_ready`), or meet it again
+        /// while the budget or a window holds them (back to `pending`) (SPEC §8.7).
+        RolloutDevicesWaiting = "rollout.devices_waiting",
         /// An in-flight device passed `device_timeout_seconds`.
         DeviceTimedOut = "device.timed_out",
         /// Failed devices went back to `pending` on an automatic retry.
@@ -438,6 +442,13 @@ string_enum! {
         FailingDevices = "failing_devices",
         SilentDevices = "silent_devices",
         NonConvergingDevices = "non_converging_devices",
+        /// A disruption-budget group is full and every device in flight in it is stuck
+        /// (SPEC §8.7).
+        BudgetExhausted = "budget_exhausted",
+        /// Devices wait to be dispatched and no maintenance window is open (SPEC §8.7).
+        OutsideWindow = "outside_window",
+        /// Devices do not meet `policy.require` (`waiting_ready`, SPEC §8.7).
+        DevicesNotReady = "devices_not_ready",
         DriftedDevices = "drifted_devices",
         RevertNotConverging = "revert_not_converging",
         /// A record-only plan with no progress for the threshold.
@@ -452,6 +463,17 @@ pub struct StuckReason {
     pub code: StuckCode,
     pub count: u64,
     pub devices: Vec<String>,
+    /// `devices_not_ready`: the first unmet condition of each device shown, e.g.
+    /// `{"amr-0007": "docked is false (needs true)"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unmet: BTreeMap<String, String>,
+    /// `devices_not_ready`: devices per unmet condition name (all of them, not only those
+    /// shown), e.g. `{"docked": 3, "battery_pct": 1}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_condition: BTreeMap<String, u64>,
+    /// `outside_window`: when the next maintenance window opens (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_at: Option<String>,
 }
 
 /// The stage a stuck plan is on.

@@ -143,11 +143,12 @@ pub fn poll_action(state: DeviceState) -> Option<AssignmentAction> {
     }
 }
 
-/// `pending` → `dispatched` (the promoter's dispatch of one device); `None` in any other state.
+/// `pending` or `waiting_ready` → `dispatched` (the promoter's dispatch of one device); `None`
+/// in any other state.
 /// `device_digest` is what the device last said it runs: it becomes the previous digest (the
 /// one a rollback reverts to) unless an earlier attempt already recorded one.
 pub fn dispatch(a: &Assignment, device_digest: Option<&str>, now_us: i64) -> Option<Assignment> {
-    (a.state == S::Pending).then(|| {
+    a.state.is_undispatched().then(|| {
         let mut next = a.moved(S::Dispatched, "", now_us);
         next.dispatched_at_us = Some(now_us);
         if next.previous_digest.is_none() {
@@ -155,6 +156,18 @@ pub fn dispatch(a: &Assignment, device_digest: Option<&str>, now_us: i64) -> Opt
         }
         next
     })
+}
+
+/// Readiness (SPEC §8.7): with `Some(why)`, a `pending` device that does not meet
+/// `policy.require` → `waiting_ready` (the message says why); with `None`, a `waiting_ready`
+/// device that meets it again but is held (budget, tick limit) → `pending`. `None` in any other
+/// state: nothing to do.
+pub fn set_readiness(a: &Assignment, waiting: Option<&str>, now_us: i64) -> Option<Assignment> {
+    match (waiting, a.state) {
+        (Some(why), S::Pending) => Some(a.moved(S::WaitingReady, why, now_us)),
+        (None, S::WaitingReady) => Some(a.moved(S::Pending, "", now_us)),
+        _ => None,
+    }
 }
 
 /// What a poll shows the device for this record (`None`: nothing to do), given the plan's
@@ -549,14 +562,15 @@ pub fn timed_out(a: &Assignment, deadline_us: i64, now_us: i64) -> Option<Assign
 ///   that started (reported in this attempt) gets a revert: `reverting`, attempt + 1, or
 ///   `revert_unavailable` when its previous digest is unknown. A `failed` or `timed_out`
 ///   device that never reported has nothing to undo and stays.
-/// - `abort`: `pending` and `dispatched` are `cancelled`; devices in flight finish.
+/// - `abort`: `pending`, `waiting_ready` and `dispatched` are `cancelled`; devices in flight
+///   finish.
 pub fn recover(a: &Assignment, strategy: Strategy, now_us: i64) -> Option<Assignment> {
     let started = a.step.is_some();
     match (strategy, a.state) {
         (Strategy::Retry, S::Failed | S::TimedOut | S::RolledBack | S::Drifted) => {
             Some(a.next_attempt(S::Pending, "", now_us))
         }
-        (Strategy::Rollback | Strategy::Abort, S::Pending | S::Dispatched) => {
+        (Strategy::Rollback | Strategy::Abort, S::Pending | S::WaitingReady | S::Dispatched) => {
             Some(a.moved(S::Cancelled, format!("cancelled by {strategy}"), now_us))
         }
         (
@@ -687,7 +701,7 @@ pub fn validate_poll(req: &PollRequest) -> Result<(), FieldError> {
             ));
         }
     }
-    Ok(())
+    crate::engine::gates::check_conditions(&req.conditions)
 }
 
 /// `POST /v1/device/reports`: the plan id, `attempt` ≥ 1, `seq` ≥ 1, bounded digest and boot
@@ -725,7 +739,9 @@ mod tests {
         a.dispatched_at_us = Some(T0);
         a.state = state;
         let (step, installed) = match state {
-            S::Pending | S::Dispatched | S::Cancelled | S::Reverting => (None, false),
+            S::Pending | S::WaitingReady | S::Dispatched | S::Cancelled | S::Reverting => {
+                (None, false)
+            }
             S::Downloading => (Some(R::Downloading), false),
             S::Installing => (Some(R::Installing), true),
             S::Rebooting => (Some(R::Rebooting), true),
@@ -770,7 +786,7 @@ mod tests {
     /// boot); `None` is an illegal transition.
     #[test]
     fn report_table_is_complete() {
-        let cases: [(DeviceState, ReportState, Option<DeviceState>); 144] = [
+        let cases: [(DeviceState, ReportState, Option<DeviceState>); 153] = [
             (S::Pending, R::Downloading, None),
             (S::Pending, R::Installing, None),
             (S::Pending, R::Rebooting, None),
@@ -780,6 +796,15 @@ mod tests {
             (S::Pending, R::RolledBack, None),
             (S::Pending, R::Reverted, None),
             (S::Pending, R::RevertFailed, None),
+            (S::WaitingReady, R::Downloading, None),
+            (S::WaitingReady, R::Installing, None),
+            (S::WaitingReady, R::Rebooting, None),
+            (S::WaitingReady, R::Verifying, None),
+            (S::WaitingReady, R::Succeeded, None),
+            (S::WaitingReady, R::Failed, None),
+            (S::WaitingReady, R::RolledBack, None),
+            (S::WaitingReady, R::Reverted, None),
+            (S::WaitingReady, R::RevertFailed, None),
             (S::Dispatched, R::Downloading, Some(S::Downloading)),
             (S::Dispatched, R::Installing, Some(S::Installing)),
             (S::Dispatched, R::Rebooting, None),
@@ -1264,13 +1289,43 @@ mod tests {
         assert_eq!(t.attempt, 1);
     }
 
+    #[test]
+    fn readiness_moves_only_undispatched_devices() {
+        for &s in DeviceState::ALL {
+            let a = at(s);
+            let waits = set_readiness(&a, Some("docked is false (needs true)"), T0 + 1);
+            let back = set_readiness(&a, None, T0 + 1);
+            match s {
+                S::Pending => {
+                    let w = waits.unwrap();
+                    assert_eq!(w.state, S::WaitingReady);
+                    assert_eq!(w.message, "docked is false (needs true)");
+                    assert_eq!(
+                        (w.attempt, w.dispatched_at_us),
+                        (a.attempt, a.dispatched_at_us)
+                    );
+                    assert_eq!(back, None);
+                }
+                S::WaitingReady => {
+                    assert_eq!(waits, None);
+                    assert_eq!(back.unwrap().state, S::Pending);
+                }
+                _ => assert_eq!((waits, back), (None, None), "{s}"),
+            }
+        }
+    }
+
     /// Every (state, strategy) pair, written out. `None`: unchanged.
     #[test]
     fn recovery_table_is_complete() {
         use Strategy::{Abort, Retry, Rollback};
-        let cases: [(DeviceState, [Option<DeviceState>; 3]); 16] = [
+        let cases: [(DeviceState, [Option<DeviceState>; 3]); 17] = [
             // retry, rollback, abort
             (S::Pending, [None, Some(S::Cancelled), Some(S::Cancelled)]),
+            (
+                S::WaitingReady,
+                [None, Some(S::Cancelled), Some(S::Cancelled)],
+            ),
             (
                 S::Dispatched,
                 [None, Some(S::Cancelled), Some(S::Cancelled)],

@@ -1,16 +1,19 @@
-//! VAL13 — a fleet rollout under chaos (issue 11): a CP, 1,000 simulated devices
-//! (`autonomy fleet simulate`: 5% failing on their first attempt, 2% silent, 2% false-success,
-//! 1% reverting), a 4-stage plan with a manual gate before stage 3 (index 2), driven to
-//! `completed` the way an operator would: resolving each engine pause with `retry` when
-//! devices failed (else `resume`), approving the gate after three SIGKILLs of the CP.
+//! VAL13 — a fleet rollout under chaos (issues 11 and 16): a CP, 1,000 simulated devices on
+//! 10 sites (`autonomy fleet simulate`: 5% failing on their first attempt, 2% silent, 2%
+//! false-success, 1% reverting, 10% busy for a while), a 4-stage plan with a manual gate
+//! before stage 3 (index 2), a disruption budget of 25 devices in flight per site and
+//! `require: {idle: true}`, driven to `completed` the way an operator would: resolving each
+//! engine pause with `retry` when devices failed (else `resume`), approving the gate after
+//! three SIGKILLs of the CP.
 //!
 //! Checks (evidence under `$EVIDENCE_DIR/val13/`): every stage has its exact size and every
 //! device of it was dispatched; the gate waits and survives three SIGKILLs; the failure
 //! threshold pauses the plan; the stuck scan's codes and counts equal the manifest (silent,
 //! failing, non-converging); `retry` completes the failing devices; at the end verified =
-//! healthy + failing, false-success devices never verified, reverting ones `rolled_back`; no
-//! stage started twice; `audit verify` is clean; the simulator's summary agrees with its
-//! manifest.
+//! healthy + failing + busy, false-success devices never verified, reverting ones
+//! `rolled_back`; no stage started twice; `audit verify` is clean; the simulator's summary
+//! agrees with its manifest; no site ever had more than its budget in flight (sampled all
+//! through the drive), and busy devices waited as `waiting_ready` and then verified.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -36,6 +39,11 @@ const DRIVE_LIMIT: Duration = Duration::from_secs(420);
 /// The scan threshold of the first pause (non-converging devices).
 const SCAN_THRESHOLD_S: u64 = 3;
 const SILENT_AFTER_S: u64 = 8;
+/// Sites the devices are spread over, and the budget of devices in flight per site.
+const SITES: u32 = 10;
+const SITE_BUDGET: usize = 25;
+/// Seconds a busy device stays busy from its start (0.5× to 1.5×).
+const BUSY_FOR_S: u64 = 40;
 
 fn write(p: &Path, s: &str) {
     let _ = std::fs::write(p, s);
@@ -203,6 +211,12 @@ pub fn run(lab: &mut Lab, seed: u64) -> anyhow::Result<bool> {
             "0.02",
             "--reverting",
             "0.01",
+            "--busy",
+            "0.10",
+            "--busy-for",
+            &BUSY_FOR_S.to_string(),
+            "--sites",
+            &SITES.to_string(),
             "--step-seconds",
             "0.05",
             "--poll-wait",
@@ -241,17 +255,18 @@ pub fn run(lab: &mut Lab, seed: u64) -> anyhow::Result<bool> {
     finish(lab, seed)
 }
 
-const CHECKS: [(&str, &str); 10] = [
+const CHECKS: [(&str, &str); 11] = [
     ("VAL13-02", "1,000 simulated devices enrolled, behaviours as the manifest says"),
     ("VAL13-03", "every stage has its exact size and every device of it was dispatched"),
     ("VAL13-04", "the manual gate before stage 3 waits and survives three CP SIGKILLs"),
     ("VAL13-05", "the failure threshold pauses the plan"),
     ("VAL13-06", "stuck scan codes and counts equal the manifest"),
     ("VAL13-07", "retry completes the failing devices"),
-    ("VAL13-08", "final states: verified = healthy + failing; false-success never verified; reverting rolled back"),
+    ("VAL13-08", "final states: verified = healthy + failing + busy; false-success never verified; reverting rolled back"),
     ("VAL13-09", "no stage started twice"),
     ("VAL13-10", "audit verify is clean"),
     ("VAL13-11", "the simulator's summary agrees with its manifest"),
+    ("VAL13-12", "no site ever exceeds its disruption budget; busy devices wait as waiting_ready, then verify"),
 ];
 
 fn finish(lab: &mut Lab, seed: u64) -> anyhow::Result<bool> {
@@ -260,7 +275,8 @@ fn finish(lab: &mut Lab, seed: u64) -> anyhow::Result<bool> {
     ));
     let (_, _, result) = lab.finish(
         "VAL13 — a fleet rollout under chaos: 1,000 simulated devices, gates, pauses, SIGKILLs",
-        kvs!["val13_seed" => seed, "devices" => DEVICES, "stage_sizes" => "50 200 300 450"],
+        kvs!["val13_seed" => seed, "devices" => DEVICES, "stage_sizes" => "50 200 300 450",
+             "sites" => SITES, "site_budget" => SITE_BUDGET],
     )?;
     Ok(result == "PASS")
 }
@@ -330,21 +346,23 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let (healthy, failing, silent, falses, reverting) = (
+    let (healthy, failing, silent, falses, reverting, busy) = (
         of(&manifest, "healthy"),
         of(&manifest, "failing"),
         of(&manifest, "silent"),
         of(&manifest, "false_success"),
         of(&manifest, "reverting"),
+        of(&manifest, "busy"),
     );
     let ok02 = enrolled == u64::from(DEVICES) && manifest.len() == DEVICES as usize;
     note(&format!(
-        "enrolled={enrolled} healthy={} failing={} silent={} false_success={} reverting={}",
+        "enrolled={enrolled} healthy={} failing={} silent={} false_success={} reverting={} busy={}",
         healthy.len(),
         failing.len(),
         silent.len(),
         falses.len(),
-        reverting.len()
+        reverting.len(),
+        busy.len()
     ));
     lab.report.check(
         CHECKS[0].0,
@@ -354,7 +372,8 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
         kvs![
             "enrolled" => enrolled, "manifest_devices" => manifest.len(),
             "healthy" => healthy.len(), "failing" => failing.len(), "silent" => silent.len(),
-            "false_success" => falses.len(), "reverting" => reverting.len(), "pass" => ok02,
+            "false_success" => falses.len(), "reverting" => reverting.len(),
+            "busy" => busy.len(), "pass" => ok02,
         ],
     );
 
@@ -373,7 +392,9 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
             "policy": {"success_threshold_pct": 90, "failure_threshold": {"count": 1},
                        "on_failure": "pause", "device_timeout_seconds": 30,
                        "max_device_retries": 0, "reboot_required": true,
-                       "silent_after_seconds": SILENT_AFTER_S}
+                       "silent_after_seconds": SILENT_AFTER_S,
+                       "disruption_budget": {"group_by": ["site"], "max_unavailable": SITE_BUDGET},
+                       "require": {"idle": true}}
         }
     });
     let created = lab.http(
@@ -400,7 +421,11 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
     let (mut retries, mut resumes) = (0u32, 0u32);
     let deadline = Instant::now() + DRIVE_LIMIT;
     let mut phase = String::new();
+    let mut budget = Budget::default();
     while Instant::now() < deadline {
+        if let Some(devs) = devices(lab, &scratch) {
+            budget.sample(&devs, &busy);
+        }
         let a = lab.http(
             "GET",
             &format!("{}/v1/rollouts/{PLAN}", lab.base),
@@ -562,7 +587,7 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
         ],
     );
     let verified = devs.values().filter(|(_, s, _)| s == "verified").count();
-    let want_verified = healthy.len() + failing.len();
+    let want_verified = healthy.len() + failing.len() + busy.len();
     let false_verified = count_in(&devs, &falses, |s| s == "verified");
     let reverting_rolled = count_in(&devs, &reverting, |s| s == "rolled_back");
     let silent_verified = count_in(&devs, &silent, |s| s == "verified");
@@ -581,6 +606,41 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
             "false_success_verified" => false_verified, "silent_verified" => silent_verified,
             "reverting" => reverting.len(), "reverting_rolled_back" => reverting_rolled,
             "pass" => ok08,
+        ],
+    );
+
+    // VAL13-12: the budget and the busy devices.
+    let waiting_events = lab.http(
+        "GET",
+        &format!(
+            "{}/v1/audit/events?event_type=rollout.devices_waiting&resource={PLAN}&limit=1000",
+            lab.base
+        ),
+        &d.join("val13-devices-waiting.json"),
+        None,
+    );
+    let waiting_events = waiting_events.json["items"]
+        .as_array()
+        .map_or(0, |v| v.len());
+    let busy_verified = count_in(&devs, &busy, |s| s == "verified");
+    let ok12 = budget.samples > 0
+        && budget.peak <= SITE_BUDGET
+        && !busy.is_empty()
+        && !budget.busy_waited.is_empty()
+        && waiting_events > 0
+        && busy_verified == busy.len();
+    lab.report.check(
+        CHECKS[10].0,
+        CHECKS[10].1,
+        CheckFile::Write(d.join("val13-gates-check.txt")),
+        "val13-gates-check.txt val13-devices-waiting.json val13-devices-final.json",
+        kvs![
+            "samples" => budget.samples, "peak_in_flight_per_site" => budget.peak,
+            "site_budget" => SITE_BUDGET, "peak_in_flight_total" => budget.peak_total,
+            "busy" => busy.len(), "busy_seen_waiting_ready" => budget.busy_waited.len(),
+            "waiting_ready_seen" => budget.waiting_seen.len(),
+            "devices_waiting_events" => waiting_events, "busy_verified" => busy_verified,
+            "pass" => ok12,
         ],
     );
 
@@ -630,6 +690,43 @@ fn drive(lab: &mut Lab, manifest_path: &Path) {
         "val13-audit-verify.txt val13-audit-check.txt",
         kvs!["exit_code" => run.rc, "pass" => ok10],
     );
+}
+
+/// What the drive saw of the gates: the most devices in flight on one site (and in all), and
+/// which devices it saw `waiting_ready`.
+#[derive(Default)]
+struct Budget {
+    samples: u64,
+    peak: usize,
+    peak_total: usize,
+    waiting_seen: BTreeSet<String>,
+    busy_waited: BTreeSet<String>,
+}
+
+impl Budget {
+    fn sample(&mut self, devs: &Devices, busy: &BTreeSet<String>) {
+        let mut per_site: BTreeMap<u32, usize> = BTreeMap::new();
+        for (id, (_, state, _)) in devs {
+            if in_flight(state) {
+                // The simulator puts device i on site i mod SITES (ids end in the index).
+                let index: u32 = id
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                *per_site.entry(index % SITES).or_default() += 1;
+            }
+            if state == "waiting_ready" {
+                self.waiting_seen.insert(id.clone());
+                if busy.contains(id) {
+                    self.busy_waited.insert(id.clone());
+                }
+            }
+        }
+        self.samples += 1;
+        self.peak = self.peak.max(per_site.values().copied().max().unwrap_or(0));
+        self.peak_total = self.peak_total.max(per_site.values().sum());
+    }
 }
 
 /// At the first engine pause: waits (bounded) until only silent and false-success devices are

@@ -15,8 +15,8 @@ use std::time::Duration;
 use autonomy_api::device::{Device, ReportState};
 use autonomy_api::{timefmt, DeviceState, Rollout};
 use autonomy_core::device::Assignment;
-use autonomy_core::engine::{EnginePlan, InFlight, StageCounters};
-use autonomy_store::{Result, StoreError};
+use autonomy_core::engine::{gates, EnginePlan, GateDevice, InFlight, StageCounters};
+use autonomy_store::{Live, Result, StoreError};
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::Row;
@@ -248,11 +248,66 @@ pub(crate) async fn overdue(
     Ok(out)
 }
 
+/// Every assignment of a plan in its order with its device's labels and conditions (the
+/// conditions of an unflushed poll in `live` win over the stored ones), for the gates of
+/// SPEC §8.7.
+pub(crate) async fn gate_devices(
+    c: &ClientWrapper,
+    plan_id: &str,
+    live: &Live,
+) -> Sql<Vec<GateDevice>> {
+    let found = rows(
+        c,
+        "SELECT a.device_id, a.stage, a.state, d.labels::text, d.conditions FROM assignments a \
+         JOIN devices d ON d.id = a.device_id WHERE a.plan_id = $1 ORDER BY a.ord",
+        &[&plan_id],
+    )
+    .await?;
+    let mut out = Vec::with_capacity(found.len());
+    for r in found {
+        let device_id: String = col(&r, 0)?;
+        let stage: i64 = col(&r, 1)?;
+        let conditions = match live.pending_conditions(&device_id) {
+            Some(c) => c,
+            None => conditions_from(col(&r, 4)?)?,
+        };
+        out.push(GateDevice {
+            stage: usize::try_from(stage).map_err(|e| internal("assignment", e))?,
+            state: col::<&str>(&r, 2)?
+                .parse()
+                .map_err(|e| internal("assignment", e))?,
+            labels: labels_from(col(&r, 3)?)?,
+            conditions,
+            device_id,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored conditions of a device (`NULL`: none).
+pub(crate) fn conditions_from(text: Option<&str>) -> Sql<BTreeMap<String, serde_json::Value>> {
+    text.map_or(Ok(BTreeMap::new()), |t| {
+        serde_json::from_str(t).map_err(|e| internal("device conditions", e))
+    })
+}
+
+/// The conditions as the flush passes them: a JSON object, or `''` when there are none (stored
+/// as `NULL`).
+pub(crate) fn conditions_text(c: &BTreeMap<String, serde_json::Value>) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(c).unwrap_or_else(|_| "{}".into())
+    }
+}
+
 /// Everything `decide` reads for one plan, in the caller's snapshot.
 pub(crate) struct Snapshot {
     pub engine: EnginePlan,
     pub counters: Vec<StageCounters>,
     pub in_flight: Vec<InFlight>,
+    /// The plan's [`GateDevice`]s when its policy has a budget or requirements; else empty.
+    pub gate_devices: Vec<GateDevice>,
 }
 
 /// What `decide` reads for one plan. `lock` (a writer's decision): the plan's counters are
@@ -264,6 +319,7 @@ pub(crate) async fn snapshot(
     engine: EnginePlan,
     now_us: i64,
     lock: bool,
+    live: &Live,
 ) -> Sql<Snapshot> {
     let mut counters = counters_of(c, plan_id, engine.stages.len(), lock).await?;
     retryable(c, plan_id, engine.policy.max_device_retries, &mut counters).await?;
@@ -272,10 +328,16 @@ pub(crate) async fn snapshot(
         .unwrap_or(i64::MAX)
         .saturating_mul(1_000_000);
     let in_flight = overdue(c, plan_id, now_us.saturating_sub(timeout_us), 1000).await?;
+    let gate_devices = if gates::needs_devices(&engine.policy) {
+        gate_devices(c, plan_id, live).await?
+    } else {
+        Vec::new()
+    };
     Ok(Snapshot {
         engine,
         counters,
         in_flight,
+        gate_devices,
     })
 }
 
@@ -509,7 +571,7 @@ pub(crate) fn labels_text(labels: &BTreeMap<String, String>) -> String {
 
 /// The columns of a [`DeviceRow`] (`labels` as JSON text).
 pub(crate) const DEVICE_COLUMNS: &str =
-    "id, labels::text, installed_digest, last_seen_us, created_us, revoked_us, plan_id";
+    "id, labels::text, installed_digest, last_seen_us, created_us, revoked_us, plan_id, conditions";
 
 /// A device as `GET /v1/devices/{id}` shows it.
 pub(crate) async fn load_device(c: &ClientWrapper, id: &str) -> Sql<Option<Device>> {
@@ -528,9 +590,10 @@ pub(crate) type DeviceRow = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
-/// A [`DeviceRow`] from the first 7 columns of `r` ([`DEVICE_COLUMNS`]).
+/// A [`DeviceRow`] from the first 8 columns of `r` ([`DEVICE_COLUMNS`]).
 pub(crate) fn device_row(r: &Row) -> Sql<DeviceRow> {
     Ok((
         col(r, 0)?,
@@ -540,11 +603,12 @@ pub(crate) fn device_row(r: &Row) -> Sql<DeviceRow> {
         col(r, 4)?,
         col(r, 5)?,
         col(r, 6)?,
+        col(r, 7)?,
     ))
 }
 
 pub(crate) async fn device_of(c: &ClientWrapper, row: DeviceRow) -> Sql<Device> {
-    let (id, labels, digest, seen, created, revoked, plan) = row;
+    let (id, labels, digest, seen, created, revoked, plan, conditions) = row;
     let assignment = match plan {
         Some(p) => load_assignment(c, &p, &id, false).await?.map(|(a, _)| {
             autonomy_api::device::AssignmentSummary {
@@ -562,6 +626,7 @@ pub(crate) async fn device_of(c: &ClientWrapper, row: DeviceRow) -> Sql<Device> 
         created_at: timefmt::format_us(created),
         revoked_at: revoked.map(timefmt::format_us),
         assignment,
+        conditions: conditions_from(conditions.as_deref())?,
         id,
     })
 }
@@ -606,6 +671,7 @@ async fn flush_beats(pool: &Pool, shared: &Shared) {
     let mut at = Vec::with_capacity(beats.len());
     let mut digests = Vec::with_capacity(beats.len());
     let mut boots = Vec::with_capacity(beats.len());
+    let mut conds = Vec::with_capacity(beats.len());
     let mut sorted: Vec<&(String, autonomy_store::Beat)> = beats.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, b) in sorted {
@@ -613,6 +679,7 @@ async fn flush_beats(pool: &Pool, shared: &Shared) {
         at.push(b.at_us);
         digests.push(b.installed_digest.as_str());
         boots.push(b.boot_id.as_str());
+        conds.push(conditions_text(&b.conditions));
     }
     // Rows a writer holds are skipped, not waited for (their beats wait for the next flush):
     // the flush never deadlocks with a batch of reports.
@@ -628,15 +695,17 @@ async fn flush_beats(pool: &Pool, shared: &Shared) {
                  last_seen_us = greatest(coalesce(d.last_seen_us, 0), b.at_us), \
                  installed_digest = CASE WHEN b.digest <> '' THEN b.digest \
                  ELSE d.installed_digest END, \
-                 boot_id = CASE WHEN b.boot <> '' THEN b.boot ELSE d.boot_id END \
-                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) \
-                 AS b(id, at_us, digest, boot) JOIN free f ON f.id = b.id \
+                 boot_id = CASE WHEN b.boot <> '' THEN b.boot ELSE d.boot_id END, \
+                 conditions = CASE WHEN b.at_us >= coalesce(d.last_seen_us, 0) \
+                 THEN nullif(b.conds, '') ELSE d.conditions END \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[]) \
+                 AS b(id, at_us, digest, boot, conds) JOIN free f ON f.id = b.id \
                  WHERE d.id = b.id RETURNING d.id",
             )
             .await
             .map_err(db_error)?;
         let rows = tx
-            .query(&stmt, &[&ids, &at, &digests, &boots])
+            .query(&stmt, &[&ids, &at, &digests, &boots, &conds])
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;

@@ -428,7 +428,10 @@ async fn check_settings(c: &tokio_postgres::Client, shown: &str) -> Result<Strin
     Ok(version)
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_gates.sql")),
+];
 
 /// Applies the numbered migrations not yet applied, under an advisory lock: replicas starting
 /// together migrate once.
@@ -630,8 +633,15 @@ impl Store for PgStore {
         code: Option<StuckCode>,
         promoter_running: bool,
     ) -> Result<StuckReport> {
+        let shared = self.shared.clone();
         reading!(self, |r| r
-            .stuck(threshold_seconds, limit, code, promoter_running)
+            .stuck(
+                threshold_seconds,
+                limit,
+                code,
+                promoter_running,
+                &shared.live
+            )
             .await)
     }
 
@@ -770,7 +780,10 @@ impl Store for PgStore {
     }
 
     async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
-        reading!(self, |r| r.promoter_due(now_us, max_dispatch).await)
+        let shared = self.shared.clone();
+        reading!(self, |r| r
+            .promoter_due(now_us, max_dispatch, &shared.live)
+            .await)
     }
 
     async fn promote(

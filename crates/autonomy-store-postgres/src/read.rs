@@ -116,6 +116,7 @@ impl R {
         limit: usize,
         code: Option<StuckCode>,
         promoter_running: bool,
+        live: &autonomy_store::Live,
     ) -> Result<StuckReport> {
         // Never behind the newest time the chain recorded (a clock stepped back cannot make a
         // stale plan look fresh).
@@ -183,7 +184,7 @@ impl R {
         };
         let threshold_us = (threshold_seconds * 1e6) as i64;
         for (progress, item) in self
-            .engine_stuck(now, threshold_us, promoter_running)
+            .engine_stuck(now, threshold_us, promoter_running, live)
             .await?
         {
             *by_code.entry(item.code).or_default() += 1;

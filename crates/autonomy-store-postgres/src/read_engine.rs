@@ -2,14 +2,16 @@
 //! promoter tick is due for, and the facts of the stuck scan (SPEC §8.6). Reads lock nothing:
 //! what they answer is advisory (a promoter tick decides again in the writer, under locks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use autonomy_api::device::{DeviceAssignmentList, DeviceList};
-use autonomy_api::{timefmt, DeviceState, PausedBy, Phase, StuckItem, StuckStage};
+use autonomy_api::{timefmt, DeviceState, PausedBy, Phase, StageState, StuckItem, StuckStage};
 use autonomy_core::device as dev;
 use autonomy_core::engine::{self, decide, DeviceSample, StuckFacts, MAX_REASON_DEVICES};
 use autonomy_store::ids::hash_secret;
-use autonomy_store::{DeviceIdentity, DriftCheck, PollState, PromoterDue, Result, StoreError};
+use autonomy_store::{
+    DeviceIdentity, DriftCheck, Live, PollState, PromoterDue, Result, StoreError,
+};
 use tokio_postgres::types::ToSql;
 
 use super::R;
@@ -109,6 +111,7 @@ impl R {
             revision: revision.max(0) as u64,
             assignment: None,
             drift: None,
+            waiting_ready: false,
         };
         let Some(plan) = plan else {
             return Ok(state);
@@ -116,6 +119,7 @@ impl R {
         let Some((a, _)) = sql::load_assignment(&self.c, &plan, device_id, false).await? else {
             return Ok(state);
         };
+        state.waiting_ready = a.state == DeviceState::WaitingReady;
         let params = sql::row(
             &self.c,
             "SELECT target_digest, artifact_ref, reboot_required, device_timeout_s \
@@ -223,6 +227,7 @@ impl R {
         &self,
         now_us: i64,
         max_dispatch: u64,
+        live: &Live,
     ) -> Result<Vec<PromoterDue>> {
         let found = sql::rows(
             &self.c,
@@ -241,11 +246,12 @@ impl R {
             if !e.activated {
                 continue;
             }
-            let snap = sql::snapshot(&self.c, &id, e, now_us, false).await?;
+            let snap = sql::snapshot(&self.c, &id, e, now_us, false, live).await?;
             let views = snap.engine.views();
-            let view = snap
+            let mut view = snap
                 .engine
                 .view(phase, &views, &snap.in_flight, max_dispatch);
+            view.gate_devices = &snap.gate_devices;
             if !decide(&view, &snap.counters, now_us).is_empty() {
                 due.push(PromoterDue {
                     plan_id: id,
@@ -297,6 +303,24 @@ impl R {
         Ok(DeviceSample { count, devices })
     }
 
+    /// Every device id `from_where` selects (see [`Self::sample`]).
+    async fn ids(
+        &self,
+        plan_id: &str,
+        from_where: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<String>> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(args.len() + 1);
+        params.push(&plan_id);
+        params.extend_from_slice(args);
+        let q = format!("SELECT a.device_id {from_where}");
+        let mut out = Vec::new();
+        for r in sql::rows(&self.c, &q, &params).await? {
+            out.push(col(&r, 0)?);
+        }
+        Ok(out)
+    }
+
     /// The stuck items of engine-driven plans (SPEC §8.6), with their last progress time (the
     /// scan's order).
     pub(crate) async fn engine_stuck(
@@ -304,6 +328,7 @@ impl R {
         now_us: i64,
         threshold_us: i64,
         promoter_running: bool,
+        live: &Live,
     ) -> Result<Vec<(i64, StuckItem)>> {
         let found = sql::rows(
             &self.c,
@@ -384,41 +409,61 @@ impl R {
                 failing.devices.clear();
             }
             // Silent: in flight, and no poll since the cut (never polled: since dispatch).
+            let silent_where = format!(
+                "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
+                 AND a.device_id = d.id WHERE d.plan_id = $1 \
+                 AND coalesce(d.last_seen_us, 0) <= $2 AND a.state IN {IN_FLIGHT_SQL} \
+                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= $2"
+            );
             let silent = if in_flight == 0 {
                 DeviceSample::default()
             } else {
-                self.sample(
-                    &id,
-                    &format!(
-                        "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
-                         AND a.device_id = d.id WHERE d.plan_id = $1 \
-                         AND coalesce(d.last_seen_us, 0) <= $2 AND a.state IN {IN_FLIGHT_SQL} \
-                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= $2"
-                    ),
-                    "d.id",
-                    &[&silent_cut],
-                    None,
-                )
-                .await?
+                self.sample(&id, &silent_where, "d.id", &[&silent_cut], None)
+                    .await?
             };
             // Non-converging: in flight with no change since the cut, and still polling.
+            let non_converging_where = format!(
+                "FROM assignments a JOIN devices d ON d.id = a.device_id \
+                 WHERE a.plan_id = $1 AND a.state IN {IN_FLIGHT_SQL} \
+                 AND a.state_since_us <= $2 \
+                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > $3"
+            );
             let non_converging = if in_flight == 0 {
                 DeviceSample::default()
             } else {
                 self.sample(
                     &id,
-                    &format!(
-                        "FROM assignments a JOIN devices d ON d.id = a.device_id \
-                         WHERE a.plan_id = $1 AND a.state IN {IN_FLIGHT_SQL} \
-                         AND a.state_since_us <= $2 \
-                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > $3"
-                    ),
+                    &non_converging_where,
                     "a.state_since_us",
                     &[&cutoff, &silent_cut],
                     None,
                 )
                 .await?
             };
+            // The gates (SPEC §8.7): waiting_ready devices, budget groups whose devices in
+            // flight are all stuck, undispatched devices of the started stages.
+            let (not_ready, budget_stuck) = if engine::needs_devices(&e.policy) {
+                let devices = sql::gate_devices(&self.c, &id, live).await?;
+                let mut stuck = BTreeSet::new();
+                if in_flight > 0 && e.policy.disruption_budget.is_some() {
+                    stuck.extend(self.ids(&id, &silent_where, &[&silent_cut]).await?);
+                    stuck.extend(
+                        self.ids(&id, &non_converging_where, &[&cutoff, &silent_cut])
+                            .await?,
+                    );
+                }
+                engine::gates::gate_stuck(&e.policy, &devices, &stuck)
+            } else {
+                Default::default()
+            };
+            let undispatched: u64 = e
+                .stages
+                .iter()
+                .zip(&counters)
+                .take(e.current_stage as usize + 1)
+                .filter(|(s, _)| s.state != StageState::Pending)
+                .map(|(_, c)| c.get(DeviceState::Pending) + c.get(DeviceState::WaitingReady))
+                .sum();
             let drifted = self
                 .sample(
                     &id,
@@ -466,6 +511,10 @@ impl R {
                 now_us,
                 threshold_us,
                 silent_after_seconds: e.policy.silent_after_seconds,
+                not_ready,
+                budget_stuck,
+                undispatched,
+                windows: &e.policy.windows,
             };
             let Some(found) = engine::engine_stuck(&facts) else {
                 continue;

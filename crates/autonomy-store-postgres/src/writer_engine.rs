@@ -378,11 +378,12 @@ impl W<'_> {
         let Some(e) = sql::load_engine(self.c, plan_id).await? else {
             return none;
         };
-        let snap = sql::snapshot(self.c, plan_id, e, now, true).await?;
+        let snap = sql::snapshot(self.c, plan_id, e, now, true, &self.shared.live).await?;
         let mut e = snap.engine;
         let views = e.views();
         let actions = {
-            let view = e.view(r.status.phase, &views, &snap.in_flight, max_dispatch);
+            let mut view = e.view(r.status.phase, &views, &snap.in_flight, max_dispatch);
+            view.gate_devices = &snap.gate_devices;
             decide(&view, &snap.counters, now)
         };
         if actions.is_empty() {
@@ -402,6 +403,8 @@ impl W<'_> {
                 Action::StartStage { stage }
                 | Action::PassStage { stage }
                 | Action::DispatchDevices { stage, .. }
+                | Action::DispatchListed { stage, .. }
+                | Action::SetReadiness { stage, .. }
                 | Action::RetryDevices { stage, .. }
                 | Action::ReachGate { stage, .. } => {
                     details["stage"] = serde_json::json!(stage);
@@ -572,6 +575,60 @@ impl W<'_> {
                 .await?;
                 Ok(serde_json::json!({"devices": ids, "count": ids.len()}))
             }
+            Action::DispatchListed { stage, devices } => {
+                let mut ids = Vec::with_capacity(devices.len());
+                for id in devices {
+                    let Some((a, at)) = sql::load_assignment(self.c, plan_id, id, true).await?
+                    else {
+                        continue;
+                    };
+                    if at as usize != *stage {
+                        continue;
+                    }
+                    let digest = self.device_digest(id).await?;
+                    if let Some(n) = dev::dispatch(&a, digest.as_deref(), now) {
+                        sql::update_assignment(self.c, &n).await?;
+                        sql::shift(self.c, plan_id, at, Some(a.state), n.state, 1).await?;
+                        sql::bump_revision(self.c, id).await?;
+                        self.woken.push(id.clone());
+                        ids.push(id.clone());
+                    }
+                }
+                Ok(serde_json::json!({"devices": ids, "count": ids.len()}))
+            }
+            Action::SetReadiness {
+                stage,
+                waiting,
+                ready,
+            } => {
+                let mut moved_waiting = serde_json::Map::new();
+                let mut moved_ready = Vec::new();
+                let wanted = waiting
+                    .iter()
+                    .map(|(id, why)| (id, Some(why.as_str())))
+                    .chain(ready.iter().map(|id| (id, None)));
+                for (id, why) in wanted {
+                    let Some((a, at)) = sql::load_assignment(self.c, plan_id, id, true).await?
+                    else {
+                        continue;
+                    };
+                    if at as usize != *stage {
+                        continue;
+                    }
+                    let Some(n) = dev::set_readiness(&a, why, now) else {
+                        continue;
+                    };
+                    sql::update_assignment(self.c, &n).await?;
+                    sql::shift(self.c, plan_id, at, Some(a.state), n.state, 1).await?;
+                    match why {
+                        Some(why) => {
+                            moved_waiting.insert(id.clone(), serde_json::json!(why));
+                        }
+                        None => moved_ready.push(id.clone()),
+                    }
+                }
+                Ok(serde_json::json!({"waiting": moved_waiting, "ready": moved_ready}))
+            }
             Action::StartStage { .. }
             | Action::PassStage { .. }
             | Action::ReachGate { .. }
@@ -628,12 +685,12 @@ impl W<'_> {
         }
     }
 
-    /// Cancels the unstarted devices of a plan (`pending`, `dispatched`); their next poll
-    /// says so.
+    /// Cancels the unstarted devices of a plan (`pending`, `waiting_ready`, `dispatched`); their
+    /// next poll says so.
     async fn cancel_unstarted(&mut self, plan_id: &str, why: &str, now: i64) -> Fallible<()> {
         let q = format!(
             "SELECT {} FROM assignments WHERE plan_id = $1 \
-             AND state IN ('pending','dispatched') ORDER BY ord FOR UPDATE",
+             AND state IN ('pending','waiting_ready','dispatched') ORDER BY ord FOR UPDATE",
             sql::assignment_columns()
         );
         let picked = self.query(&q, &[&plan_id]).await?;
@@ -1033,7 +1090,10 @@ impl W<'_> {
         self.revoked.push(id.to_string());
         let mut cancelled = None;
         if let Some(s) = &before.assignment {
-            if matches!(s.state, DeviceState::Pending | DeviceState::Dispatched) {
+            if matches!(
+                s.state,
+                DeviceState::Pending | DeviceState::WaitingReady | DeviceState::Dispatched
+            ) {
                 if let Some((a, stage)) = sql::load_assignment(self.c, &s.plan_id, id, true).await?
                 {
                     if let Some(mut n) = dev::recover(&a, Strategy::Abort, now) {

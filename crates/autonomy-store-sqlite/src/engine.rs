@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use autonomy_api::device::{Device, ReportState};
 use autonomy_api::{timefmt, DeviceState, Rollout};
 use autonomy_core::device::Assignment;
-use autonomy_core::engine::{EnginePlan, InFlight, StageCounters};
-use autonomy_store::{Result, StoreError};
+use autonomy_core::engine::{gates, EnginePlan, GateDevice, InFlight, StageCounters};
+use autonomy_store::{Live, Result, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::writer::sql_error;
@@ -148,11 +148,68 @@ pub(crate) fn overdue(
     Ok(out)
 }
 
+/// Every assignment of a plan in its order with its device's labels and conditions (the
+/// conditions of an unflushed poll in `live` win over the stored ones), for the gates of
+/// SPEC §8.7.
+pub(crate) fn gate_devices(
+    conn: &Connection,
+    plan_id: &str,
+    live: &Live,
+) -> Result<Vec<GateDevice>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT a.device_id, a.stage, a.state, d.labels, d.conditions FROM assignments a \
+             JOIN devices d ON d.id = a.device_id WHERE a.plan_id = ?1 ORDER BY a.ord",
+        )
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map([plan_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(sql_error)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (device_id, stage, state, labels, conditions) = row.map_err(sql_error)?;
+        let conditions = match live.pending_conditions(&device_id) {
+            Some(c) => c,
+            None => conditions_from(conditions.as_deref())?,
+        };
+        out.push(GateDevice {
+            stage: stage.max(0) as usize,
+            state: state.parse().map_err(|e| internal("assignment", e))?,
+            labels: labels_from(&labels)?,
+            conditions,
+            device_id,
+        });
+    }
+    Ok(out)
+}
+
+/// The stored conditions of a device (`NULL`: none).
+pub(crate) fn conditions_from(text: Option<&str>) -> Result<BTreeMap<String, serde_json::Value>> {
+    text.map_or(Ok(BTreeMap::new()), |t| {
+        serde_json::from_str(t).map_err(|e| internal("device conditions", e))
+    })
+}
+
+/// The conditions as stored: a JSON object, or `NULL` when there are none.
+pub(crate) fn conditions_text(c: &BTreeMap<String, serde_json::Value>) -> Option<String> {
+    (!c.is_empty()).then(|| serde_json::to_string(c).unwrap_or_else(|_| "{}".into()))
+}
+
 /// Everything `decide` reads for one plan, in the caller's snapshot.
 pub(crate) struct Snapshot {
     pub engine: EnginePlan,
     pub counters: Vec<StageCounters>,
     pub in_flight: Vec<InFlight>,
+    /// The plan's [`GateDevice`]s when its policy has a budget or requirements; else empty.
+    pub gate_devices: Vec<GateDevice>,
 }
 
 pub(crate) fn snapshot(
@@ -160,6 +217,7 @@ pub(crate) fn snapshot(
     plan_id: &str,
     engine: EnginePlan,
     now_us: i64,
+    live: &Live,
 ) -> Result<Snapshot> {
     let mut counters = counters(conn, plan_id, engine.stages.len())?;
     retryable(
@@ -173,10 +231,16 @@ pub(crate) fn snapshot(
         .unwrap_or(i64::MAX)
         .saturating_mul(1_000_000);
     let in_flight = overdue(conn, plan_id, now_us.saturating_sub(timeout_us), 1000)?;
+    let gate_devices = if gates::needs_devices(&engine.policy) {
+        gate_devices(conn, plan_id, live)?
+    } else {
+        Vec::new()
+    };
     Ok(Snapshot {
         engine,
         counters,
         in_flight,
+        gate_devices,
     })
 }
 
@@ -363,8 +427,8 @@ pub(crate) fn labels_text(labels: &BTreeMap<String, String>) -> String {
 pub(crate) fn load_device(conn: &Connection, id: &str) -> Result<Option<Device>> {
     let row = conn
         .prepare_cached(
-            "SELECT id, labels, installed_digest, last_seen_us, created_us, revoked_us, plan_id \
-             FROM devices WHERE id = ?1",
+            "SELECT id, labels, installed_digest, last_seen_us, created_us, revoked_us, plan_id, \
+             conditions FROM devices WHERE id = ?1",
         )
         .and_then(|mut s| s.query_row([id], device_row).optional())
         .map_err(sql_error)?;
@@ -379,6 +443,7 @@ pub(crate) type DeviceRow = (
     i64,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 pub(crate) fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
@@ -390,11 +455,12 @@ pub(crate) fn device_row(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
         r.get(4)?,
         r.get(5)?,
         r.get(6)?,
+        r.get(7)?,
     ))
 }
 
 pub(crate) fn device_of(conn: &Connection, row: DeviceRow) -> Result<Device> {
-    let (id, labels, digest, seen, created, revoked, plan) = row;
+    let (id, labels, digest, seen, created, revoked, plan, conditions) = row;
     let assignment = match plan {
         Some(p) => {
             load_assignment(conn, &p, &id)?.map(|(a, _)| autonomy_api::device::AssignmentSummary {
@@ -412,6 +478,7 @@ pub(crate) fn device_of(conn: &Connection, row: DeviceRow) -> Result<Device> {
         created_at: timefmt::format_us(created),
         revoked_at: revoked.map(timefmt::format_us),
         assignment,
+        conditions: conditions_from(conditions.as_deref())?,
         id,
     })
 }

@@ -459,7 +459,8 @@ impl Store for SqliteStore {
         code: Option<StuckCode>,
         promoter_running: bool,
     ) -> Result<StuckReport> {
-        self.read(move |r| r.stuck(threshold_seconds, limit, code, promoter_running))
+        let live = self.live.clone();
+        self.read(move |r| r.stuck(threshold_seconds, limit, code, promoter_running, &live))
             .await
     }
 
@@ -619,7 +620,8 @@ impl Store for SqliteStore {
     }
 
     async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
-        self.read(move |r| r.promoter_due(now_us, max_dispatch))
+        let live = self.live.clone();
+        self.read(move |r| r.promoter_due(now_us, max_dispatch, &live))
             .await
     }
 

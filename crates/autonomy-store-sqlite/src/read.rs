@@ -180,6 +180,7 @@ impl ReadConn {
         limit: usize,
         code: Option<StuckCode>,
         promoter_running: bool,
+        live: &autonomy_store::Live,
     ) -> Result<StuckReport> {
         // Staleness is measured on the wall clock (it must survive restarts), but never behind
         // the newest time the store has recorded: a clock stepped backwards cannot make a
@@ -261,7 +262,7 @@ impl ReadConn {
             0
         };
         let threshold_us = (threshold_seconds * 1e6) as i64;
-        for (progress, item) in self.engine_stuck(now, threshold_us, promoter_running)? {
+        for (progress, item) in self.engine_stuck(now, threshold_us, promoter_running, live)? {
             *by_code.entry(item.code).or_default() += 1;
             if code.is_none_or(|c| c == item.code) {
                 stuck_count += 1;

@@ -29,8 +29,8 @@ impl ReadConn {
         after: Option<&str>,
     ) -> Result<DeviceList> {
         let mut q = String::from(
-            "SELECT id, labels, installed_digest, last_seen_us, created_us, revoked_us, plan_id \
-             FROM devices WHERE id > ?1",
+            "SELECT id, labels, installed_digest, last_seen_us, created_us, revoked_us, plan_id, \
+             conditions FROM devices WHERE id > ?1",
         );
         let mut args: Vec<rusqlite::types::Value> = vec![after.unwrap_or("").to_string().into()];
         for (k, v) in selector {
@@ -100,6 +100,7 @@ impl ReadConn {
             revision: revision as u64,
             assignment: None,
             drift: None,
+            waiting_ready: false,
         };
         let Some(plan) = plan else {
             return Ok(state);
@@ -107,6 +108,7 @@ impl ReadConn {
         let Some((a, _)) = sql::load_assignment(&self.conn, &plan, device_id)? else {
             return Ok(state);
         };
+        state.waiting_ready = a.state == DeviceState::WaitingReady;
         let params: Option<(String, String, bool, i64)> = self
             .conn
             .prepare_cached(
@@ -224,7 +226,12 @@ impl ReadConn {
     }
 
     /// Engine-driven plans `decide` has something for now.
-    pub(crate) fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {
+    pub(crate) fn promoter_due(
+        &self,
+        now_us: i64,
+        max_dispatch: u64,
+        live: &autonomy_store::Live,
+    ) -> Result<Vec<PromoterDue>> {
         let rows: Vec<(String, String, i64)> = {
             let mut stmt = self
                 .conn
@@ -249,11 +256,12 @@ impl ReadConn {
             if !e.activated {
                 continue;
             }
-            let snap = sql::snapshot(&self.conn, &id, e, now_us)?;
+            let snap = sql::snapshot(&self.conn, &id, e, now_us, live)?;
             let views = snap.engine.views();
-            let view = snap
+            let mut view = snap
                 .engine
                 .view(phase, &views, &snap.in_flight, max_dispatch);
+            view.gate_devices = &snap.gate_devices;
             if !decide(&view, &snap.counters, now_us).is_empty() {
                 due.push(PromoterDue {
                     plan_id: id,
@@ -304,6 +312,18 @@ impl ReadConn {
         Ok(DeviceSample { count, devices })
     }
 
+    /// Every device id `from_where` selects (see [`Self::sample`]).
+    fn ids(&self, plan_id: &str, from_where: &str, at_us: i64) -> Result<Vec<String>> {
+        let q = format!("SELECT a.device_id {from_where}");
+        self.conn
+            .prepare_cached(&q)
+            .and_then(|mut s| {
+                s.query_map(params![plan_id, at_us], |r| r.get::<_, String>(0))
+                    .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+            })
+            .map_err(sql_error)
+    }
+
     /// The stuck items of engine-driven plans (SPEC §8.6), with their last progress time (the
     /// scan's order).
     pub(crate) fn engine_stuck(
@@ -311,6 +331,7 @@ impl ReadConn {
         now_us: i64,
         threshold_us: i64,
         promoter_running: bool,
+        live: &autonomy_store::Live,
     ) -> Result<Vec<(i64, StuckItem)>> {
         let rows: Vec<(String, String, i64, i64)> = {
             let mut stmt = self
@@ -394,39 +415,52 @@ impl ReadConn {
                 failing.devices.clear();
             }
             // Silent: in flight, and no poll since the cut (never polled: since dispatch).
+            let silent_where = format!(
+                "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
+                 AND a.device_id = d.id WHERE d.plan_id = ?1 \
+                 AND ifnull(d.last_seen_us, 0) <= ?2 AND a.state IN {IN_FLIGHT_SQL} \
+                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= ?2 \
+                 ORDER BY d.id"
+            );
             let silent = if in_flight == 0 {
                 DeviceSample::default()
             } else {
-                self.sample(
-                    &id,
-                    &format!(
-                        "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
-                         AND a.device_id = d.id WHERE d.plan_id = ?1 \
-                         AND ifnull(d.last_seen_us, 0) <= ?2 AND a.state IN {IN_FLIGHT_SQL} \
-                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= ?2 \
-                         ORDER BY d.id"
-                    ),
-                    silent_cut,
-                    None,
-                )?
+                self.sample(&id, &silent_where, silent_cut, None)?
             };
             // Non-converging: in flight with no change since the cut, and still polling.
+            let non_converging_where = format!(
+                "FROM assignments a JOIN devices d ON d.id = a.device_id \
+                 WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
+                 AND a.state_since_us <= ?2 \
+                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > {silent_cut} \
+                 ORDER BY a.state_since_us"
+            );
             let non_converging = if in_flight == 0 {
                 DeviceSample::default()
             } else {
-                self.sample(
-                    &id,
-                    &format!(
-                        "FROM assignments a JOIN devices d ON d.id = a.device_id \
-                         WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
-                         AND a.state_since_us <= ?2 \
-                         AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > {silent_cut} \
-                         ORDER BY a.state_since_us"
-                    ),
-                    cutoff,
-                    None,
-                )?
+                self.sample(&id, &non_converging_where, cutoff, None)?
             };
+            // The gates (SPEC §8.7): waiting_ready devices, budget groups whose devices in
+            // flight are all stuck, undispatched devices of the started stages.
+            let (not_ready, budget_stuck) = if engine::needs_devices(&e.policy) {
+                let devices = sql::gate_devices(&self.conn, &id, live)?;
+                let mut stuck = std::collections::BTreeSet::new();
+                if in_flight > 0 && e.policy.disruption_budget.is_some() {
+                    stuck.extend(self.ids(&id, &silent_where, silent_cut)?);
+                    stuck.extend(self.ids(&id, &non_converging_where, cutoff)?);
+                }
+                engine::gates::gate_stuck(&e.policy, &devices, &stuck)
+            } else {
+                Default::default()
+            };
+            let undispatched: u64 = e
+                .stages
+                .iter()
+                .zip(&counters)
+                .take(e.current_stage as usize + 1)
+                .filter(|(s, _)| s.state != autonomy_api::StageState::Pending)
+                .map(|(_, c)| c.get(DeviceState::Pending) + c.get(DeviceState::WaitingReady))
+                .sum();
             let drifted = self.sample(
                 &id,
                 "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
@@ -469,6 +503,10 @@ impl ReadConn {
                 now_us,
                 threshold_us,
                 silent_after_seconds: e.policy.silent_after_seconds,
+                not_ready,
+                budget_stuck,
+                undispatched,
+                windows: &e.policy.windows,
             };
             let Some(found) = engine::engine_stuck(&facts) else {
                 continue;

@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/sqlite/0005_idempotency_per_actor.sql"),
     ),
     (6, include_str!("../migrations/sqlite/0006_engine.sql")),
+    (7, include_str!("../migrations/sqlite/0007_gates.sql")),
 ];
 
 /// Heartbeats of polls are written at most this often (SPEC §9.2: polls never write).

@@ -349,11 +349,12 @@ impl Writer {
         let Some(e) = sql::load_engine(&self.conn, plan_id)? else {
             return none;
         };
-        let snap = sql::snapshot(&self.conn, plan_id, e, now)?;
+        let snap = sql::snapshot(&self.conn, plan_id, e, now, &self.live)?;
         let mut e = snap.engine;
         let views = e.views();
         let actions = {
-            let view = e.view(r.status.phase, &views, &snap.in_flight, max_dispatch);
+            let mut view = e.view(r.status.phase, &views, &snap.in_flight, max_dispatch);
+            view.gate_devices = &snap.gate_devices;
             decide(&view, &snap.counters, now)
         };
         if actions.is_empty() {
@@ -373,6 +374,8 @@ impl Writer {
                 Action::StartStage { stage }
                 | Action::PassStage { stage }
                 | Action::DispatchDevices { stage, .. }
+                | Action::DispatchListed { stage, .. }
+                | Action::SetReadiness { stage, .. }
                 | Action::RetryDevices { stage, .. }
                 | Action::ReachGate { stage, .. } => {
                     details["stage"] = serde_json::json!(stage);
@@ -537,6 +540,58 @@ impl Writer {
                 )?;
                 Ok(serde_json::json!({"devices": ids, "count": ids.len()}))
             }
+            Action::DispatchListed { stage, devices } => {
+                let mut ids = Vec::with_capacity(devices.len());
+                for id in devices {
+                    let Some((a, at)) = sql::load_assignment(&self.conn, plan_id, id)? else {
+                        continue;
+                    };
+                    if at as usize != *stage {
+                        continue;
+                    }
+                    let digest = self.device_digest(id)?;
+                    if let Some(n) = dev::dispatch(&a, digest.as_deref(), now) {
+                        sql::update_assignment(&self.conn, &n)?;
+                        sql::shift(&self.conn, plan_id, at, Some(a.state), n.state, 1)?;
+                        sql::bump_revision(&self.conn, id)?;
+                        self.woken.push(id.clone());
+                        ids.push(id.clone());
+                    }
+                }
+                Ok(serde_json::json!({"devices": ids, "count": ids.len()}))
+            }
+            Action::SetReadiness {
+                stage,
+                waiting,
+                ready,
+            } => {
+                let mut moved_waiting = serde_json::Map::new();
+                let mut moved_ready = Vec::new();
+                let wanted = waiting
+                    .iter()
+                    .map(|(id, why)| (id, Some(why.as_str())))
+                    .chain(ready.iter().map(|id| (id, None)));
+                for (id, why) in wanted {
+                    let Some((a, at)) = sql::load_assignment(&self.conn, plan_id, id)? else {
+                        continue;
+                    };
+                    if at as usize != *stage {
+                        continue;
+                    }
+                    let Some(n) = dev::set_readiness(&a, why, now) else {
+                        continue;
+                    };
+                    sql::update_assignment(&self.conn, &n)?;
+                    sql::shift(&self.conn, plan_id, at, Some(a.state), n.state, 1)?;
+                    match why {
+                        Some(why) => {
+                            moved_waiting.insert(id.clone(), serde_json::json!(why));
+                        }
+                        None => moved_ready.push(id.clone()),
+                    }
+                }
+                Ok(serde_json::json!({"waiting": moved_waiting, "ready": moved_ready}))
+            }
             Action::StartStage { .. }
             | Action::PassStage { .. }
             | Action::ReachGate { .. }
@@ -596,7 +651,8 @@ impl Writer {
     /// says so.
     fn cancel_unstarted(&mut self, plan_id: &str, why: &str, now: i64) -> Result<(), Failure> {
         let q = format!(
-            "SELECT {} FROM assignments WHERE plan_id = ?1 AND state IN ('pending','dispatched')",
+            "SELECT {} FROM assignments WHERE plan_id = ?1 \
+             AND state IN ('pending','waiting_ready','dispatched')",
             sql::assignment_columns()
         );
         let picked = {
@@ -749,10 +805,18 @@ impl Writer {
             let mut stmt = self.conn.prepare_cached(
                 "UPDATE devices SET last_seen_us = max(coalesce(last_seen_us, 0), ?2), \
                  installed_digest = CASE WHEN ?3 != '' THEN ?3 ELSE installed_digest END, \
-                 boot_id = CASE WHEN ?4 != '' THEN ?4 ELSE boot_id END WHERE id = ?1",
+                 boot_id = CASE WHEN ?4 != '' THEN ?4 ELSE boot_id END, \
+                 conditions = CASE WHEN ?2 >= coalesce(last_seen_us, 0) THEN ?5 \
+                 ELSE conditions END WHERE id = ?1",
             )?;
             for (id, b) in &beats {
-                stmt.execute(params![id, b.at_us, b.installed_digest, b.boot_id])?;
+                stmt.execute(params![
+                    id,
+                    b.at_us,
+                    b.installed_digest,
+                    b.boot_id,
+                    sql::conditions_text(&b.conditions)
+                ])?;
             }
             Ok(beats.len())
         })();
@@ -962,7 +1026,10 @@ impl Writer {
         self.revoked.push(id.to_string());
         let mut cancelled = None;
         if let Some(s) = &before.assignment {
-            if matches!(s.state, DeviceState::Pending | DeviceState::Dispatched) {
+            if matches!(
+                s.state,
+                DeviceState::Pending | DeviceState::WaitingReady | DeviceState::Dispatched
+            ) {
                 if let Some((a, stage)) = sql::load_assignment(&self.conn, &s.plan_id, id)? {
                     if let Some(mut n) = dev::recover(&a, Strategy::Abort, now) {
                         n.message = "cancelled: the device was revoked".into();

@@ -141,6 +141,10 @@ pub struct PollState {
     pub assignment: Option<AssignmentView>,
     /// The device's latest assignment, when it is settled and could drift (SPEC §9.3).
     pub drift: Option<DriftCheck>,
+    /// Its assignment waits for the device to meet `policy.require` (`waiting_ready`, SPEC
+    /// §8.7): the server wakes the promoter on such a poll, so a poll that meets the
+    /// requirements is dispatched at once.
+    pub waiting_ready: bool,
 }
 
 /// A settled assignment a poll's digest is compared with.

@@ -2,7 +2,7 @@
 //! to the store in batches (a poll never writes), and the waiters of long polls, woken when a
 //! committed change raises a device's revision.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use tokio::sync::watch;
@@ -13,6 +13,9 @@ pub struct Beat {
     pub at_us: i64,
     pub installed_digest: String,
     pub boot_id: String,
+    /// The conditions the poll carried (SPEC §8.7); empty: none. The latest poll's replace
+    /// the stored ones when flushed.
+    pub conditions: BTreeMap<String, serde_json::Value>,
 }
 
 /// The most device tokens [`Live`] remembers (past it, the cache starts over).
@@ -58,6 +61,19 @@ impl Live {
             .unwrap_or_else(|e| e.into_inner())
             .get(device_id)
             .cloned()
+    }
+
+    /// The conditions of a device's unflushed poll (`None`: no unflushed poll; the stored
+    /// ones are current).
+    pub fn pending_conditions(
+        &self,
+        device_id: &str,
+    ) -> Option<BTreeMap<String, serde_json::Value>> {
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device_id)
+            .map(|b| b.conditions.clone())
     }
 
     /// A report (or a drift) stored a newer digest than the device's unflushed heartbeat
@@ -166,6 +182,7 @@ mod tests {
             at_us: at,
             installed_digest: "d".into(),
             boot_id: "b".into(),
+            conditions: BTreeMap::new(),
         }
     }
 

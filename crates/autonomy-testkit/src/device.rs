@@ -114,6 +114,8 @@ pub struct Device {
     pub boot_id: String,
     /// The last revision a poll answered.
     pub revision: u64,
+    /// The conditions its polls carry (SPEC §8.7); `None`: none.
+    pub conditions: Option<Value>,
     boots: u64,
     /// The last seq used per (plan, attempt).
     seqs: HashMap<(String, u32), u64>,
@@ -129,6 +131,7 @@ impl Device {
             installed_digest: installed_digest.to_string(),
             boot_id: format!("{id}-boot-0"),
             revision: 0,
+            conditions: None,
             boots: 0,
             seqs: HashMap::new(),
         }
@@ -206,14 +209,18 @@ impl Device {
         )
     }
 
-    /// The poll body this device sends (its digest, boot and last revision).
+    /// The poll body this device sends (its digest, boot, last revision and conditions).
     pub fn poll_body(&self, wait_seconds: u32) -> Value {
-        json!({
+        let mut body = json!({
             "installed_digest": self.installed_digest,
             "boot_id": self.boot_id,
             "known_revision": self.revision,
             "wait_seconds": wait_seconds,
-        })
+        });
+        if let Some(c) = &self.conditions {
+            body["conditions"] = c.clone();
+        }
+        body
     }
 
     /// `POST /v1/device/poll` with this device's state; the raw answer.

@@ -20,11 +20,11 @@
 //! the bench and the lab the path they were given. Only 127.0.0.1 is ever bound or dialled.
 
 pub mod cp;
-pub mod pg;
 pub mod device;
 pub mod dirs;
 pub mod http;
 pub mod ledger;
+pub mod pg;
 pub mod process;
 
 pub use cp::{Cp, CpOptions, StartError, Stopped};

@@ -64,4 +64,3 @@ pub fn test_database_url(data_dir: &Path) -> Option<String> {
     }
     Some(format!("{base}/{name}"))
 }
-

@@ -647,3 +647,59 @@ fn an_enrolled_agent_keeps_its_token_and_exits_6_when_revoked() {
     let mut agent = dev.spawn(&cp.url);
     assert_eq!(dev.wait_exit(&mut agent), 6, "{}", dev.log());
 }
+
+/// `--conditions-cmd`: its JSON is each poll's conditions (SPEC §8.7). Bad output is a
+/// warning and the poll goes without conditions; an undocked device waits as `waiting_ready`
+/// (its hook never runs) until the command says it is docked.
+#[test]
+fn the_conditions_cmd_holds_the_device_until_it_is_docked() {
+    let (cp, admin) = start_cp(&[]);
+    let dev = Device::new("amr-0009");
+    dev.set_token(&register(&cp, &admin, &dev.id));
+    let conditions = dev.path("conditions.json");
+    fs::write(&conditions, "not json\n").unwrap();
+    let body = json!({
+        "metadata": {"id": "fw-dock"},
+        "spec": {
+            "artifact_ref": format!("oci://r/app@{}", digest()),
+            "targets": {"devices": [dev.id]},
+            "policy": {"require": {"docked": true}},
+        }
+    });
+    op(&cp, &admin, "POST", "/v1/rollouts", Some(body), 201);
+    op(&cp, &admin, "POST", "/v1/rollouts/fw-dock/start", None, 200);
+    let identity = dev.token_identity();
+    let ids: Vec<&str> = identity.iter().map(String::as_str).collect();
+    let mut agent = dev
+        .agent(&cp.url, &ids)
+        .arg("--conditions-cmd")
+        .arg(format!("cat {}", conditions.display()))
+        .args(["--conditions-timeout", "5"])
+        .spawn()
+        .unwrap();
+    wait_until("waiting_ready", || {
+        state_of(&cp, &admin, "fw-dock", &dev.id) == "waiting_ready"
+    });
+    wait_until("the warning", || {
+        dev.log().contains("polling without conditions")
+    });
+    fs::write(&conditions, r#"{"docked": false, "battery_pct": 55}"#).unwrap();
+    wait_until("the conditions at the CP", || {
+        let d = op(&cp, &admin, "GET", "/v1/devices/amr-0009", None, 200);
+        d["conditions"] == json!({"docked": false, "battery_pct": 55})
+    });
+    assert_eq!(state_of(&cp, &admin, "fw-dock", &dev.id), "waiting_ready");
+    assert!(dev.hook_runs().is_empty(), "{:?}", dev.hook_runs());
+    let item = assignment(&cp, &admin, "fw-dock", &dev.id);
+    assert!(
+        item["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("docked")),
+        "{item}"
+    );
+    fs::write(&conditions, r#"{"docked": true, "battery_pct": 55}"#).unwrap();
+    // Docked: the next poll gets the job; install asks for a reboot (exit 75).
+    assert_eq!(dev.wait_exit(&mut agent), 75, "{}", dev.log());
+    assert_eq!(state_of(&cp, &admin, "fw-dock", &dev.id), "rebooting");
+    assert_eq!(dev.hook_runs(), ["download", "install"]);
+}

@@ -77,7 +77,9 @@ fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
 #[test]
 fn postgres_only_the_ledger_of_16_writers_and_20_sigkills_loses_nothing() {
     if !autonomy_testkit::cp::on_postgres() {
-        eprintln!("a PostgreSQL-only size; scripts/test.sh runs it with AUTONOMY_TEST_DATABASE_URL");
+        eprintln!(
+            "a PostgreSQL-only size; scripts/test.sh runs it with AUTONOMY_TEST_DATABASE_URL"
+        );
         return;
     }
     sigkill_ledger(20, 16, 30, 11);

@@ -33,7 +33,8 @@ fn post(cp: &Cp, path: &str, body: Value) -> Value {
 /// The CP state a behaviour ends in once the plan settles (the timeout is 4 s).
 fn expected(behaviour: &str) -> &'static str {
     match behaviour {
-        "healthy" => "verified",
+        // Undocked devices wait as `waiting_ready` until they dock (a few seconds), then verify.
+        "healthy" | "undocked" => "verified",
         "failing" => "failed",
         "reverting" => "rolled_back",
         // Silent devices never report; false-success ones stay `verifying` (no reboot):
@@ -75,6 +76,10 @@ fn one_run() -> (BTreeMap<String, String>, Value, BTreeMap<String, String>) {
         "0.1",
         "--reverting",
         "0.1",
+        "--undocked",
+        "0.1",
+        "--undocked-for",
+        "2",
         "--step-seconds",
         "0.02",
         "--poll-wait",
@@ -116,7 +121,8 @@ fn one_run() -> (BTreeMap<String, String>, Value, BTreeMap<String, String>) {
                         "targets": {"selector": {"fleet": "t"}},
                         "policy": {"failure_threshold": {"count": 1000},
                                    "success_threshold_pct": 50,
-                                   "device_timeout_seconds": 4}}}),
+                                   "device_timeout_seconds": 4,
+                                   "require": {"docked": true}}}}),
     );
     post(&cp, "/v1/rollouts/fleet-1/start", json!({}));
     let t0 = Instant::now();
@@ -165,7 +171,14 @@ fn the_simulators_manifest_and_summary_agree_with_the_cp_for_the_same_seed_twice
     for b in manifest.values() {
         *by.entry(b.as_str()).or_default() += 1;
     }
-    for b in ["healthy", "failing", "silent", "false_success", "reverting"] {
+    for b in [
+        "healthy",
+        "failing",
+        "silent",
+        "false_success",
+        "reverting",
+        "undocked",
+    ] {
         assert!(by.get(b).copied().unwrap_or(0) > 0, "no {b} device: {by:?}");
     }
     // The summary counts the same fleet.
@@ -191,6 +204,7 @@ fn the_simulators_manifest_and_summary_agree_with_the_cp_for_the_same_seed_twice
     let local = &summary["by_local_state"];
     assert_eq!(local["silent"]["silent"], by["silent"]);
     assert_eq!(local["healthy"]["succeeded"], by["healthy"]);
+    assert_eq!(local["undocked"]["succeeded"], by["undocked"]);
     assert_eq!(local["failing"]["failed"], by["failing"]);
 
     // The same seed again, on a fresh CP: the same fleet, the same outcome.

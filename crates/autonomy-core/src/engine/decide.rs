@@ -14,6 +14,7 @@ use autonomy_api::{
     DeviceState, EngineReason, FailureThreshold, OnFailure, Phase, Policy, StageState, StageStatus,
 };
 
+use super::gates::{self, GateDevice};
 use super::stages::{required, StagePlan};
 
 /// One stage as the promoter sees it.
@@ -112,6 +113,9 @@ pub struct PlanView<'a> {
     pub in_flight: &'a [InFlight],
     /// The most devices one tick dispatches (over all stages).
     pub max_dispatch: u64,
+    /// Every assignment of the plan in its order, with labels and conditions, when the policy
+    /// has a disruption budget or requirements ([`gates::needs_devices`]); else empty.
+    pub gate_devices: &'a [GateDevice],
 }
 
 /// One thing the promoter does. Each is audited once with actor `system:promoter` (the event
@@ -129,6 +133,17 @@ pub enum Action {
     /// Dispatch the next `count` pending devices of the stage, in its order (one
     /// `rollout.devices_dispatched` event with the ids).
     DispatchDevices { stage: usize, count: u64 },
+    /// Dispatch exactly these undispatched (`pending` or `waiting_ready`) devices of the
+    /// stage — a plan with a disruption budget or requirements (`rollout.devices_dispatched`).
+    DispatchListed { stage: usize, devices: Vec<String> },
+    /// `pending` devices that do not meet `policy.require` → `waiting_ready` (with why, the
+    /// assignment's message), and `waiting_ready` devices that meet it again but are held by
+    /// the budget or the tick's limit → `pending` (one `rollout.devices_waiting` event).
+    SetReadiness {
+        stage: usize,
+        waiting: Vec<(String, String)>,
+        ready: Vec<String>,
+    },
     /// The stage reached its success threshold (`rollout.stage_passed`); its stragglers keep
     /// going.
     PassStage { stage: usize },
@@ -304,12 +319,18 @@ pub fn decide(view: &PlanView<'_>, counters: &[StageCounters], now_us: i64) -> V
         }
     }
 
-    let mut budget = view.max_dispatch;
-    for (stage, sc) in c.iter().enumerate().take(k + 1) {
-        let count = sc.get(DeviceState::Pending).min(budget);
-        if state[stage] != StageState::Pending && count > 0 {
-            actions.push(Action::DispatchDevices { stage, count });
-            budget -= count;
+    if !gates::in_window(&view.policy.windows, now_us) {
+        // Outside every window: nothing new starts (devices in flight finish).
+    } else if gates::needs_devices(view.policy) {
+        gated_dispatch(view, &state, k, &mut actions);
+    } else {
+        let mut budget = view.max_dispatch;
+        for (stage, sc) in c.iter().enumerate().take(k + 1) {
+            let count = sc.get(DeviceState::Pending).min(budget);
+            if state[stage] != StageState::Pending && count > 0 {
+                actions.push(Action::DispatchDevices { stage, count });
+                budget -= count;
+            }
         }
     }
 
@@ -319,6 +340,73 @@ pub fn decide(view: &PlanView<'_>, counters: &[StageCounters], now_us: i64) -> V
         actions.push(Action::Complete);
     }
     actions
+}
+
+/// Dispatch under a disruption budget and/or requirements: the undispatched devices of the
+/// started stages up to `k`, in order; a device that does not meet `require` waits
+/// (`waiting_ready`); one that does is dispatched if its group has room and the tick's limit
+/// is not reached, else it stays (or goes back to) `pending`.
+fn gated_dispatch(view: &PlanView<'_>, state: &[StageState], k: usize, actions: &mut Vec<Action>) {
+    let budget = view.policy.disruption_budget.as_ref();
+    let mut loads = budget
+        .map(|b| gates::group_loads(b, view.gate_devices))
+        .unwrap_or_default();
+    let mut left = view.max_dispatch;
+    for (stage, st) in state.iter().enumerate().take(k + 1) {
+        if *st == StageState::Pending {
+            continue;
+        }
+        let (mut dispatch, mut waiting, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+        for d in view.gate_devices.iter().filter(|d| d.stage == stage) {
+            if !d.state.is_undispatched() {
+                continue;
+            }
+            let unmet = view
+                .policy
+                .require
+                .as_ref()
+                .and_then(|r| gates::unmet(r, &d.conditions));
+            if let Some((_, why)) = unmet {
+                if d.state == DeviceState::Pending {
+                    waiting.push((d.device_id.clone(), why));
+                }
+                continue;
+            }
+            let room = match budget {
+                Some(b) => {
+                    let g = loads
+                        .entry(gates::group_key(&b.group_by, &d.labels))
+                        .or_default();
+                    g.in_flight < g.allowed.max(1)
+                }
+                None => true,
+            };
+            if room && left > 0 {
+                if let Some(b) = budget {
+                    if let Some(g) = loads.get_mut(&gates::group_key(&b.group_by, &d.labels)) {
+                        g.in_flight += 1;
+                    }
+                }
+                left -= 1;
+                dispatch.push(d.device_id.clone());
+            } else if d.state == DeviceState::WaitingReady {
+                ready.push(d.device_id.clone());
+            }
+        }
+        if !waiting.is_empty() || !ready.is_empty() {
+            actions.push(Action::SetReadiness {
+                stage,
+                waiting,
+                ready,
+            });
+        }
+        if !dispatch.is_empty() {
+            actions.push(Action::DispatchListed {
+                stage,
+                devices: dispatch,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -918,6 +1006,7 @@ mod tests {
                 policy: &c.policy,
                 in_flight: &c.in_flight,
                 max_dispatch: 64,
+                gate_devices: &[],
             };
             let got = decide(&view, &c.counters, NOW);
             assert_eq!(got, c.want, "{}", c.name);
@@ -973,10 +1062,133 @@ mod tests {
             policy: &policy,
             in_flight: &in_flight,
             max_dispatch: 1,
+            gate_devices: &[],
         };
         let got = decide(&view, &[cnt(&[(Downloading, 1)])], i64::MAX);
         assert_eq!(got[0], timeout(&["fresh-0"]));
         let got = decide(&view, &[cnt(&[(Downloading, 1)])], i64::MIN);
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    fn gdev(
+        id: &str,
+        stage: usize,
+        state: DeviceState,
+        site: &str,
+        c: serde_json::Value,
+    ) -> GateDevice {
+        GateDevice {
+            device_id: id.into(),
+            stage,
+            state,
+            labels: BTreeMap::from([("site".to_string(), site.to_string())]),
+            conditions: serde_json::from_value(c).unwrap(),
+        }
+    }
+
+    /// Budget, requirements and windows decide which devices a tick dispatches.
+    #[test]
+    fn gated_dispatch_table() {
+        use serde_json::json;
+        let policy = |v: serde_json::Value| -> Policy { serde_json::from_value(v).unwrap() };
+        let budget = json!({"disruption_budget": {"group_by": ["site"], "max_unavailable": 1}});
+        let require = json!({"require": {"docked": true}});
+        let stages = vec![st(SActive, 4, true)];
+        let run = |p: &Policy, devs: &[GateDevice], max: u64, now: i64| {
+            let counters = vec![StageCounters::with(
+                &devs.iter().map(|d| (d.state, 1)).collect::<Vec<_>>(),
+            )];
+            let view = PlanView {
+                phase: Phase::Active,
+                current_stage: 0,
+                stages: &stages,
+                policy: p,
+                in_flight: &[],
+                max_dispatch: max,
+                gate_devices: devs,
+            };
+            decide(&view, &counters, now)
+        };
+        let listed = |ids: &[&str]| Action::DispatchListed {
+            stage: 0,
+            devices: ids.iter().map(|s| s.to_string()).collect(),
+        };
+        // One per site: a1 and b1 go, a2 waits for a1's group.
+        let devs = [
+            gdev("a1", 0, Pending, "a", json!({})),
+            gdev("a2", 0, Pending, "a", json!({})),
+            gdev("b1", 0, Pending, "b", json!({})),
+        ];
+        assert_eq!(
+            run(&policy(budget.clone()), &devs, 64, NOW),
+            vec![listed(&["a1", "b1"])]
+        );
+        // A site already at its budget dispatches nothing more.
+        let devs = [
+            gdev("a1", 0, Installing, "a", json!({})),
+            gdev("a2", 0, Pending, "a", json!({})),
+            gdev("b1", 0, Verified, "b", json!({})),
+            gdev("b2", 0, Pending, "b", json!({})),
+        ];
+        assert_eq!(
+            run(&policy(budget.clone()), &devs, 64, NOW),
+            vec![listed(&["b2"])]
+        );
+        // The tick's limit still holds.
+        let devs = [
+            gdev("a1", 0, Pending, "a", json!({})),
+            gdev("b1", 0, Pending, "b", json!({})),
+        ];
+        assert_eq!(
+            run(&policy(budget.clone()), &devs, 1, NOW),
+            vec![listed(&["a1"])]
+        );
+        // Requirements: an undocked device waits, a docked one goes, a waiting one that is
+        // docked now goes.
+        let devs = [
+            gdev("a1", 0, Pending, "a", json!({"docked": false})),
+            gdev("a2", 0, Pending, "a", json!({"docked": true})),
+            gdev("a3", 0, WaitingReady, "a", json!({"docked": true})),
+            gdev("a4", 0, WaitingReady, "a", json!({})),
+        ];
+        assert_eq!(
+            run(&policy(require.clone()), &devs, 64, NOW),
+            vec![
+                Action::SetReadiness {
+                    stage: 0,
+                    waiting: vec![("a1".into(), "docked is false (needs true)".into())],
+                    ready: vec![],
+                },
+                listed(&["a2", "a3"]),
+            ]
+        );
+        // Both: a ready waiting device held by the budget goes back to pending.
+        let both = policy(
+            json!({"disruption_budget": {"group_by": ["site"], "max_unavailable": 1},
+                                 "require": {"docked": true}}),
+        );
+        let devs = [
+            gdev("a1", 0, Installing, "a", json!({"docked": true})),
+            gdev("a2", 0, WaitingReady, "a", json!({"docked": true})),
+        ];
+        assert_eq!(
+            run(&both, &devs, 64, NOW),
+            vec![Action::SetReadiness {
+                stage: 0,
+                waiting: vec![],
+                ready: vec!["a2".into()],
+            }]
+        );
+        // Outside every window nothing is dispatched (NOW is Thursday 1970-01-01 02:46 UTC).
+        let closed = policy(json!({"windows": [{"days": ["mon"], "start": "01:00",
+                                                 "end": "02:00", "tz": "UTC"}]}));
+        let devs = [gdev("a1", 0, Pending, "a", json!({}))];
+        assert_eq!(run(&closed, &devs, 64, NOW), vec![]);
+        let open = policy(json!({"windows": [{"days": ["thu"], "start": "02:00",
+                                               "end": "03:00", "tz": "UTC"}]}));
+        assert_eq!(
+            run(&open, &devs, 64, NOW),
+            vec![Action::DispatchDevices { stage: 0, count: 1 }]
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! they return.
 
 pub mod decide;
+pub mod gates;
 pub mod spec;
 pub mod stages;
 pub mod state;
@@ -13,6 +14,10 @@ pub mod stuck;
 pub use decide::{
     decide, on_failure, stage_status, threshold_reached, Action, InFlight, PlanView, StageCounters,
     StageView,
+};
+pub use gates::{
+    allowed_in_flight, group_key, group_loads, in_window, needs_devices, next_window_start, unmet,
+    GateDevice, GroupLoad,
 };
 pub use spec::{
     is_engine_driven, parse_engine_spec, target_digest, EngineSpec, SpecError, ALL_STAGE,

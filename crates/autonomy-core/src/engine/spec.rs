@@ -312,7 +312,7 @@ fn check_policy(p: &Policy) -> Result<(), FieldError> {
             format!("at most {MAX_DEVICE_RETRIES}"),
         ));
     }
-    Ok(())
+    super::gates::check_gates(p)
 }
 
 #[cfg(test)]

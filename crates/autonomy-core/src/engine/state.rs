@@ -136,6 +136,7 @@ impl EnginePlan {
             policy: &self.policy,
             in_flight,
             max_dispatch,
+            gate_devices: &[],
         }
     }
 
@@ -313,7 +314,11 @@ impl EnginePlan {
                 self.reason = Some(*reason);
                 Some(Phase::Aborted)
             }
-            A::TimeOut { .. } | A::RetryDevices { .. } | A::DispatchDevices { .. } => None,
+            A::TimeOut { .. }
+            | A::RetryDevices { .. }
+            | A::DispatchDevices { .. }
+            | A::DispatchListed { .. }
+            | A::SetReadiness { .. } => None,
         }
     }
 }
@@ -338,7 +343,8 @@ pub fn action_event(action: &super::Action) -> autonomy_api::EventType {
         A::TimeOut { .. } => E::DeviceTimedOut,
         A::RetryDevices { .. } => E::DeviceRetried,
         A::StartStage { .. } => E::RolloutStageStarted,
-        A::DispatchDevices { .. } => E::RolloutDevicesDispatched,
+        A::DispatchDevices { .. } | A::DispatchListed { .. } => E::RolloutDevicesDispatched,
+        A::SetReadiness { .. } => E::RolloutDevicesWaiting,
         A::PassStage { .. } => E::RolloutStagePassed,
         A::ReachGate { .. } => E::RolloutGateReached,
         A::Complete | A::Pause { .. } | A::Fail { .. } | A::Abort { .. } => E::RolloutPhaseChanged,

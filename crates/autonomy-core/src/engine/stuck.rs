@@ -17,11 +17,19 @@
 //!   for that reason — at once: nothing moves until an operator acts. They carry the failing
 //!   sample.
 //! - the device codes: their sample is not empty.
+//! - `outside_window` and `devices_not_ready` (SPEC §8.7): the plan is `active`, made no
+//!   progress for the threshold, and has undispatched devices while no window is open / has
+//!   `waiting_ready` devices. `budget_exhausted`: a disruption-budget group is full and every
+//!   device in flight in it is silent or not converging (measured like those codes).
 //!
 //! Operator-paused plans are never stuck, nor are draft, completed, failed or aborted ones. A
 //! `rolled_back` plan is stuck only by reverts that do not converge.
 
-use autonomy_api::{timefmt, EngineReason, PausedBy, Phase, StuckCode, StuckReason, StuckStage};
+use std::collections::BTreeMap;
+
+use autonomy_api::{
+    timefmt, EngineReason, PausedBy, Phase, StuckCode, StuckReason, StuckStage, Window,
+};
 
 use crate::is_hidden_char;
 
@@ -51,6 +59,9 @@ impl DeviceSample {
     /// The count (never less than the ids shown) and at most [`MAX_REASON_DEVICES`] ids.
     fn reason(&self, code: StuckCode) -> StuckReason {
         StuckReason {
+            unmet: BTreeMap::new(),
+            by_condition: BTreeMap::new(),
+            next_window_at: None,
             code,
             count: self.count.max(self.devices.len() as u64),
             devices: self
@@ -61,6 +72,15 @@ impl DeviceSample {
                 .collect(),
         }
     }
+}
+
+/// The `waiting_ready` devices of a plan: a sample, the first unmet condition of each device
+/// shown, and how many devices each condition holds back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotReady {
+    pub sample: DeviceSample,
+    pub unmet: BTreeMap<String, String>,
+    pub by_condition: BTreeMap<String, u64>,
 }
 
 /// What the store knows about one engine-driven plan at scan time.
@@ -89,6 +109,14 @@ pub struct StuckFacts<'a> {
     pub now_us: i64,
     pub threshold_us: i64,
     pub silent_after_seconds: u64,
+    /// `waiting_ready` devices ([`super::gates::gate_stuck`]).
+    pub not_ready: NotReady,
+    /// In flight and stuck in a full disruption-budget group ([`super::gates::gate_stuck`]).
+    pub budget_stuck: DeviceSample,
+    /// Undispatched (`pending`, `waiting_ready`) devices of the started stages.
+    pub undispatched: u64,
+    /// `policy.windows`.
+    pub windows: &'a [Window],
 }
 
 /// Why a plan is stuck: the main code, every reason, the diagnosis and the actions.
@@ -112,7 +140,11 @@ pub fn engine_stuck(f: &StuckFacts<'_>) -> Option<EngineStuck> {
     let first_silent = f.silent.devices.first().map(String::as_str);
     let mut suggested_actions: Vec<String> = Vec::new();
     for r in &reasons {
-        for line in actions(r.code, f.id, gate_stage, first_silent) {
+        let device = match r.code {
+            StuckCode::BudgetExhausted => f.budget_stuck.devices.first().map(String::as_str),
+            _ => first_silent,
+        };
+        for line in actions(r.code, f.id, gate_stage, device) {
             if !suggested_actions.contains(&line) {
                 suggested_actions.push(line);
             }
@@ -129,6 +161,9 @@ pub fn engine_stuck(f: &StuckFacts<'_>) -> Option<EngineStuck> {
 /// The applicable reasons, in precedence order.
 fn reasons(f: &StuckFacts<'_>) -> Vec<StuckReason> {
     let none = |code| StuckReason {
+        unmet: BTreeMap::new(),
+        by_condition: BTreeMap::new(),
+        next_window_at: None,
         code,
         count: 0,
         devices: Vec::new(),
@@ -173,6 +208,36 @@ fn reasons(f: &StuckFacts<'_>) -> Vec<StuckReason> {
         (StuckCode::FailingDevices, &f.failing),
         (StuckCode::SilentDevices, &f.silent),
         (StuckCode::NonConvergingDevices, &f.non_converging),
+    ] {
+        if !sample.is_empty() {
+            out.push(sample.reason(code));
+        }
+    }
+    if f.phase == Phase::Active {
+        let stalled = f.now_us.saturating_sub(f.last_progress_us) >= f.threshold_us;
+        if !f.budget_stuck.is_empty() {
+            out.push(f.budget_stuck.reason(StuckCode::BudgetExhausted));
+        }
+        if stalled && f.undispatched > 0 && !super::gates::in_window(f.windows, f.now_us) {
+            let mut r = DeviceSample::new(f.undispatched, &[]).reason(StuckCode::OutsideWindow);
+            r.next_window_at =
+                super::gates::next_window_start(f.windows, f.now_us).map(timefmt::format_us);
+            out.push(r);
+        }
+        if stalled && !f.not_ready.sample.is_empty() {
+            let mut r = f.not_ready.sample.reason(StuckCode::DevicesNotReady);
+            r.unmet = f
+                .not_ready
+                .unmet
+                .iter()
+                .filter(|(d, _)| r.devices.contains(d))
+                .map(|(d, why)| (d.clone(), why.clone()))
+                .collect();
+            r.by_condition = f.not_ready.by_condition.clone();
+            out.push(r);
+        }
+    }
+    for (code, sample) in [
         (StuckCode::DriftedDevices, &f.drifted),
         (StuckCode::RevertNotConverging, &f.reverts_stuck),
     ] {
@@ -262,6 +327,50 @@ fn diagnosis(f: &StuckFacts<'_>, reasons: &[StuckReason]) -> String {
                 seconds(f.threshold_us),
                 sample(r)
             ),
+            StuckCode::BudgetExhausted => format!(
+                "the disruption budget is exhausted: {} in flight fill their group and are \
+                 stuck (silent or not converging), so no other device of the group is \
+                 dispatched until they settle{}",
+                devices(r.count),
+                sample(r)
+            ),
+            StuckCode::OutsideWindow => format!(
+                "outside every maintenance window: {} wait to be dispatched; {}",
+                devices(r.count),
+                match &r.next_window_at {
+                    Some(t) => format!("the next window opens at {t}"),
+                    None => "no window opens again".to_string(),
+                }
+            ),
+            StuckCode::DevicesNotReady => {
+                let by: Vec<String> = r
+                    .by_condition
+                    .iter()
+                    .map(|(c, n)| format!("{c}: {n}"))
+                    .collect();
+                let why: Vec<String> = r
+                    .devices
+                    .iter()
+                    .map(|d| match r.unmet.get(d) {
+                        Some(w) => format!("{}: {}", shown(d), shown(w)),
+                        None => shown(d),
+                    })
+                    .collect();
+                let more = r.count.saturating_sub(r.devices.len() as u64);
+                format!(
+                    "{} not ready (waiting_ready: they do not meet policy.require; by \
+                     condition {}){}",
+                    devices(r.count),
+                    by.join(", "),
+                    if why.is_empty() {
+                        String::new()
+                    } else if more > 0 {
+                        format!(" ({} and {more} more)", why.join("; "))
+                    } else {
+                        format!(" ({})", why.join("; "))
+                    }
+                )
+            }
             StuckCode::DriftedDevices => format!(
                 "{} drifted: no longer running the target digest{}",
                 devices(r.count),
@@ -344,6 +453,21 @@ fn actions(
             strategy("abort"),
         ],
         StuckCode::NonConvergingDevices => vec![list("verifying"), strategy("retry")],
+        StuckCode::BudgetExhausted => vec![
+            format!("autonomy rollout devices {id}"),
+            format!(
+                "autonomy device get {}",
+                device.map_or_else(|| "<device-id>".to_string(), shown)
+            ),
+            strategy("abort"),
+        ],
+        StuckCode::OutsideWindow => vec![get, strategy("abort")],
+        StuckCode::DevicesNotReady => vec![
+            list("waiting_ready"),
+            "autonomy device get <device-id>".to_string(),
+            get,
+            strategy("abort"),
+        ],
         StuckCode::DriftedDevices => vec![list("drifted"), strategy("retry")],
         StuckCode::RevertNotConverging => vec![list("reverting")],
         // Record-only plans: the lines of `diagnose_stuck` for an active plan.
@@ -427,6 +551,15 @@ mod tests {
 
     const S: i64 = 1_000_000;
     const NOW: i64 = 1_800_000_000 * S;
+    /// NOW is Friday 2027-01-15 08:00 UTC; this window opens on Saturdays at 03:00 UTC.
+    fn sat_window() -> &'static [Window] {
+        Box::leak(Box::new([Window {
+            days: vec!["sat".into()],
+            start: "03:00".into(),
+            end: "04:00".into(),
+            tz: "UTC".into(),
+        }]))
+    }
 
     fn facts(phase: Phase) -> StuckFacts<'static> {
         StuckFacts {
@@ -447,6 +580,10 @@ mod tests {
             now_us: NOW,
             threshold_us: 30 * S,
             silent_after_seconds: 120,
+            not_ready: NotReady::default(),
+            budget_stuck: DeviceSample::default(),
+            undispatched: 0,
+            windows: &[],
         }
     }
 
@@ -578,6 +715,64 @@ mod tests {
             ),
             (
                 StuckFacts {
+                    budget_stuck: DeviceSample::new(1, &["amr-2"]),
+                    ..facts(Phase::Active)
+                },
+                BudgetExhausted,
+                1,
+                vec!["amr-2"],
+                vec![
+                    "disruption budget is exhausted: 1 device in flight",
+                    "(amr-2)",
+                ],
+            ),
+            (
+                StuckFacts {
+                    undispatched: 6,
+                    windows: sat_window(),
+                    ..facts(Phase::Active)
+                },
+                OutsideWindow,
+                6,
+                vec![],
+                vec![
+                    "outside every maintenance window: 6 devices wait",
+                    "the next window opens at 2027-01-16T03:00:00",
+                ],
+            ),
+            (
+                StuckFacts {
+                    not_ready: NotReady {
+                        sample: DeviceSample::new(3, &["amr-1", "amr-2"]),
+                        unmet: BTreeMap::from([
+                            (
+                                "amr-1".to_string(),
+                                "docked is false (needs true)".to_string(),
+                            ),
+                            (
+                                "amr-2".to_string(),
+                                "idle is false (needs true)".to_string(),
+                            ),
+                        ]),
+                        by_condition: BTreeMap::from([
+                            ("docked".to_string(), 2),
+                            ("idle".to_string(), 1),
+                        ]),
+                    },
+                    ..facts(Phase::Active)
+                },
+                DevicesNotReady,
+                3,
+                vec!["amr-1", "amr-2"],
+                vec![
+                    "3 devices not ready",
+                    "docked: 2, idle: 1",
+                    "amr-1: docked is false (needs true); amr-2: idle is false (needs true) and \
+                     1 more",
+                ],
+            ),
+            (
+                StuckFacts {
                     drifted: DeviceSample::new(4, &["amr-4", "amr-5", "amr-6", "amr-8"]),
                     ..facts(Phase::Active)
                 },
@@ -614,7 +809,8 @@ mod tests {
             }
             let own = suggested_actions(code, "p-7", f.gate.map(|g| g.0));
             assert!(
-                s.suggested_actions.starts_with(&own) || code == SilentDevices,
+                s.suggested_actions.starts_with(&own)
+                    || matches!(code, SilentDevices | BudgetExhausted),
                 "{code}: {:?}",
                 s.suggested_actions
             );

@@ -259,6 +259,7 @@ pub async fn poll<S: Store>(
             at_us: autonomy_store::now_us(),
             installed_digest: req.installed_digest.clone(),
             boot_id: req.boot_id.clone(),
+            conditions: req.conditions.clone(),
         },
     );
     // Subscribe before reading the revision, so a change in between is not missed; a poll
@@ -266,6 +267,11 @@ pub async fn poll<S: Store>(
     let mut watch = (req.wait_seconds > 0).then(|| store.live().watch(&device_id));
     let answer = async {
         let mut seen = store.poll(&device_id).await?;
+        if seen.waiting_ready {
+            // The device waits to meet `policy.require` (SPEC §8.7) and just said how it is:
+            // a tick now dispatches it if it does, and the dispatch answers this long poll.
+            state.engine.wake_promoter();
+        }
         if let Some(d) = &seen.drift {
             let drifts = match d.state {
                 DeviceState::Verified => {

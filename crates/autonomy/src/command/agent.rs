@@ -140,6 +140,18 @@ pub struct AgentArgs {
     #[arg(long, env = "AUTONOMY_AGENT_POLL_WAIT", value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_POLL_WAIT_SECONDS)))]
     poll_wait: u32,
+
+    /// Run as `sh -c CMD` before each poll: its stdout is a JSON object of the device's
+    /// conditions (e.g. {"docked": true, "idle": false, "battery_pct": 73}), sent with the
+    /// poll for the plan's `policy.require`. A failure, a timeout (--conditions-timeout, the
+    /// process group is killed) or bad output is a warning and the poll goes without them.
+    #[arg(long, env = "AUTONOMY_AGENT_CONDITIONS_CMD", value_name = "CMD")]
+    conditions_cmd: Option<String>,
+
+    /// Seconds --conditions-cmd may run.
+    #[arg(long, env = "AUTONOMY_AGENT_CONDITIONS_TIMEOUT", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    conditions_timeout: u64,
 }
 
 impl AgentArgs {
@@ -221,7 +233,15 @@ impl AgentArgs {
                     if after_seconds > 0 {
                         thread::sleep(Duration::from_secs(u64::from(after_seconds)));
                     }
-                    let request = machine.poll_request(self.poll_wait);
+                    let mut request = machine.poll_request(self.poll_wait);
+                    if let Some(cmd) = &self.conditions_cmd {
+                        match conditions_of(cmd, self.conditions_timeout) {
+                            Ok(c) => request.conditions = c,
+                            Err(why) => tracing::warn!(
+                                "--conditions-cmd: {why}; polling without conditions"
+                            ),
+                        }
+                    }
                     let answer = match polls.fetch(&api.device_poll(&request)) {
                         Ok(answer) => answer,
                         Err(e) => {
@@ -617,6 +637,59 @@ fn run_hook(cmd: &str, run: &HookRun, timeout_secs: u64) -> HookOutcome {
     }
 }
 
+/// Runs `--conditions-cmd` (`sh -c CMD`, own process group, killed whole after
+/// `timeout_secs`) and reads its stdout as the poll's conditions, checked as the CP checks
+/// them (`autonomy_core::device::validate_poll`), so a bad one costs a warning, not the poll.
+fn conditions_of(
+    cmd: &str,
+    timeout_secs: u64,
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env_remove("AUTONOMY_AGENT_ENROLL_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start it: {e}"))?;
+    let (stdout, out_reader) = drain_tail(child.stdout.take(), STDOUT_KEPT);
+    let (stderr, err_reader) = drain_tail(child.stderr.take(), STDERR_KEPT);
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => {
+                kill_group(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {timeout_secs}s (killed)"));
+            }
+        }
+    };
+    let grace = Instant::now() + PIPE_GRACE;
+    while !(out_reader.is_finished() && err_reader.is_finished()) && Instant::now() < grace {
+        thread::sleep(Duration::from_millis(10));
+    }
+    if !status.success() {
+        return Err(format!("exited with {status}: {}", text_of(&stderr).trim()));
+    }
+    let out = text_of(&stdout);
+    let conditions: BTreeMap<String, serde_json::Value> = serde_json::from_str(out.trim())
+        .map_err(|e| format!("its output is not a JSON object of conditions: {e}"))?;
+    let probe = autonomy_api::device::PollRequest {
+        conditions,
+        ..Default::default()
+    };
+    autonomy_core::device::validate_poll(&probe)
+        .map_err(|e| format!("bad {}: {}", e.field, e.message))?;
+    Ok(probe.conditions)
+}
+
 /// SIGKILL to the process group `pgid` (through `kill(1)`: the workspace forbids `unsafe`).
 fn kill_group(pgid: u32) {
     let result = Command::new("kill")
@@ -731,5 +804,30 @@ mod tests {
         }
         b.reset();
         assert!(b.next_pause() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn conditions_cmd_output_is_checked_like_the_cp_checks_it() {
+        let c = conditions_of(
+            r#"echo '{"docked": true, "idle": false, "battery_pct": 73}'"#,
+            5,
+        )
+        .unwrap();
+        assert_eq!(c["docked"], serde_json::json!(true));
+        assert_eq!(c["battery_pct"], serde_json::json!(73));
+        for (cmd, want) in [
+            ("echo not-json", "not a JSON object"),
+            ("echo '[1]'", "not a JSON object"),
+            (
+                r#"echo '{"battery_pct": 120}'"#,
+                "bad conditions.battery_pct",
+            ),
+            (r#"echo '{"docked": "yes"}'"#, "bad conditions.docked"),
+            ("echo oops >&2; exit 3", "oops"),
+            ("sleep 30", "no answer within 1s"),
+        ] {
+            let e = conditions_of(cmd, 1).unwrap_err();
+            assert!(e.contains(want), "{cmd}: {e}");
+        }
     }
 }

@@ -42,8 +42,11 @@ impl FleetCommand {
 /// of precedence: silent (stops polling at its first assignment), failing (install fails on
 /// the first A attempts, or always with --fail-attempts 0), slow (each step takes F× as long),
 /// reverting (comes back from its reboot on the previous digest), drifting (verifies, then
-/// falls back after S seconds), false-success (reports success without rebooting); the rest
-/// are healthy. Probabilities are fractions (0.05 = 5%).
+/// falls back after S seconds), false-success (reports success without rebooting), busy
+/// (reports `idle: false` for a while: --busy-for seconds, 0.5× to 1.5× by hash, from its
+/// start), undocked (reports `docked: false` for --undocked-for seconds likewise); the rest
+/// are healthy. Probabilities are fractions (0.05 = 5%). Every device sends its conditions
+/// (`docked`, `idle`, `battery_pct`) with each poll, for a plan's `policy.require`.
 ///
 /// A progress line goes to stderr every few seconds (devices per local state); at the end
 /// (after --duration, or on SIGINT/SIGTERM) a JSON summary goes to stdout. Exit 0; 3 if the
@@ -81,6 +84,11 @@ pub struct SimulateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
 
+    /// Spread the devices over N sites: device i enrolls with `site=site-<i mod N>` (two
+    /// digits at least), for a plan's `disruption_budget` grouped by site. 0: no site label.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub sites: u32,
+
     /// Fraction of devices that stop polling at their first assignment.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub silent: f64,
@@ -106,6 +114,18 @@ pub struct SimulateArgs {
     /// Fraction of devices that report success without rebooting.
     #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     pub false_success: f64,
+    /// Fraction of devices that report `idle: false` for a while (--busy-for).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub busy: f64,
+    /// Seconds a busy device stays busy from its start (0.5× to 1.5×, by hash(seed, index)).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub busy_for: f64,
+    /// Fraction of devices that report `docked: false` for a while (--undocked-for).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    pub undocked: f64,
+    /// Seconds an undocked device stays off its dock from its start (0.5× to 1.5×, by hash).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub undocked_for: f64,
 
     /// Write {device id: behaviour} here (JSON) once the devices are enrolled.
     #[arg(long, value_name = "FILE")]
@@ -150,6 +170,8 @@ pub enum Behaviour {
     Reverting,
     Drifting,
     FalseSuccess,
+    Busy,
+    Undocked,
 }
 
 impl Behaviour {
@@ -162,6 +184,8 @@ impl Behaviour {
             Behaviour::Reverting => "reverting",
             Behaviour::Drifting => "drifting",
             Behaviour::FalseSuccess => "false_success",
+            Behaviour::Busy => "busy",
+            Behaviour::Undocked => "undocked",
         }
     }
 }
@@ -169,13 +193,7 @@ impl Behaviour {
 /// The behaviour of device `index`: a uniform draw from hash(seed, index) against the
 /// cumulative fractions, in the order of the help text.
 fn behaviour(seed: u64, index: u32, a: &SimulateArgs) -> Behaviour {
-    let mut h = blake3::Hasher::new();
-    h.update(&seed.to_le_bytes());
-    h.update(&index.to_le_bytes());
-    let bytes = h.finalize();
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&bytes.as_bytes()[..8]);
-    let u = (u64::from_le_bytes(x) >> 11) as f64 / (1u64 << 53) as f64;
+    let u = uniform(seed, index, b"");
     let mut edge = 0.0;
     for (p, b) in [
         (a.silent, Behaviour::Silent),
@@ -184,6 +202,8 @@ fn behaviour(seed: u64, index: u32, a: &SimulateArgs) -> Behaviour {
         (a.reverting, Behaviour::Reverting),
         (a.drifting, Behaviour::Drifting),
         (a.false_success, Behaviour::FalseSuccess),
+        (a.busy, Behaviour::Busy),
+        (a.undocked, Behaviour::Undocked),
     ] {
         edge += p;
         if u < edge {
@@ -191,6 +211,47 @@ fn behaviour(seed: u64, index: u32, a: &SimulateArgs) -> Behaviour {
         }
     }
     Behaviour::Healthy
+}
+
+/// The site label of device `index` over `sites` sites (`None` without sites).
+fn site_of(index: u32, sites: u32) -> Option<String> {
+    (sites > 0).then(|| format!("site-{:02}", index % sites))
+}
+
+/// A uniform draw in [0, 1) from hash(seed, index, what).
+fn uniform(seed: u64, index: u32, what: &[u8]) -> f64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    h.update(what);
+    let bytes = h.finalize();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&bytes.as_bytes()[..8]);
+    (u64::from_le_bytes(x) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How long after its start a busy or undocked device becomes ready (idle, docked): its
+/// --busy-for / --undocked-for times 0.5 to 1.5, by hash(seed, index); `None` for the others.
+fn not_ready_for(seed: u64, index: u32, b: Behaviour, a: &SimulateArgs) -> Option<Duration> {
+    let base = match b {
+        Behaviour::Busy => a.busy_for,
+        Behaviour::Undocked => a.undocked_for,
+        _ => return None,
+    };
+    let f = 0.5 + uniform(seed, index, b"ready");
+    Some(Duration::from_secs_f64((base * f).clamp(0.0, 86_400.0)))
+}
+
+/// The conditions a simulated device reports while it is (not yet) ready.
+fn conditions(b: Behaviour, ready: bool) -> BTreeMap<String, serde_json::Value> {
+    BTreeMap::from([
+        (
+            "docked".to_string(),
+            (ready || b != Behaviour::Undocked).into(),
+        ),
+        ("idle".to_string(), (ready || b != Behaviour::Busy).into()),
+        ("battery_pct".to_string(), 100.into()),
+    ])
 }
 
 /// Where a simulated device is, for the progress line and the summary.
@@ -462,7 +523,10 @@ fn set(fleet: &Fleet, i: usize, l: Local) {
 async fn device(fleet: Arc<Fleet>, i: usize, id: String, b: Behaviour, enrolled: Arc<AtomicU64>) {
     let salt = i as u64 ^ fleet.args.seed.rotate_left(17);
     let mut attempt = 0u32;
-    let labels: BTreeMap<String, String> = fleet.args.labels.iter().cloned().collect();
+    let mut labels: BTreeMap<String, String> = fleet.args.labels.iter().cloned().collect();
+    if let Some(site) = site_of(i as u32, fleet.args.sites) {
+        labels.insert("site".to_string(), site);
+    }
     let token = loop {
         if fleet.stop.load(Ordering::Relaxed) {
             return;
@@ -516,6 +580,8 @@ async fn device(fleet: Arc<Fleet>, i: usize, id: String, b: Behaviour, enrolled:
         1.0
     };
     let step = fleet.step.mul_f64(slow);
+    let ready_at = not_ready_for(fleet.args.seed, i as u32, b, &fleet.args)
+        .map(|d| tokio::time::Instant::now() + d);
     let mut installs: BTreeMap<(String, u32), ()> = BTreeMap::new();
     let mut drift_at: Option<tokio::time::Instant> = None;
     let mut retries = 0u32;
@@ -542,7 +608,16 @@ async fn device(fleet: Arc<Fleet>, i: usize, id: String, b: Behaviour, enrolled:
                 if drift_at.is_some() {
                     wait = wait.min(1);
                 }
-                let call = api.device_poll(&m.poll_request(wait));
+                let now = tokio::time::Instant::now();
+                let ready = ready_at.is_none_or(|at| now >= at);
+                if let Some(at) = ready_at.filter(|_| !ready) {
+                    // Poll again when it becomes ready, so its next poll says so.
+                    let left = at.saturating_duration_since(now).as_secs_f64().ceil() as u32;
+                    wait = wait.min(left.max(1));
+                }
+                let mut request = m.poll_request(wait);
+                request.conditions = conditions(b, ready);
+                let call = api.device_poll(&request);
                 match fleet.transport.fetch::<PollResponse>(&call).await {
                     Ok(answer) => {
                         fleet.reached.store(true, Ordering::Relaxed);
@@ -754,6 +829,48 @@ mod tests {
         near(Behaviour::FalseSuccess, 0.02);
         near(Behaviour::Reverting, 0.01);
         near(Behaviour::Healthy, 0.90);
+        let a = args(&["--busy", "0.1", "--undocked", "0.05", "--busy-for", "10"]);
+        let mut counts: BTreeMap<Behaviour, u32> = BTreeMap::new();
+        for i in 0..10_000 {
+            let b = behaviour(1, i, &a);
+            *counts.entry(b).or_default() += 1;
+            let wait = not_ready_for(1, i, b, &a);
+            match b {
+                Behaviour::Busy => {
+                    let w = wait.unwrap().as_secs_f64();
+                    assert!((5.0..15.0).contains(&w), "{w}");
+                    assert_eq!(wait, not_ready_for(1, i, b, &a), "deterministic");
+                }
+                Behaviour::Undocked => assert!(wait.is_some()),
+                _ => assert_eq!(wait, None),
+            }
+        }
+        let got = |b| f64::from(counts.get(&b).copied().unwrap_or(0)) / 10_000.0;
+        assert!((got(Behaviour::Busy) - 0.1).abs() < 0.01);
+        assert!((got(Behaviour::Undocked) - 0.05).abs() < 0.01);
+        assert_eq!(
+            conditions(Behaviour::Busy, false),
+            BTreeMap::from([
+                ("docked".to_string(), serde_json::json!(true)),
+                ("idle".to_string(), serde_json::json!(false)),
+                ("battery_pct".to_string(), serde_json::json!(100)),
+            ])
+        );
+        assert_eq!(conditions(Behaviour::Undocked, false)["docked"], false);
+        assert_eq!(conditions(Behaviour::Undocked, true)["docked"], true);
+        assert_eq!(conditions(Behaviour::Healthy, false)["idle"], true);
+        assert_eq!(site_of(13, 10).as_deref(), Some("site-03"));
+        assert_eq!(site_of(13, 0), None);
+        let a = args(&[
+            "--silent",
+            "0.02",
+            "--failing",
+            "0.05",
+            "--false-success",
+            "0.02",
+            "--reverting",
+            "0.01",
+        ]);
         let again: Vec<_> = (0..100).map(|i| behaviour(1, i, &a)).collect();
         let same: Vec<_> = (0..100).map(|i| behaviour(1, i, &a)).collect();
         let other: Vec<_> = (0..100).map(|i| behaviour(2, i, &a)).collect();

@@ -10,7 +10,8 @@ use crate::command::Ctx;
 /// Show one device: GET /v1/devices/{id}
 ///
 /// Text output is one line: id, labels, created_at, and when known installed_digest,
-/// last_seen_at, revoked_at, and the plan, attempt and state of its current assignment.
+/// last_seen_at, revoked_at, the plan, attempt and state of its current assignment, and the
+/// conditions of its last poll (JSON; SPEC §8.7).
 /// Exit 4 when no device has that id.
 ///
 /// Examples:

@@ -43,7 +43,7 @@ impl DeviceCommand {
 
 /// The fields of one device as logfmt pairs: `id labels created_at`, then `installed_digest`,
 /// `last_seen_at`, `revoked_at` when known, then `plan attempt state` of its current
-/// assignment, if any.
+/// assignment, if any, then `conditions` (its last poll's, as JSON) when it sent any.
 pub fn device_pairs(d: &Device) -> Vec<(&'static str, String)> {
     let mut pairs = vec![
         ("id", d.id.clone()),
@@ -63,6 +63,12 @@ pub fn device_pairs(d: &Device) -> Vec<(&'static str, String)> {
         pairs.push(("plan", a.plan_id.clone()));
         pairs.push(("attempt", a.attempt.to_string()));
         pairs.push(("state", a.state.to_string()));
+    }
+    if !d.conditions.is_empty() {
+        pairs.push((
+            "conditions",
+            serde_json::to_string(&d.conditions).unwrap_or_default(),
+        ));
     }
     pairs
 }

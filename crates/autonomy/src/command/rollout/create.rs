@@ -28,7 +28,10 @@ use crate::exit;
 /// rolls it out to those devices in `--stages` under `--policy`, and needs a digest to verify
 /// success by (`…@sha256:…` in --artifact-ref, or a --fingerprint; else exit 1 on a 422).
 /// `--stages` and `--policy` take JSON text or `@FILE` (`@-` reads stdin); the control plane
-/// checks their fields (400 naming an unknown one).
+/// checks their fields (400 naming an unknown one). The robot-aware gates are policy fields
+/// too: `disruption_budget` ({"group_by":["site"],"max_unavailable":N} or
+/// "min_available_pct":P), `require` ({"docked":true,"idle":true,"battery_pct_min":40}) and
+/// `windows` ([{"days":["mon"],"start":"22:00","end":"05:00","tz":"Europe/Berlin"}]).
 ///
 /// Examples:
 ///   autonomy rollout create --id web-1 --artifact-ref oci://reg/web@sha256:… --label team=web
@@ -41,6 +44,10 @@ use crate::exit;
 ///     --policy '{"failure_threshold":{"count":2},"on_failure":"pause"}'
 ///   autonomy rollout create --id fw-8 --artifact-ref oci://reg/fw@sha256:… \
 ///     --selector site=berlin --stages @stages.json --policy @policy.json
+///   autonomy rollout create --id fw-9 --artifact-ref oci://reg/fw@sha256:… \
+///     --selector fleet=amr --policy '{"disruption_budget":{"group_by":["site"],
+///     "max_unavailable":2},"require":{"docked":true,"battery_pct_min":40},"windows":[{"days":
+///     ["mon","tue","wed","thu","fri"],"start":"22:00","end":"05:00","tz":"Europe/Berlin"}]}'
 #[derive(Debug, Args)]
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
