@@ -32,6 +32,7 @@ use crate::routes;
         routes::system::ready,
         routes::system::metrics,
         routes::system::openapi,
+        routes::system::whoami,
         routes::plans::list,
         routes::plans::create,
         routes::plans::stuck,
