@@ -321,6 +321,8 @@ async function main() {
       await fleet.locator('td.in-flight').getByText('0 in flight').waitFor({ timeout: ROLLOUT_MS });
       await fleet.getByText(`failed: ${failing.length}`).waitFor({ timeout: STEP_MS });
       await shot(page, '05-plan-paused');
+      // What the README shows: the top of this page, as a person sees it.
+      await page.screenshot({ path: join(ARTIFACTS, 'console.png') });
     });
 
     await step('the devices of the plan filter by state: exactly the failing ones are failed', async () => {

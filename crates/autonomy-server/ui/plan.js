@@ -62,7 +62,7 @@ export function planView(main, ctx) {
           say(actionOut, 'info', `${label}…`);
           try {
             const r = await post(planPath(id, `/${verbName}`), body);
-            say(actionOut, 'ok', `${label}: done — the plan is now ${r.status.phase}.`);
+            say(actionOut, 'ok', `${new Date().toLocaleTimeString()} — ${label}: done, the plan is now ${r.status.phase}.`);
           } catch (e) {
             failure(actionOut, e);
           } finally {
@@ -98,6 +98,8 @@ export function planView(main, ctx) {
       {
         class: 'recovery',
         'aria-labelledby': 'recovery-title',
+        // The page says itself what is missing (in words, next to the form).
+        novalidate: true,
         on: {
           input: reset,
           submit: async (ev) => {
@@ -161,10 +163,11 @@ export function planView(main, ctx) {
     h('p', { class: 'crumbs' }, h('a', { href: '#/plans' }, 'Plans'), ' / ', id),
     h('h1', {}, 'Plan ', h('code', {}, id)),
     summary.el,
-    h('section', { 'aria-labelledby': 'gate-title', class: 'panel' }, h('h2', { id: 'gate-title' }, 'Gate and phase'), gate.el, controls.el, actionOut),
-    recovery ? h('section', { class: 'panel' }, recovery) : null,
-    h('section', { 'aria-labelledby': 'why-title', class: 'panel' }, h('h2', { id: 'why-title' }, 'Why it waits'), why.el),
+    h('div', { class: 'panels' },
+      h('section', { 'aria-labelledby': 'gate-title', class: 'panel' }, h('h2', { id: 'gate-title' }, 'Gate and phase'), gate.el, controls.el, actionOut),
+      recovery ? h('section', { class: 'panel' }, recovery) : null),
     h('section', { 'aria-labelledby': 'stages-title' }, h('h2', { id: 'stages-title' }, 'Stages'), stages.el),
+    h('section', { 'aria-labelledby': 'why-title', class: 'panel' }, h('h2', { id: 'why-title' }, 'Why it waits'), why.el),
     h('section', { 'aria-labelledby': 'devices-title' }, h('h2', { id: 'devices-title' }, 'Devices'),
       h('form', { class: 'filters', on: { submit: (e) => e.preventDefault() } }, field('Device state', stateSelect)),
       devices.el),
