@@ -134,6 +134,11 @@ async function shot(page, name) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`), fullPage: true });
 }
 
+/** Goes to a page by the navigation bar. */
+async function nav(page, name) {
+  await page.getByRole('navigation', { name: 'Pages' }).getByRole('link', { name, exact: true }).click();
+}
+
 const ACTION_BUTTONS = /^(approve|start|publish|pause|resume|preview|confirm)/i;
 
 async function main() {
@@ -220,6 +225,9 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
     ],
   });
+  // Every click, fill and navigation is bounded too, not only the explicit waits.
+  context.setDefaultTimeout(STEP_MS);
+  context.setDefaultNavigationTimeout(STEP_MS);
   const pageErrors = [];
   const watch = (page, who) => {
     page.on('pageerror', (e) => pageErrors.push(`${who}: ${e.message}`));
@@ -339,7 +347,7 @@ async function main() {
     });
 
     await step('the stuck page groups the plan under failure_threshold_reached', async () => {
-      await page.getByRole('link', { name: 'Stuck', exact: true }).click();
+      await nav(page, 'Stuck');
       await main.getByLabel('Stuck after (seconds without progress)').fill('0');
       await main.getByRole('button', { name: 'Scan' }).click();
       const group = main.locator('section[data-code="failure_threshold_reached"]');
@@ -350,7 +358,7 @@ async function main() {
     });
 
     await step(`the devices page lists the ${DEVICES} devices with labels and digests`, async () => {
-      await page.getByRole('link', { name: 'Devices', exact: true }).click();
+      await nav(page, 'Devices');
       await main.getByLabel('Label selector').fill('fleet=e2e');
       await main.getByRole('button', { name: 'Apply' }).click();
       await main.getByText(`Devices matching fleet=e2e (${DEVICES} shown)`).waitFor({ timeout: STEP_MS });
@@ -392,14 +400,25 @@ async function main() {
       await shot(page, '10-plan-completed');
     });
 
+    await step('the plans page filters by phase', async () => {
+      await nav(page, 'Plans');
+      await main.getByLabel('Phase').selectOption('paused');
+      await main.getByText('Plans in phase paused (0 shown)').waitFor({ timeout: STEP_MS });
+      await main.getByLabel('Phase').selectOption('completed');
+      const row = main.locator(`tr[data-plan="${PLAN}"]`);
+      await row.getByText('completed', { exact: true }).waitFor({ timeout: STEP_MS });
+      await row.getByText(`${DEVICES - CANARY}/${DEVICES - CANARY}`).waitFor({ timeout: STEP_MS });
+      await shot(page, '11-plans-completed');
+    });
+
     await step('audit search finds the retry by event type and actor', async () => {
-      await page.getByRole('link', { name: 'Audit', exact: true }).click();
+      await nav(page, 'Audit');
       await main.getByLabel('Event type').fill('rollback.executed');
       await main.getByLabel('Actor').fill('e2e-operator');
       await main.getByRole('button', { name: 'Search' }).click();
       await main.getByText('Audit events, oldest first (1 shown)').waitFor({ timeout: STEP_MS });
       await main.locator('tbody tr').getByText('success', { exact: true }).waitFor({ timeout: STEP_MS });
-      await shot(page, '11-audit');
+      await shot(page, '12-audit');
     });
 
     await step('no page logged an error (CSP refusals, exceptions)', async () => {

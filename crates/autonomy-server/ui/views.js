@@ -188,7 +188,7 @@ export function stuckItem(item, headingLevel) {
   return h(
     'article',
     { class: 'stuck-item', 'data-plan': item.id },
-    h(headingLevel, {}, h('a', { href: `#/plans/${encodeURIComponent(item.id)}` }, item.id), ' ', phaseBadge(item.phase), ' ', stuckBadge(item.code)),
+    h(headingLevel, {}, h('a', { href: `#/plans/${encodeURIComponent(item.id)}`, 'data-key': `stuck-${item.id}` }, item.id), ' ', phaseBadge(item.phase), ' ', stuckBadge(item.code)),
     h('p', { class: 'diagnosis' }, item.diagnosis),
     h('p', {}, `No progress for ${duration(item.stale_seconds)} (last progress `, time(item.last_progress_at), ').'),
     item.stage
