@@ -175,6 +175,9 @@ string_enum! {
         RollbackExecuted = "rollback.executed",
         AuditQueried = "audit.queried",
         AuditPublicKeyRead = "audit.public_key_read",
+        /// `GET /v1/whoami` (only ever recorded as a sample of an aggregated `auth.denied`:
+        /// every valid token may ask who it is).
+        IdentityRead = "identity.read",
         TokenCreated = "token.created",
         TokenListed = "token.listed",
         TokenRevoked = "token.revoked",
@@ -206,9 +209,6 @@ string_enum! {
         DeviceRead = "device.read",
         DeviceListed = "device.listed",
         EnrollKeyCreated = "enroll_key.created",
-        /// `GET /v1/whoami` (only ever recorded as a sample of an aggregated `auth.denied`:
-        /// every valid token may ask who it is).
-        IdentityRead = "identity.read",
     }
 }
 

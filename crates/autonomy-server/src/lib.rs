@@ -204,7 +204,6 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     Router::new()
         .route("/v1/health", get(system::health::<S>))
         .route("/v1/ready", get(system::ready::<S>))
-        .route("/v1/whoami", get(system::whoami::<S>))
         .route(
             "/v1/rollouts",
             get(plans::list::<S>).post(plans::create::<S>),
@@ -231,6 +230,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/rollback/execute", post(recovery::execute::<S>))
         .route("/v1/audit/events", get(audit::events::<S>))
         .route("/v1/audit/public-key", get(audit::public_key::<S>))
+        .route("/v1/whoami", get(system::whoami::<S>))
         .route(
             "/v1/tokens",
             get(tokens::list::<S>).post(tokens::create::<S>),
