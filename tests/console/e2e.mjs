@@ -282,6 +282,10 @@ async function main() {
     await step('the operator approves the start gate (stage 0, canary)', async () => {
       const gate = main.locator('#gate');
       await gate.getByText('before stage 0 “canary”').waitFor({ timeout: STEP_MS });
+      // From here to the pause, nothing reloads the page: what it shows comes by live updates.
+      await page.evaluate(() => {
+        window.e2eNotReloaded = true;
+      });
       await main.getByRole('button', { name: 'Approve stage 0 (canary)' }).click();
       await main.locator('#action-result').getByText('the plan is now active').waitFor({ timeout: STEP_MS });
     });
@@ -328,6 +332,7 @@ async function main() {
       const fleet = main.locator('tr[data-stage="fleet"]');
       await fleet.locator('td.in-flight').getByText('0 in flight').waitFor({ timeout: ROLLOUT_MS });
       await fleet.getByText(`failed: ${failing.length}`).waitFor({ timeout: STEP_MS });
+      assert(await page.evaluate(() => window.e2eNotReloaded === true), 'the page was never reloaded');
       await shot(page, '05-plan-paused');
       // What the README shows: the top of this page, as a person sees it.
       await page.screenshot({ path: join(ARTIFACTS, 'console.png') });
