@@ -426,6 +426,31 @@ async function main() {
       await shot(page, '12-audit');
     });
 
+    await step('a hidden tab is not polled, and refreshes as soon as it is visible again', async () => {
+      const seen = [];
+      const onRequest = (r) => {
+        if (new URL(r.url()).pathname.startsWith('/v1/')) seen.push(Date.now());
+      };
+      page.on('request', onRequest);
+      const setVisibility = (state) =>
+        page.evaluate((v) => {
+          Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => v });
+          document.dispatchEvent(new Event('visibilitychange'));
+        }, state);
+      await setVisibility('hidden');
+      const hiddenAt = Date.now();
+      await page.locator('#live').getByText('paused while this tab is hidden').waitFor({ timeout: STEP_MS });
+      // Absence can only be watched for a while: 2.5 refresh periods (a request already on its
+      // way when the tab was hidden may still start within the first moment).
+      await page.waitForTimeout(5000);
+      const whileHidden = seen.filter((t) => t > hiddenAt + 500).length;
+      assert(whileHidden === 0, `${whileHidden} API requests while hidden`);
+      const shownAt = Date.now();
+      await setVisibility('visible');
+      await until('an API request once visible', 5000, () => seen.some((t) => t >= shownAt));
+      page.off('request', onRequest);
+    });
+
     await step('no page logged an error (CSP refusals, exceptions)', async () => {
       assert(pageErrors.length === 0, pageErrors.join('\n'));
     });
