@@ -25,7 +25,7 @@ pub mod openapi;
 pub mod promoter;
 mod respond;
 mod routes;
-pub mod ui;
+mod ui;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
