@@ -176,6 +176,9 @@ string_enum! {
         RollbackExecuted = "rollback.executed",
         AuditQueried = "audit.queried",
         AuditPublicKeyRead = "audit.public_key_read",
+        /// `GET /v1/whoami` (only ever recorded as a sample of an aggregated `auth.denied`:
+        /// every valid token may ask who it is).
+        IdentityRead = "identity.read",
         TokenCreated = "token.created",
         TokenListed = "token.listed",
         TokenRevoked = "token.revoked",
@@ -836,6 +839,19 @@ pub struct TokenInfo {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     pub items: Vec<TokenInfo>,
+}
+
+/// Answer of `GET /v1/whoami`: who the caller's bearer token is (the web console shows the
+/// actions the role allows). With RBAC off every caller is an admin, `operator` is the
+/// `X-Autonomy-Operator` header or `anonymous`, and `token_id` is null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WhoAmI {
+    pub operator: String,
+    pub role: Role,
+    pub token_id: Option<String>,
+    /// Whether the CP enforces RBAC (tokens are needed).
+    pub rbac: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use autonomy_api::{AuditEvent, EventType, Outcome, Role, Target, OPERATOR_HEADER};
-use autonomy_store::{Ctx, Store};
+use autonomy_store::{Ctx, Identity, Store};
 use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
@@ -75,6 +75,7 @@ permissions! {
     LabelDevice = Operator, DeviceLabelsChanged, Device;
     RevokeDevice = Operator, DeviceRevoked, Device;
     CreateEnrollKey = Admin, EnrollKeyCreated, EnrollKey;
+    ReadIdentity = Viewer, IdentityRead, Auth;
 }
 
 /// The header that names the device while RBAC is off (SPEC §9.1).
@@ -189,6 +190,8 @@ impl<S: Store> FromRequestParts<AppState<S>> for EnrollKey {
 /// An authorised caller of an action `P`.
 pub struct Caller<P> {
     pub ctx: Ctx,
+    /// The token's identity with RBAC on; `None` with RBAC off (everyone may do everything).
+    pub identity: Option<Identity>,
     _permission: PhantomData<P>,
 }
 
@@ -226,9 +229,10 @@ impl<S: Store, P: Permission> FromRequestParts<AppState<S>> for Caller<P> {
             method: &parts.method,
             path: parts.uri.path(),
         };
-        let ctx = authorize::<S, P>(state, asking).await?;
+        let (ctx, identity) = authorize::<S, P>(state, asking).await?;
         Ok(Caller {
             ctx,
+            identity,
             _permission: PhantomData,
         })
     }
@@ -281,7 +285,7 @@ struct Asking<'a> {
 async fn authorize<S: Store, P: Permission>(
     state: &AppState<S>,
     asking: Asking<'_>,
-) -> Result<Ctx, ApiError> {
+) -> Result<(Ctx, Option<Identity>), ApiError> {
     let headers = asking.headers;
     let mut ctx = Ctx {
         actor: String::new(),
@@ -295,7 +299,7 @@ async fn authorize<S: Store, P: Permission>(
                 ApiError::invalid(format!("invalid header X-Autonomy-Operator: {m}"))
             })?,
         };
-        return Ok(ctx);
+        return Ok((ctx, None));
     }
     let need = P::ROLE;
     let identity = match bearer(headers) {
@@ -326,8 +330,8 @@ async fn authorize<S: Store, P: Permission>(
         }
     };
     if who.role >= need {
-        ctx.actor = who.operator;
-        return Ok(ctx);
+        ctx.actor = who.operator.clone();
+        return Ok((ctx, Some(who)));
     }
     // A known operator without the role: audited individually (the actor is known).
     let denial = ApiError::forbidden(format!(

@@ -12,7 +12,7 @@
 //! `error`, `host` (the `Host` check with RBAC off), `input` (bodies and queries parsed by
 //! hand), `metrics` (`/metrics` through prometheus-client), `openapi` (`/v1/openapi.json`
 //! through utoipa), `respond` (replies and idempotency), `routes::*` (one module per resource,
-//! each handler with its `#[utoipa::path]`).
+//! each handler with its `#[utoipa::path]`), `ui` (the operator console at `/ui/`).
 
 mod auth;
 mod conn;
@@ -25,6 +25,7 @@ pub mod openapi;
 pub mod promoter;
 mod respond;
 mod routes;
+mod ui;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -230,6 +231,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/rollback/execute", post(recovery::execute::<S>))
         .route("/v1/audit/events", get(audit::events::<S>))
         .route("/v1/audit/public-key", get(audit::public_key::<S>))
+        .route("/v1/whoami", get(system::whoami::<S>))
         .route(
             "/v1/tokens",
             get(tokens::list::<S>).post(tokens::create::<S>),
@@ -237,6 +239,9 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/tokens/{id}/revoke", post(tokens::revoke::<S>))
         .route("/metrics", get(system::metrics::<S>))
         .route("/v1/openapi.json", get(system::openapi))
+        // The web console (SPEC §11): static pages, not JSON API routes (not in the OpenAPI
+        // document, whose test reads the route calls above).
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -33,6 +33,7 @@ use crate::routes;
         routes::system::leader,
         routes::system::metrics,
         routes::system::openapi,
+        routes::system::whoami,
         routes::plans::list,
         routes::plans::create,
         routes::plans::stuck,

@@ -1,14 +1,15 @@
-//! Health, readiness and `/metrics`.
+//! Health, readiness, `/metrics`, this API's document and who the caller is.
 
 use std::sync::atomic::Ordering;
 
-use autonomy_api::{AuditCheck, Health};
+use autonomy_api::{AuditCheck, Health, Role, WhoAmI};
 use autonomy_store::Store;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::auth::{Caller, ReadIdentity};
 use crate::metrics::Snapshot;
 use crate::{ApiError, AppState};
 
@@ -118,4 +119,35 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
 )]
 pub async fn openapi() -> Response {
     crate::openapi::response()
+}
+
+/// Who the bearer token is: any valid token may ask (the web console hides the actions its
+/// role does not allow). With RBAC off: an admin named by `X-Autonomy-Operator`, else
+/// `anonymous`, and no token id.
+#[utoipa::path(
+    get,
+    operation_id = "system_whoami",
+    path = "/v1/whoami",
+    tag = "system",
+    summary = "Who the caller's token is (operator, role, token id)",
+    responses((status = 200, description = "The caller", body = autonomy_api::WhoAmI), crate::openapi::ReadErrors)
+)]
+pub async fn whoami<S: Store>(
+    State(state): State<AppState<S>>,
+    Caller { ctx, identity, .. }: Caller<ReadIdentity>,
+) -> Json<WhoAmI> {
+    Json(match identity {
+        Some(who) => WhoAmI {
+            operator: who.operator,
+            role: who.role,
+            token_id: Some(who.token_id),
+            rbac: state.config.rbac,
+        },
+        None => WhoAmI {
+            operator: ctx.actor,
+            role: Role::Admin,
+            token_id: None,
+            rbac: state.config.rbac,
+        },
+    })
 }
