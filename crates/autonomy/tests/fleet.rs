@@ -121,7 +121,7 @@ fn one_run() -> (BTreeMap<String, String>, Value, BTreeMap<String, String>) {
                         "targets": {"selector": {"fleet": "t"}},
                         "policy": {"failure_threshold": {"count": 1000},
                                    "success_threshold_pct": 50,
-                                   "device_timeout_seconds": 4,
+                                   "device_timeout_seconds": 8,
                                    "require": {"docked": true}}}}),
     );
     post(&cp, "/v1/rollouts/fleet-1/start", json!({}));
@@ -131,8 +131,10 @@ fn one_run() -> (BTreeMap<String, String>, Value, BTreeMap<String, String>) {
         if p["status"]["phase"] == "completed" {
             break p;
         }
+        // Silent devices time out after 8 s (room for a loaded CI box: a healthy device must
+        // never be timed out by a slow machine).
         assert!(
-            t0.elapsed() < Duration::from_secs(20),
+            t0.elapsed() < Duration::from_secs(60),
             "the plan did not complete: {}",
             p["status"]
         );
