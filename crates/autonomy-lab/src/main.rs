@@ -9,6 +9,7 @@ mod lab;
 mod report;
 mod val12;
 mod val13;
+mod val14;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +60,27 @@ enum LabCmd {
         /// Seed of the fleet's behaviours (1 to 9 digits; default 13).
         #[arg(long, env = "VAL13_SEED")]
         seed: Option<String>,
+    },
+    /// VAL14 — Gate D (ports 18981–18983, PostgreSQL on 18984): three replicas over one
+    /// PostgreSQL, leader kills, freezes, a terminated session, a PostgreSQL restart, a fleet
+    /// rollout under leader chaos, a network partition (a network namespace). Needs root.
+    Val14 {
+        /// The `autonomy` binary.
+        #[arg(long, env = "AUTONOMY_BIN")]
+        bin: PathBuf,
+        /// Where the evidence and val14-report.{txt,json} go (made empty first).
+        #[arg(long)]
+        evidence_dir: PathBuf,
+        /// Scratch: the replicas' data and audit dirs (made empty first).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Devices of the simulated fleet rollout (VAL14-06).
+        #[arg(long, env = "VAL14_DEVICES", default_value_t = val14::DEVICES,
+              value_parser = clap::value_parser!(u32).range(20..=200_000))]
+        devices: u32,
+        /// The script that makes the throwaway PostgreSQL cluster.
+        #[arg(long, env = "VAL14_PG_SCRIPT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ci/postgres.sh"))]
+        pg_script: PathBuf,
     },
 }
 
@@ -179,6 +201,29 @@ fn main() -> anyhow::Result<ExitCode> {
             )?;
             lab.say(&format!("starting (evidence: {})", lab.dir.display()));
             let pass = val13::run(&mut lab, seed)?;
+            (lab, pass)
+        }
+        LabCmd::Val14 {
+            bin,
+            evidence_dir,
+            work_dir,
+            devices,
+            pg_script,
+        } => {
+            let mut lab = new_lab(
+                "val14",
+                val14::PORTS[0],
+                "val14-gate-d-op",
+                &bin,
+                &evidence_dir,
+                &work_dir,
+            )?;
+            lab.say(&format!("starting (evidence: {})", lab.dir.display()));
+            let opts = val14::Options {
+                devices,
+                pg_script: absolute(&pg_script)?,
+            };
+            let pass = val14::run(&mut lab, &opts)?;
             (lab, pass)
         }
     };
