@@ -59,6 +59,10 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StartupErro
     config.keepalives_idle(Duration::from_secs(5));
     config.keepalives_interval(Duration::from_secs(1));
     config.keepalives_retries(5);
+    // Keepalives stop while a request waits unacknowledged (a query sent into a cut link):
+    // without a user timeout that request hangs for the kernel's ~15 min of retransmissions.
+    // With it the connection fails after 5 s and the request is answered 503.
+    config.tcp_user_timeout(Duration::from_secs(5));
     config.application_name("autonomy");
     Ok(config)
 }
