@@ -371,6 +371,7 @@ impl Replica {
             ready_path: "/v1/health".into(),
             poll: Duration::from_millis(100),
             database_url: Some(db_url.to_string()),
+            wait_leader: false,
         };
         Replica {
             name,
@@ -1472,28 +1473,37 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
     let cut = netns.set_link(false, &out);
     let t_cut = Instant::now();
     g.note(&format!("link {VETH_HOST} down: {cut}"));
-    let (mut r3_not_leader_ms, mut r3_view, mut takeover) = (None, String::new(), None);
-    while t_cut.elapsed() < WATCH_LIMIT && (r3_not_leader_ms.is_none() || takeover.is_none()) {
-        if r3_not_leader_ms.is_none() {
-            let a = g.rs[R3].call("GET", "/v1/leader", None, Duration::from_secs(3));
-            if a.code != 200 || a.json["self"] != true {
-                r3_not_leader_ms = Some(t_cut.elapsed().as_millis());
-                r3_view = if a.code == 200 { a.json.to_string() } else { a.line() };
-                append(&out, &format!("r3 GET /v1/leader (inside the namespace): {} {}\n", a.line(), a.json));
+    // r3 is asked from inside its namespace (each request with the full client timeout) while
+    // the others are watched for a new leader.
+    let mut takeover: Option<(String, u64, u128)> = None;
+    let (r3_not_leader_ms, r3_view) = std::thread::scope(|s| {
+        let r3 = &g.rs[R3];
+        let out = &out;
+        let probe = s.spawn(move || {
+            while t_cut.elapsed() < WATCH_LIMIT {
+                let a = r3.call("GET", "/v1/leader", None, HTTP_LIMIT);
+                if a.code != 200 || a.json["self"] != true {
+                    append(out, &format!("r3 GET /v1/leader (inside the namespace): {} {}\n", a.line(), a.json));
+                    let view = if a.code == 200 { a.json.to_string() } else { a.line() };
+                    return (Some(t_cut.elapsed().as_millis()), view);
+                }
+                std::thread::sleep(POLL);
             }
-        }
-        if takeover.is_none() {
-            for i in 0..2 {
-                if let Some(l) = g.rs[i].leader() {
+            (None, String::new())
+        });
+        while t_cut.elapsed() < WATCH_LIMIT && takeover.is_none() {
+            for r in &g.rs[..2] {
+                if let Some(l) = r.leader() {
                     let e = l["epoch"].as_u64().unwrap_or(0);
                     if l["self"] == true && e > r3_epoch {
-                        takeover = Some((g.rs[i].name.clone(), e, t_cut.elapsed().as_millis()));
+                        takeover = Some((r.name.clone(), e, t_cut.elapsed().as_millis()));
                     }
                 }
             }
+            std::thread::sleep(POLL);
         }
-        std::thread::sleep(POLL);
-    }
+        probe.join().unwrap_or((None, String::new()))
+    });
     g.note(&format!("cut: r3 not leading after {r3_not_leader_ms:?} ms ({r3_view}); takeover {takeover:?}"));
     // A write to the cut-off replica.
     let body = g.plan("val14-cut");
@@ -1573,43 +1583,79 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
     );
 }
 
-/// VAL14-08: every mirror verifies and is at the database's last seq.
+/// `audit verify --audit-dir DIR -o json`: (exit code, last seq).
+fn verify_mirror(lab: &Lab, dir: &Path, out: &Path) -> (i32, u64) {
+    let args: Vec<String> = vec![
+        "audit".into(),
+        "verify".into(),
+        "--audit-dir".into(),
+        dir.display().to_string(),
+        "-o".into(),
+        "json".into(),
+    ];
+    let run = lab.cli(out, None, &args, Duration::from_secs(120));
+    let v: Value = std::fs::read(out)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    (run.rc, v["last_seq"].as_u64().unwrap_or(0))
+}
+
+/// VAL14-08: every mirror verifies and reaches the database's last seq (while the idle
+/// replicas run: stopping one hands the lead to another, which audits `leader.acquired`
+/// that the stopped one never sees); after the stop each verifies again.
 fn check08(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
     let d = g.dir.clone();
-    // SIGCONT anything left frozen, then stop every replica (the mirror catches up at close).
     for r in g.rs.iter_mut() {
         if r.stopped {
             r.signal(Signal::Cont);
         }
+    }
+    let t0 = Instant::now();
+    let (mut head, mut lasts) = (0u64, Vec::new());
+    let mut level = false;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let (_, h, _) = pg.psql(DB, "SELECT seq FROM audit_head WHERE id = 1");
+        head = h.trim().parse().unwrap_or(0);
+        lasts.clear();
+        level = head > 0;
+        for r in &g.rs {
+            let dir = r.options.audit_dir.clone().unwrap_or_default();
+            let out = d.join(format!("val14-audit-verify-{}.json", r.name));
+            let (rc, last) = verify_mirror(lab, &dir, &out);
+            level &= rc == 0 && last == head;
+            lasts.push(format!("{}:exit={rc}:last_seq={last}", r.name));
+        }
+        if level {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let level_ms = t0.elapsed().as_millis();
+    g.note(&format!("mirrors level with the database (seq {head}): {level} after {level_ms} ms"));
+    let mut after = Vec::new();
+    let mut after_ok = true;
+    for r in g.rs.iter_mut() {
         r.terminate();
     }
-    let (_, head, _) = pg.psql(DB, "SELECT seq FROM audit_head WHERE id = 1");
-    let head: u64 = head.trim().parse().unwrap_or(0);
-    let mut lasts = Vec::new();
-    let mut all_ok = head > 0;
     for r in &g.rs {
         let dir = r.options.audit_dir.clone().unwrap_or_default();
-        let out = d.join(format!("val14-audit-verify-{}.json", r.name));
-        let args: Vec<String> = vec![
-            "audit".into(),
-            "verify".into(),
-            "--audit-dir".into(),
-            dir.display().to_string(),
-            "-o".into(),
-            "json".into(),
-        ];
-        let run = lab.cli(&out, None, &args, Duration::from_secs(120));
-        let v: Value = std::fs::read(&out).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        let last = v["last_seq"].as_u64().unwrap_or(0);
-        all_ok &= run.rc == 0 && last == head;
-        lasts.push(format!("{}:exit={}:last_seq={last}", r.name, run.rc));
+        let out = d.join(format!("val14-audit-verify-{}-stopped.json", r.name));
+        let (rc, last) = verify_mirror(lab, &dir, &out);
+        after_ok &= rc == 0 && last >= head;
+        after.push(format!("{}:exit={rc}:last_seq={last}", r.name));
     }
+    let pass = level && after_ok;
     lab.report.check(
         CHECKS[7].0,
         CHECKS[7].1,
         CheckFile::Write(d.join("val14-audit-check.txt")),
-        "val14-audit-verify-r1.json val14-audit-verify-r2.json val14-audit-verify-r3.json val14-audit-check.txt",
-        kvs!["database_last_seq" => head, "mirrors" => lasts.join(" "), "pass" => all_ok],
+        "val14-audit-verify-r1.json val14-audit-verify-r2.json val14-audit-verify-r3.json val14-audit-verify-r1-stopped.json val14-audit-verify-r2-stopped.json val14-audit-verify-r3-stopped.json val14-audit-check.txt",
+        kvs![
+            "database_last_seq" => head, "mirrors_running" => lasts.join(" "),
+            "level_after_ms" => level_ms, "mirrors_after_stop" => after.join(" "),
+            "pass" => pass,
+        ],
     );
 }
 
