@@ -81,6 +81,10 @@ enum LabCmd {
         /// The script that makes the throwaway PostgreSQL cluster.
         #[arg(long, env = "VAL14_PG_SCRIPT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ci/postgres.sh"))]
         pg_script: PathBuf,
+        /// The cluster's directory (owned by the postgres user, so not under a private work
+        /// dir; removed at the end) [default: $TMPDIR/autonomy-val14-pg-<pid>].
+        #[arg(long, env = "VAL14_PG_DIR")]
+        pg_dir: Option<PathBuf>,
     },
 }
 
@@ -209,6 +213,7 @@ fn main() -> anyhow::Result<ExitCode> {
             work_dir,
             devices,
             pg_script,
+            pg_dir,
         } => {
             let mut lab = new_lab(
                 "val14",
@@ -222,6 +227,11 @@ fn main() -> anyhow::Result<ExitCode> {
             let opts = val14::Options {
                 devices,
                 pg_script: absolute(&pg_script)?,
+                pg_dir: match pg_dir {
+                    Some(p) => absolute(&p)?,
+                    None => std::env::temp_dir()
+                        .join(format!("autonomy-val14-pg-{}", std::process::id())),
+                },
             };
             let pass = val14::run(&mut lab, &opts)?;
             (lab, pass)

@@ -165,11 +165,23 @@ impl Netns {
         Netns::remove();
         let steps: [&[&str]; 8] = [
             &["netns", "add", NS],
-            &["link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS],
+            &[
+                "link", "add", VETH_HOST, "type", "veth", "peer", "name", VETH_NS,
+            ],
             &["link", "set", VETH_NS, "netns", NS],
             &["addr", "add", &format!("{HOST_ADDR}/24"), "dev", VETH_HOST],
             &["link", "set", VETH_HOST, "up"],
-            &["netns", "exec", NS, "ip", "addr", "add", &format!("{NS_ADDR}/24"), "dev", VETH_NS],
+            &[
+                "netns",
+                "exec",
+                NS,
+                "ip",
+                "addr",
+                "add",
+                &format!("{NS_ADDR}/24"),
+                "dev",
+                VETH_NS,
+            ],
             &["netns", "exec", NS, "ip", "link", "set", VETH_NS, "up"],
             &["netns", "exec", NS, "ip", "link", "set", "lo", "up"],
         ];
@@ -194,7 +206,11 @@ impl Netns {
         );
         append(
             log,
-            &format!("{} ip link set {VETH_HOST} {state} -> {rc} {}\n", utc_now(), err.trim()),
+            &format!(
+                "{} ip link set {VETH_HOST} {state} -> {rc} {}\n",
+                utc_now(),
+                err.trim()
+            ),
         );
         if rc == 0 {
             self.up = up;
@@ -229,28 +245,72 @@ impl Pg {
             dir: dir.to_path_buf(),
             evidence_log: evidence_log.to_path_buf(),
         };
-        let _ = std::fs::remove_dir_all(dir);
+        // A cluster an interrupted run left in the dir is stopped and removed first.
+        let _ = run_cmd(
+            "bash",
+            &[
+                &script.display().to_string(),
+                "stop",
+                &dir.display().to_string(),
+            ],
+            Duration::from_secs(60),
+        );
         let port = PG_PORT.to_string();
         let (rc, out, err) = run_cmd(
             "bash",
-            &[&script.display().to_string(), "start", &dir.display().to_string(), &port],
+            &[
+                &script.display().to_string(),
+                "start",
+                &dir.display().to_string(),
+                &port,
+            ],
             Duration::from_secs(300),
         );
-        append(evidence_log, &format!("postgres.sh start -> {rc}: {}{}\n", out.trim(), err.trim()));
+        append(
+            evidence_log,
+            &format!("postgres.sh start -> {rc}: {}{}\n", out.trim(), err.trim()),
+        );
         if rc != 0 {
-            return Err(format!("scripts/ci/postgres.sh start failed ({rc}): {}", err.trim()));
+            return Err(format!(
+                "scripts/ci/postgres.sh start failed ({rc}): {}",
+                err.trim()
+            ));
         }
         // Also on the host end of the veth, for the namespaced replica.
         let conf = dir.join("data/postgresql.conf");
-        append(&conf, &format!("listen_addresses = '127.0.0.1,{HOST_ADDR}'\n"));
-        append(&dir.join("data/pg_hba.conf"), &format!("host all all {NET} trust\n"));
+        append(
+            &conf,
+            &format!("listen_addresses = '127.0.0.1,{HOST_ADDR}'\n"),
+        );
+        append(
+            &dir.join("data/pg_hba.conf"),
+            &format!("host all all {NET} trust\n"),
+        );
         let data = dir.join("data").display().to_string();
         let log = dir.join("server.log").display().to_string();
         let (rc, _, err) = Pg::as_postgres(
-            &[&format!("{PG_BIN}/pg_ctl"), "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart"],
+            &[
+                &format!("{PG_BIN}/pg_ctl"),
+                "-D",
+                &data,
+                "-l",
+                &log,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
             Duration::from_secs(90),
         );
-        append(evidence_log, &format!("pg_ctl restart (listen on {HOST_ADDR} too) -> {rc} {}\n", err.trim()));
+        append(
+            evidence_log,
+            &format!(
+                "pg_ctl restart (listen on {HOST_ADDR} too) -> {rc} {}\n",
+                err.trim()
+            ),
+        );
         if rc != 0 {
             return Err(format!("pg_ctl restart failed ({rc}): {}", err.trim()));
         }
@@ -274,7 +334,15 @@ impl Pg {
         };
         run_cmd(
             &psql,
-            &[&Pg::url("127.0.0.1", db), "-X", "-qtA", "-F", "|", "-c", sql],
+            &[
+                &Pg::url("127.0.0.1", db),
+                "-X",
+                "-qtA",
+                "-F",
+                "|",
+                "-c",
+                sql,
+            ],
             Duration::from_secs(30),
         )
     }
@@ -282,7 +350,13 @@ impl Pg {
     fn pg_ctl(&self, args: &[&str]) -> (i32, String) {
         let data = self.dir.join("data").display().to_string();
         let log = self.dir.join("server.log").display().to_string();
-        let mut all = vec![format!("{PG_BIN}/pg_ctl"), "-D".into(), data, "-l".into(), log];
+        let mut all = vec![
+            format!("{PG_BIN}/pg_ctl"),
+            "-D".into(),
+            data,
+            "-l".into(),
+            log,
+        ];
         all.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
         let (rc, out, err) = Pg::as_postgres(&refs, Duration::from_secs(90));
@@ -292,10 +366,19 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = std::fs::copy(self.dir.join("server.log"), &self.evidence_log.with_file_name("val14-postgres-server.log"));
+        let _ = std::fs::copy(
+            self.dir.join("server.log"),
+            &self
+                .evidence_log
+                .with_file_name("val14-postgres-server.log"),
+        );
         let _ = run_cmd(
             "bash",
-            &[&self.script.display().to_string(), "stop", &self.dir.display().to_string()],
+            &[
+                &self.script.display().to_string(),
+                "stop",
+                &self.dir.display().to_string(),
+            ],
             Duration::from_secs(60),
         );
         // An immediate stop that failed to start again leaves a pid file behind: remove all.
@@ -486,8 +569,21 @@ fn ns_curl(method: &str, url: &str, body: Option<&str>, limit: Duration, t0: Ins
     let secs = format!("{:.1}", limit.as_secs_f64());
     let op = format!("X-Autonomy-Operator: {OPERATOR}");
     let mut args = vec![
-        "netns", "exec", NS, "curl", "-sS", "-m", &secs, "-X", method, "-H", &op, "-D", "-",
-        "-o", "/dev/stdout",
+        "netns",
+        "exec",
+        NS,
+        "curl",
+        "-sS",
+        "-m",
+        &secs,
+        "-X",
+        method,
+        "-H",
+        &op,
+        "-D",
+        "-",
+        "-o",
+        "/dev/stdout",
     ];
     if let Some(b) = body {
         args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
@@ -537,7 +633,11 @@ impl Gate {
     fn note(&self, s: &str) {
         append(
             &self.timeline,
-            &format!("{:>7.1}s {} {s}\n", self.t0.elapsed().as_secs_f64(), &utc_now()[11..23]),
+            &format!(
+                "{:>7.1}s {} {s}\n",
+                self.t0.elapsed().as_secs_f64(),
+                &utc_now()[11..23]
+            ),
         );
     }
 
@@ -611,7 +711,10 @@ impl Gate {
         let r = self.rs[i].start();
         let name = self.rs[i].name.clone();
         match &r {
-            Ok(ms) => self.note(&format!("{name} restarted (pid {:?}, ready after {ms} ms)", self.rs[i].pid())),
+            Ok(ms) => self.note(&format!(
+                "{name} restarted (pid {:?}, ready after {ms} ms)",
+                self.rs[i].pid()
+            )),
             Err(e) => self.note(&format!("{name} restart FAILED: {e}")),
         }
         r.is_ok()
@@ -624,7 +727,10 @@ impl Gate {
             (e["details"]["epoch"].as_u64() == Some(epoch)).then(|| {
                 (
                     parse_time_us(e["time"].as_str().unwrap_or_default()).unwrap_or(0),
-                    e["details"]["replica"].as_str().unwrap_or_default().to_string(),
+                    e["details"]["replica"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                 )
             })
         })
@@ -634,6 +740,7 @@ impl Gate {
 pub struct Options {
     pub devices: u32,
     pub pg_script: PathBuf,
+    pub pg_dir: PathBuf,
 }
 
 pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
@@ -644,12 +751,25 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
         missing.push("root (a network namespace and veth pair, runuser for PostgreSQL): run the lab as root, as CI does".to_string());
     }
     for tool in [format!("{PG_BIN}/pg_ctl"), "/usr/bin/curl".into()] {
-        if !Path::new(&tool).exists() && run_cmd("sh", &["-c", &format!("command -v {}", tool.rsplit('/').next().unwrap_or(&tool))], Duration::from_secs(5)).0 != 0 {
+        if !Path::new(&tool).exists()
+            && run_cmd(
+                "sh",
+                &[
+                    "-c",
+                    &format!("command -v {}", tool.rsplit('/').next().unwrap_or(&tool)),
+                ],
+                Duration::from_secs(5),
+            )
+            .0 != 0
+        {
             missing.push(format!("{tool} (PostgreSQL 15 server binaries and curl)"));
         }
     }
     if !opts.pg_script.is_file() {
-        missing.push(format!("{} (scripts/ci/postgres.sh)", opts.pg_script.display()));
+        missing.push(format!(
+            "{} (scripts/ci/postgres.sh)",
+            opts.pg_script.display()
+        ));
     }
     if !missing.is_empty() {
         let why = format!("VAL14 needs {}", missing.join("; "));
@@ -664,10 +784,15 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     // The namespace first (PostgreSQL listens on its host end), then the cluster.
     let mut netns = match Netns::create(&setup_log) {
         Ok(n) => n,
-        Err(e) => return abort(lab, opts, &format!("cannot make the network namespace: {e}")),
+        Err(e) => {
+            return abort(
+                lab,
+                opts,
+                &format!("cannot make the network namespace: {e}"),
+            )
+        }
     };
-    let pg_dir = std::env::temp_dir().join(format!("autonomy-val14-pg-{}", std::process::id()));
-    let pg = match Pg::start(&opts.pg_script, &pg_dir, &setup_log) {
+    let pg = match Pg::start(&opts.pg_script, &opts.pg_dir, &setup_log) {
         Ok(p) => p,
         Err(e) => return abort(lab, opts, &format!("cannot start PostgreSQL: {e}")),
     };
@@ -678,9 +803,16 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     let wrapper = lab.work.join("autonomy-in-netns.sh");
     write(
         &wrapper,
-        &format!("#!/bin/sh\nexec ip netns exec {NS} {} \"$@\"\n", lab.bin.display()),
+        &format!(
+            "#!/bin/sh\nexec ip netns exec {NS} {} \"$@\"\n",
+            lab.bin.display()
+        ),
     );
-    let _ = run_cmd("chmod", &["755", &wrapper.display().to_string()], Duration::from_secs(5));
+    let _ = run_cmd(
+        "chmod",
+        &["755", &wrapper.display().to_string()],
+        Duration::from_secs(5),
+    );
     let mut rs = Vec::new();
     for i in 0..3 {
         let (url, bin) = if i == 2 {
@@ -691,7 +823,10 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
         rs.push(Replica::new(lab, i, &url, &bin));
     }
     let timeline = d.join("val14-timeline.txt");
-    write(&timeline, "# VAL14 timeline (seconds since the replicas started, UTC time)\n");
+    write(
+        &timeline,
+        "# VAL14 timeline (seconds since the replicas started, UTC time)\n",
+    );
     let mut g = Gate {
         rs,
         dir: d.clone(),
@@ -703,7 +838,12 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     for i in 0..3 {
         match g.rs[i].start() {
             Ok(ms) => {
-                g.note(&format!("{} started on {} (pid {:?}, ready after {ms} ms)", g.rs[i].name, g.rs[i].base(), g.rs[i].pid()));
+                g.note(&format!(
+                    "{} started on {} (pid {:?}, ready after {ms} ms)",
+                    g.rs[i].name,
+                    g.rs[i].base(),
+                    g.rs[i].pid()
+                ));
                 started.push(format!("{}:ok", g.rs[i].name));
             }
             Err(e) => {
@@ -714,7 +854,11 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     }
     if !g.rs.iter_mut().all(Replica::running) {
         drop(g);
-        return abort(lab, opts, &format!("the replicas did not all start: {}", started.join("; ")));
+        return abort(
+            lab,
+            opts,
+            &format!("the replicas did not all start: {}", started.join("; ")),
+        );
     }
 
     let mut epochs_ok = true; // filled in by check 3's end-of-lab part
@@ -730,7 +874,9 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     let (promoter_kv, ok) = promoter_epochs(&g, &pg);
     epochs_ok &= ok;
     frozen.extend(promoter_kv);
-    let freeze_ok = frozen.iter().any(|(k, v)| k == "freeze_pass" && v == "true");
+    let freeze_ok = frozen
+        .iter()
+        .any(|(k, v)| k == "freeze_pass" && v == "true");
     frozen.push(("pass".into(), (freeze_ok && epochs_ok).to_string()));
     lab.report.check(
         CHECKS[2].0,
@@ -781,7 +927,10 @@ fn finish(lab: &mut Lab, opts: &Options, store: &str) -> anyhow::Result<bool> {
         &finished,
         &env,
     )?;
-    lab.say(&format!("{result} ({p}/{t} checks, {:.1}s)", lab.t0.elapsed().as_secs_f64()));
+    lab.say(&format!(
+        "{result} ({p}/{t} checks, {:.1}s)",
+        lab.t0.elapsed().as_secs_f64()
+    ));
     Ok(result == "PASS")
 }
 
@@ -789,10 +938,18 @@ fn finish(lab: &mut Lab, opts: &Options, store: &str) -> anyhow::Result<bool> {
 fn check01(lab: &mut Lab, g: &mut Gate) {
     let d = g.dir.clone();
     let leader = g.wait_leader(None, 0, WATCH_LIMIT);
-    let views: Vec<Value> = g.rs.iter().map(|r| r.leader().unwrap_or_default()).collect();
-    write(&d.join("val14-leader-views.json"), &serde_json::to_string_pretty(&views).unwrap_or_default());
+    let views: Vec<Value> =
+        g.rs.iter()
+            .map(|r| r.leader().unwrap_or_default())
+            .collect();
+    write(
+        &d.join("val14-leader-views.json"),
+        &serde_json::to_string_pretty(&views).unwrap_or_default(),
+    );
     let selfs = views.iter().filter(|v| v["self"] == true).count();
-    let agree = views.iter().all(|v| v["epoch"] == views[0]["epoch"] && v["replica"] == views[0]["replica"]);
+    let agree = views
+        .iter()
+        .all(|v| v["epoch"] == views[0]["epoch"] && v["replica"] == views[0]["replica"]);
     g.note(&format!("first leader: {leader:?}; views agree={agree}"));
     // 30 creates, round-robin over the replicas, three at a time.
     let bodies: Vec<String> = (0..30).map(|_| g.plan("val14-create")).collect();
@@ -806,7 +963,8 @@ fn check01(lab: &mut Lab, g: &mut Gate) {
                     (0..bodies.len())
                         .filter(|n| n % 3 == k)
                         .map(|n| {
-                            let a = rs[k].call("POST", "/v1/rollouts", Some(&bodies[n]), HTTP_LIMIT);
+                            let a =
+                                rs[k].call("POST", "/v1/rollouts", Some(&bodies[n]), HTTP_LIMIT);
                             (rs[k].name.clone(), a.code)
                         })
                         .collect::<Vec<_>>()
@@ -818,14 +976,25 @@ fn check01(lab: &mut Lab, g: &mut Gate) {
         }
     });
     let created = codes.iter().filter(|(_, c)| *c == 201).count();
-    let per: Vec<String> = g
-        .rs
-        .iter()
-        .map(|r| format!("{}={}", r.name, codes.iter().filter(|(n, c)| *n == r.name && *c == 201).count()))
-        .collect();
+    let per: Vec<String> =
+        g.rs.iter()
+            .map(|r| {
+                format!(
+                    "{}={}",
+                    r.name,
+                    codes
+                        .iter()
+                        .filter(|(n, c)| *n == r.name && *c == 201)
+                        .count()
+                )
+            })
+            .collect();
     write(
         &d.join("val14-creates.txt"),
-        &codes.iter().map(|(n, c)| format!("{n} {c}\n")).collect::<String>(),
+        &codes
+            .iter()
+            .map(|(n, c)| format!("{n} {c}\n"))
+            .collect::<String>(),
     );
     // The chain as each replica reads it.
     let mut heads = Vec::new();
@@ -833,7 +1002,10 @@ fn check01(lab: &mut Lab, g: &mut Gate) {
     let mut n_events = 0;
     for r in &g.rs {
         let a = r.call("GET", "/v1/audit/events?limit=10000", None, HTTP_LIMIT);
-        write(&d.join(format!("val14-chain-{}.json", r.name)), &a.json.to_string());
+        write(
+            &d.join(format!("val14-chain-{}.json", r.name)),
+            &a.json.to_string(),
+        );
         let seqs: Vec<u64> = a.json["items"]
             .as_array()
             .map(|v| v.iter().filter_map(|e| e["seq"].as_u64()).collect())
@@ -846,7 +1018,12 @@ fn check01(lab: &mut Lab, g: &mut Gate) {
             .and_then(|v| v.last())
             .map(|e| e["hash"].as_str().unwrap_or_default().to_string())
             .unwrap_or_default();
-        heads.push(format!("{}:{}:{}", r.name, seqs.last().copied().unwrap_or(0), &last_hash.get(..12).unwrap_or("")));
+        heads.push(format!(
+            "{}:{}:{}",
+            r.name,
+            seqs.last().copied().unwrap_or(0),
+            &last_hash.get(..12).unwrap_or("")
+        ));
     }
     let same_head = heads
         .iter()
@@ -881,13 +1058,17 @@ fn check02(lab: &mut Lab, g: &mut Gate) {
     let old_name = g.rs[old].name.clone();
     let killed_us = now_us();
     let killed = g.rs[old].kill9();
-    g.note(&format!("SIGKILL {old_name} (leader, epoch {epoch}): killed={killed}"));
+    g.note(&format!(
+        "SIGKILL {old_name} (leader, epoch {epoch}): killed={killed}"
+    ));
     let new = g.wait_leader(Some(old), epoch, WATCH_LIMIT);
     let (new_name, new_epoch, failover_ms) = match new {
         Some((i, e, t)) => (g.rs[i].name.clone(), e, t.as_millis()),
         None => (String::new(), 0, 0),
     };
-    g.note(&format!("new leader after SIGKILL: {new_name} epoch {new_epoch} after {failover_ms} ms"));
+    g.note(&format!(
+        "new leader after SIGKILL: {new_name} epoch {new_epoch} after {failover_ms} ms"
+    ));
     let acquired = g.acquired_event(new_epoch);
     let acquired_ms = acquired.as_ref().map(|(t, _)| (t - killed_us) / 1000);
     let restarted = g.restart(old);
@@ -921,13 +1102,17 @@ fn check03_freeze(g: &mut Gate) -> Vec<(String, String)> {
     let old_name = g.rs[old].name.clone();
     let t0 = Instant::now();
     let stopped = g.rs[old].signal(Signal::Stop);
-    g.note(&format!("SIGSTOP {old_name} (leader, epoch {epoch}) for {FREEZE:?}: {stopped}"));
+    g.note(&format!(
+        "SIGSTOP {old_name} (leader, epoch {epoch}) for {FREEZE:?}: {stopped}"
+    ));
     let new = g.wait_leader(Some(old), epoch, WATCH_LIMIT.min(FREEZE));
     let (new_name, new_epoch, takeover_ms) = match new {
         Some((i, e, t)) => (g.rs[i].name.clone(), e, t.as_millis()),
         None => (String::new(), 0, 0),
     };
-    g.note(&format!("leader while {old_name} is frozen: {new_name} epoch {new_epoch} after {takeover_ms} ms"));
+    g.note(&format!(
+        "leader while {old_name} is frozen: {new_name} epoch {new_epoch} after {takeover_ms} ms"
+    ));
     // The freeze lasts its full length.
     std::thread::sleep(FREEZE.saturating_sub(t0.elapsed()));
     let resumed = g.rs[old].signal(Signal::Cont);
@@ -944,7 +1129,9 @@ fn check03_freeze(g: &mut Gate) -> Vec<(String, String)> {
         }
         std::thread::sleep(POLL);
     }
-    g.note(&format!("SIGCONT {old_name}: its view {view} (follower after {follower_ms:?} ms)"));
+    g.note(&format!(
+        "SIGCONT {old_name}: its view {view} (follower after {follower_ms:?} ms)"
+    ));
     write(&g.dir.join("val14-frozen-view.json"), &view.to_string());
     let pass = stopped
         && resumed
@@ -972,7 +1159,9 @@ fn promoter_epochs(g: &Gate, pg: &Pg) -> (Vec<(String, String)>, bool) {
     let (mut last, mut decreases, mut without, mut promoter) = (0u64, 0u64, 0u64, 0u64);
     let (mut last_acq, mut acq_not_rising, mut acquired) = (0u64, 0u64, 0u64);
     for line in out.lines() {
-        let Some((seq, json)) = line.split_once('|') else { continue };
+        let Some((seq, json)) = line.split_once('|') else {
+            continue;
+        };
         let e: Value = serde_json::from_str(json).unwrap_or_default();
         let epoch = e["details"]["epoch"].as_u64();
         listing.push_str(&format!(
@@ -980,7 +1169,9 @@ fn promoter_epochs(g: &Gate, pg: &Pg) -> (Vec<(String, String)>, bool) {
             e["event_type"].as_str().unwrap_or_default(),
             e["actor"].as_str().unwrap_or_default(),
             e["resource"].as_str().unwrap_or_default(),
-            epoch.map(|x| x.to_string()).unwrap_or_else(|| "none".into())
+            epoch
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "none".into())
         ));
         if e["event_type"] == "leader.acquired" {
             acquired += 1;
@@ -1030,23 +1221,39 @@ fn check04(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
          AND l.classid = {classid} AND l.objid = {objid}"
     );
     let (rc, out, err) = pg.psql(DB, &sql);
-    write(&d.join("val14-lock-session.txt"), &format!("-- {sql}\n{out}{err}"));
+    write(
+        &d.join("val14-lock-session.txt"),
+        &format!("-- {sql}\n{out}{err}"),
+    );
     let rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    let pid = rows.first().and_then(|r| r.split('|').next()).unwrap_or("").to_string();
+    let pid = rows
+        .first()
+        .and_then(|r| r.split('|').next())
+        .unwrap_or("")
+        .to_string();
     let mut terminated = false;
     let t0 = Instant::now();
     if rc == 0 && rows.len() == 1 && pid.bytes().all(|b| b.is_ascii_digit()) && !pid.is_empty() {
         let (rc, out, _) = pg.psql(DB, &format!("SELECT pg_terminate_backend({pid})"));
         terminated = rc == 0 && out.trim() == "t";
     }
-    g.note(&format!("pg_terminate_backend({pid}) of {}'s lock session (epoch {epoch}): {terminated}", g.rs[old].name));
+    g.note(&format!(
+        "pg_terminate_backend({pid}) of {}'s lock session (epoch {epoch}): {terminated}",
+        g.rs[old].name
+    ));
     let new = g.wait_leader(None, epoch, WATCH_LIMIT);
     let (new_name, new_epoch, ms) = match new {
         Some((i, e, _)) => (g.rs[i].name.clone(), e, t0.elapsed().as_millis()),
         None => (String::new(), 0, 0),
     };
-    g.note(&format!("leader after the terminate: {new_name} epoch {new_epoch} after {ms} ms"));
-    let pass = rows.len() == 1 && terminated && new.is_some() && new_epoch > epoch && ms <= FAILOVER_LIMIT.as_millis();
+    g.note(&format!(
+        "leader after the terminate: {new_name} epoch {new_epoch} after {ms} ms"
+    ));
+    let pass = rows.len() == 1
+        && terminated
+        && new.is_some()
+        && new_epoch > epoch
+        && ms <= FAILOVER_LIMIT.as_millis();
     lab.report.check(
         CHECKS[3].0,
         CHECKS[3].1,
@@ -1077,7 +1284,14 @@ fn check05(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
             let a = g.rs[i].call("POST", "/v1/rollouts", Some(&body), HTTP_LIMIT);
             writes += 1;
             max_ms = max_ms.max(a.ms);
-            append(&out, &format!("round {round} {} POST /v1/rollouts: {}\n", g.rs[i].name, a.line()));
+            append(
+                &out,
+                &format!(
+                    "round {round} {} POST /v1/rollouts: {}\n",
+                    g.rs[i].name,
+                    a.line()
+                ),
+            );
             if a.code == 503 {
                 ok503 += 1;
                 if a.retry_after.as_deref().is_some_and(|v| !v.is_empty()) {
@@ -1087,7 +1301,14 @@ fn check05(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
                 bad.push(format!("{}:{}", g.rs[i].name, a.code));
             }
             let r = g.rs[i].call("GET", "/v1/ready", None, HTTP_LIMIT);
-            append(&out, &format!("round {round} {} GET /v1/ready: {}\n", g.rs[i].name, r.line()));
+            append(
+                &out,
+                &format!(
+                    "round {round} {} GET /v1/ready: {}\n",
+                    g.rs[i].name,
+                    r.line()
+                ),
+            );
             if r.code == 503 {
                 ready503 += 1;
             }
@@ -1138,13 +1359,23 @@ fn check05(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
         recovered.push(format!(
             "{}:{}/{}",
             g.rs[i].name,
-            ready.map(|m| m.to_string()).unwrap_or_else(|| "never".into()),
-            created.map(|m| m.to_string()).unwrap_or_else(|| "never".into())
+            ready
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "never".into()),
+            created
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "never".into())
         ));
     }
     let leader = g.wait_leader(None, 0, WATCH_LIMIT);
     g.note(&format!("leader after PostgreSQL returned: {leader:?}"));
-    let pass = rc == 0 && ok503 == writes && with_retry == writes && bad.is_empty() && max_ms < HTTP_LIMIT.as_millis() && all_ok && leader.is_some();
+    let pass = rc == 0
+        && ok503 == writes
+        && with_retry == writes
+        && bad.is_empty()
+        && max_ms < HTTP_LIMIT.as_millis()
+        && all_ok
+        && leader.is_some();
     lab.report.check(
         CHECKS[4].0,
         CHECKS[4].1,
@@ -1179,15 +1410,35 @@ impl Sim {
     ) -> std::io::Result<Sim> {
         let child = process::command(bin)
             .args([
-                "--server", server, "fleet", "simulate", "--devices", &devices.to_string(),
-                "--seed", "14", "--id-prefix", prefix, "--step-seconds", step,
-                "--poll-wait", "3", "--progress-every", "5", "--duration", "900", "--manifest",
+                "--server",
+                server,
+                "fleet",
+                "simulate",
+                "--devices",
+                &devices.to_string(),
+                "--seed",
+                "14",
+                "--id-prefix",
+                prefix,
+                "--step-seconds",
+                step,
+                "--poll-wait",
+                "3",
+                "--progress-every",
+                "5",
+                "--duration",
+                "900",
+                "--manifest",
             ])
             .arg(manifest)
             .env("AUTONOMY_ENROLL_KEY", key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(
+                std::fs::File::create(log)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()?;
         Ok(Sim { child })
     }
@@ -1212,9 +1463,13 @@ impl Drop for Sim {
 
 /// An enroll key for `devices` devices labelled `fleet=<fleet>` (made on `r1`).
 fn enroll_key(g: &mut Gate, fleet: &str, devices: u32, out: &Path) -> String {
-    let body = json!({"labels": {"fleet": fleet}, "max_uses": devices, "ttl_seconds": 3600}).to_string();
+    let body =
+        json!({"labels": {"fleet": fleet}, "max_uses": devices, "ttl_seconds": 3600}).to_string();
     let a = g.rs[0].call("POST", "/v1/enroll-keys", Some(&body), HTTP_LIMIT);
-    write(out, &format!("{{\"key\":\"(not kept)\",\"http_code\":{}}}\n", a.code));
+    write(
+        out,
+        &format!("{{\"key\":\"(not kept)\",\"http_code\":{}}}\n", a.code),
+    );
     a.json["key"].as_str().unwrap_or_default().to_string()
 }
 
@@ -1275,7 +1530,12 @@ fn create_and_start(g: &mut Gate, id: &str, body: &str, out: &Path) -> (u16, u16
         let a = g.rs[i].call("POST", "/v1/rollouts", Some(body), HTTP_LIMIT);
         write(out, &a.json.to_string());
         codes.0 = a.code;
-        let s = g.rs[i].call("POST", &format!("/v1/rollouts/{id}/start"), Some("{\"reason\":\"val14\"}"), HTTP_LIMIT);
+        let s = g.rs[i].call(
+            "POST",
+            &format!("/v1/rollouts/{id}/start"),
+            Some("{\"reason\":\"val14\"}"),
+            HTTP_LIMIT,
+        );
         codes.1 = s.code;
         break;
     }
@@ -1285,12 +1545,18 @@ fn create_and_start(g: &mut Gate, id: &str, body: &str, out: &Path) -> (u16, u16
 /// The plan's `rollout.stage_started` events: the stage of each.
 fn stages_started(g: &mut Gate, id: &str, out: &Path) -> Vec<u64> {
     let v = g
-        .get_any(&format!("/v1/audit/events?event_type=rollout.stage_started&resource={id}&limit=1000"))
+        .get_any(&format!(
+            "/v1/audit/events?event_type=rollout.stage_started&resource={id}&limit=1000"
+        ))
         .unwrap_or_default();
     write(out, &v.to_string());
     v["items"]
         .as_array()
-        .map(|v| v.iter().map(|e| e["details"]["stage"].as_u64().unwrap_or(99)).collect())
+        .map(|v| {
+            v.iter()
+                .map(|e| e["details"]["stage"].as_u64().unwrap_or(99))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -1325,7 +1591,9 @@ fn check06(lab: &mut Lab, g: &mut Gate, devices: u32) -> String {
         return format!("{devices} devices: not run");
     };
     let (n, enroll_ms) = wait_enrolled(g, "val14", devices, Duration::from_secs(120));
-    g.note(&format!("fleet: {n}/{devices} enrolled after {enroll_ms} ms"));
+    g.note(&format!(
+        "fleet: {n}/{devices} enrolled after {enroll_ms} ms"
+    ));
     let stages = json!([
         {"name": "canary", "size": {"percent": 5}},
         {"name": "wave-1", "size": {"percent": 20}},
@@ -1333,7 +1601,8 @@ fn check06(lab: &mut Lab, g: &mut Gate, devices: u32) -> String {
         {"name": "rest"}
     ]);
     let body = engine_plan(PLAN, "val14", devices, stages);
-    let (created, started) = create_and_start(g, PLAN, &body, &d.join("val14-fleet-plan-create.json"));
+    let (created, started) =
+        create_and_start(g, PLAN, &body, &d.join("val14-fleet-plan-create.json"));
     g.note(&format!("fleet plan: create {created} start {started}"));
     let t0 = Instant::now();
     let mut next = t0 + DISTURB_EVERY;
@@ -1353,7 +1622,10 @@ fn check06(lab: &mut Lab, g: &mut Gate, devices: u32) -> String {
                     let name = g.rs[i].name.clone();
                     if kind % 2 == 0 {
                         let killed = g.rs[i].kill9();
-                        g.note(&format!("disturbance {}: SIGKILL leader {name} (epoch {epoch}): {killed}", kind + 1));
+                        g.note(&format!(
+                            "disturbance {}: SIGKILL leader {name} (epoch {epoch}): {killed}",
+                            kind + 1
+                        ));
                         let up = g.restart(i);
                         disturbances.push(format!("kill:{name}:{}", killed && up));
                     } else {
@@ -1377,14 +1649,22 @@ fn check06(lab: &mut Lab, g: &mut Gate, devices: u32) -> String {
         std::thread::sleep(Duration::from_millis(300));
     }
     let rollout_ms = t0.elapsed().as_millis();
-    g.note(&format!("fleet plan: phase {ph} after {rollout_ms} ms, disturbances {}", disturbances.join(" ")));
+    g.note(&format!(
+        "fleet plan: phase {ph} after {rollout_ms} ms, disturbances {}",
+        disturbances.join(" ")
+    ));
     let (_, fin) = phase(g, PLAN);
-    write(&d.join("val14-fleet-plan-final.json"), &serde_json::to_string_pretty(&fin).unwrap_or_default());
+    write(
+        &d.join("val14-fleet-plan-final.json"),
+        &serde_json::to_string_pretty(&fin).unwrap_or_default(),
+    );
     let stages = stages_started(g, PLAN, &d.join("val14-fleet-stage-started.json"));
     let distinct: BTreeSet<u64> = stages.iter().copied().collect();
-    let verified = fin["status"]["rollout"]["stages"]
-        .as_array()
-        .map(|s| s.iter().map(|x| x["counts"]["verified"].as_u64().unwrap_or(0)).sum::<u64>());
+    let verified = fin["status"]["rollout"]["stages"].as_array().map(|s| {
+        s.iter()
+            .map(|x| x["counts"]["verified"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    });
     sim.stop();
     let applied = disturbances.iter().filter(|x| x.ends_with(":true")).count();
     let pass = n == devices as usize
@@ -1423,7 +1703,10 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
     if !made_leader {
         for i in 0..2 {
             let ok = g.rs[i].terminate();
-            g.note(&format!("{} stopped (SIGTERM) to hand the lead to r3: {ok}", g.rs[i].name));
+            g.note(&format!(
+                "{} stopped (SIGTERM) to hand the lead to r3: {ok}",
+                g.rs[i].name
+            ));
         }
         made_leader = g.wait_leader(None, 0, WATCH_LIMIT).map(|(i, _, _)| i) == Some(R3);
         for i in 0..2 {
@@ -1431,11 +1714,20 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
         }
     }
     let Some((_, r3_epoch)) = g.find_leader().filter(|(i, _)| *i == R3) else {
-        lab.not_run(CHECKS[6].0, CHECKS[6].1, &format!("r3 could not be made the leader (made_leader={made_leader})"));
+        lab.not_run(
+            CHECKS[6].0,
+            CHECKS[6].1,
+            &format!("r3 could not be made the leader (made_leader={made_leader})"),
+        );
         return;
     };
     g.note(&format!("r3 leads under epoch {r3_epoch}"));
-    let key = enroll_key(g, "val14-part", PARTITION_DEVICES, &d.join("val14-part-enroll-key.json"));
+    let key = enroll_key(
+        g,
+        "val14-part",
+        PARTITION_DEVICES,
+        &d.join("val14-part-enroll-key.json"),
+    );
     let Ok(mut sim) = Sim::start(
         &lab.bin,
         &g.rs[0].base(),
@@ -1456,7 +1748,8 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
         {"name": "rest"}
     ]);
     let body = engine_plan(PLAN, "val14-part", PARTITION_DEVICES, stages);
-    let (created, started) = create_and_start(g, PLAN, &body, &d.join("val14-part-plan-create.json"));
+    let (created, started) =
+        create_and_start(g, PLAN, &body, &d.join("val14-part-plan-create.json"));
     // Mid-rollout: r3 has started the first stage.
     let t = Instant::now();
     let mut first_stage = false;
@@ -1470,6 +1763,7 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
     let still = g.rs[R3].leader().is_some_and(|l| l["self"] == true);
     g.note(&format!("partition fleet {n}/{PARTITION_DEVICES}, plan create {created} start {started}, first stage started={first_stage}, r3 still leads={still}"));
     // The cut.
+    let cut_us = now_us();
     let cut = netns.set_link(false, &out);
     let t_cut = Instant::now();
     g.note(&format!("link {VETH_HOST} down: {cut}"));
@@ -1483,8 +1777,19 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
             while t_cut.elapsed() < WATCH_LIMIT {
                 let a = r3.call("GET", "/v1/leader", None, HTTP_LIMIT);
                 if a.code != 200 || a.json["self"] != true {
-                    append(out, &format!("r3 GET /v1/leader (inside the namespace): {} {}\n", a.line(), a.json));
-                    let view = if a.code == 200 { a.json.to_string() } else { a.line() };
+                    append(
+                        out,
+                        &format!(
+                            "r3 GET /v1/leader (inside the namespace): {} {}\n",
+                            a.line(),
+                            a.json
+                        ),
+                    );
+                    let view = if a.code == 200 {
+                        a.json.to_string()
+                    } else {
+                        a.line()
+                    };
                     return (Some(t_cut.elapsed().as_millis()), view);
                 }
                 std::thread::sleep(POLL);
@@ -1504,22 +1809,40 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
         }
         probe.join().unwrap_or((None, String::new()))
     });
-    g.note(&format!("cut: r3 not leading after {r3_not_leader_ms:?} ms ({r3_view}); takeover {takeover:?}"));
+    g.note(&format!(
+        "cut: r3 not leading after {r3_not_leader_ms:?} ms ({r3_view}); takeover {takeover:?}"
+    ));
     // A write to the cut-off replica.
     let body = g.plan("val14-cut");
     let w = g.rs[R3].call("POST", "/v1/rollouts", Some(&body), HTTP_LIMIT);
-    append(&out, &format!("r3 POST /v1/rollouts while cut off: {} {}\n", w.line(), w.json));
+    append(
+        &out,
+        &format!(
+            "r3 POST /v1/rollouts while cut off: {} {}\n",
+            w.line(),
+            w.json
+        ),
+    );
     g.note(&format!("write to r3 while cut off: {}", w.line()));
-    let stepped_down = std::fs::read_to_string(&g.rs[R3].options.log)
+    // When r3 stopped promoting, by its own log (the first step-down after the cut).
+    let stepped_down_ms = std::fs::read_to_string(&g.rs[R3].options.log)
         .unwrap_or_default()
-        .contains("stepped down as leader");
+        .lines()
+        .filter(|l| l.contains("stepped down as leader"))
+        .filter_map(|l| parse_time_us(l.split_whitespace().next()?))
+        .find(|t| *t >= cut_us)
+        .map(|t| (t - cut_us) / 1000);
     // The link returns.
     let back = netns.set_link(true, &out);
     let t_up = Instant::now();
     let mut rejoin = None;
     let mut view = Value::Null;
     while t_up.elapsed() < Duration::from_secs(30) {
-        if g.rs[R3].call("GET", "/v1/ready", None, Duration::from_secs(3)).code == 200 {
+        if g.rs[R3]
+            .call("GET", "/v1/ready", None, Duration::from_secs(3))
+            .code
+            == 200
+        {
             if let Some(l) = g.rs[R3].leader() {
                 view = l.clone();
                 if l["self"] == false && l["epoch"].as_u64().unwrap_or(0) > r3_epoch {
@@ -1530,8 +1853,13 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    append(&out, &format!("r3 after the link returned: ready+follower after {rejoin:?} ms, view {view}\n"));
-    g.note(&format!("link up: {back}; r3 ready follower after {rejoin:?} ms ({view})"));
+    append(
+        &out,
+        &format!("r3 after the link returned: ready+follower after {rejoin:?} ms, view {view}\n"),
+    );
+    g.note(&format!(
+        "link up: {back}; r3 ready follower after {rejoin:?} ms ({view})"
+    ));
     // The rollout completes under the new leader.
     let t = Instant::now();
     let mut ph = String::new();
@@ -1544,7 +1872,10 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
     }
     let stages = stages_started(g, PLAN, &d.join("val14-part-stage-started.json"));
     let distinct: BTreeSet<u64> = stages.iter().copied().collect();
-    write(&d.join("val14-part-plan-final.json"), &phase(g, PLAN).1.to_string());
+    write(
+        &d.join("val14-part-plan-final.json"),
+        &phase(g, PLAN).1.to_string(),
+    );
     sim.stop();
     g.note(&format!("partition plan: {ph}; stages started {stages:?}"));
     let takeover_ms = takeover.as_ref().map_or(0, |t| t.2);
@@ -1552,6 +1883,7 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
         && first_stage
         && still
         && r3_not_leader_ms.is_some_and(|m| m <= FAILOVER_LIMIT.as_millis())
+        && stepped_down_ms.is_some_and(|m| m <= FAILOVER_LIMIT.as_millis() as i64)
         && takeover.is_some()
         && takeover_ms <= FAILOVER_LIMIT.as_millis()
         && w.code == 503
@@ -1571,7 +1903,7 @@ fn check07(lab: &mut Lab, g: &mut Gate, netns: &mut Netns) {
             "r3_led_at_cut" => still, "link_cut" => cut,
             "cut_to_r3_not_leading_ms" => r3_not_leader_ms.map(|m| m.to_string()).unwrap_or_default(),
             "r3_leader_answer" => r3_view,
-            "r3_log_stepped_down" => stepped_down,
+            "cut_to_r3_stepped_down_ms" => stepped_down_ms.map(|m| m.to_string()).unwrap_or_default(),
             "new_leader" => takeover.as_ref().map(|t| format!("{} epoch {}", t.0, t.1)).unwrap_or_default(),
             "cut_to_takeover_ms" => takeover_ms,
             "r3_write_while_cut" => w.code, "r3_write_retry_after" => w.retry_after.clone().unwrap_or_default(),
@@ -1632,7 +1964,9 @@ fn check08(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
         std::thread::sleep(Duration::from_millis(500));
     }
     let level_ms = t0.elapsed().as_millis();
-    g.note(&format!("mirrors level with the database (seq {head}): {level} after {level_ms} ms"));
+    g.note(&format!(
+        "mirrors level with the database (seq {head}): {level} after {level_ms} ms"
+    ));
     let mut after = Vec::new();
     let mut after_ok = true;
     for r in g.rs.iter_mut() {
@@ -1666,7 +2000,10 @@ mod tests {
     #[test]
     fn audit_times_parse_to_microseconds() {
         assert_eq!(parse_time_us("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_time_us("1970-01-02T00:00:01.5Z"), Some(86_401_500_000));
+        assert_eq!(
+            parse_time_us("1970-01-02T00:00:01.5Z"),
+            Some(86_401_500_000)
+        );
         assert_eq!(
             parse_time_us("2026-12-02T02:49:11.000001Z"),
             Some(1_796_179_751_000_001)
