@@ -368,8 +368,7 @@ impl Drop for Pg {
     fn drop(&mut self) {
         let _ = std::fs::copy(
             self.dir.join("server.log"),
-            &self
-                .evidence_log
+            self.evidence_log
                 .with_file_name("val14-postgres-server.log"),
         );
         let _ = run_cmd(
@@ -778,7 +777,7 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
         for (id, name) in CHECKS {
             lab.not_run(id, name, &why);
         }
-        return finish(lab, opts, "none");
+        return finish(lab, opts, "none", "not run");
     }
 
     // The namespace first (PostgreSQL listens on its host end), then the cluster.
@@ -889,7 +888,7 @@ pub fn run(lab: &mut Lab, opts: &Options) -> anyhow::Result<bool> {
     drop(g);
     drop(pg);
     drop(netns);
-    finish(lab, opts, &format!("{version}; fleet {devices_done}"))
+    finish(lab, opts, &version, &devices_done)
 }
 
 fn abort(lab: &mut Lab, opts: &Options, why: &str) -> anyhow::Result<bool> {
@@ -898,10 +897,10 @@ fn abort(lab: &mut Lab, opts: &Options, why: &str) -> anyhow::Result<bool> {
     for (id, name) in CHECKS {
         lab.not_run(id, name, why);
     }
-    finish(lab, opts, "none")
+    finish(lab, opts, "none", "not run")
 }
 
-fn finish(lab: &mut Lab, opts: &Options, store: &str) -> anyhow::Result<bool> {
+fn finish(lab: &mut Lab, opts: &Options, store: &str, fleet: &str) -> anyhow::Result<bool> {
     lab.report.notes.push(
         "each replica has its own --data-dir and --audit-dir; r3 runs in the network namespace \
          val14ns (10.214.0.2, PostgreSQL reached on 10.214.0.1 over the veth val14h/val14n)"
@@ -916,6 +915,7 @@ fn finish(lab: &mut Lab, opts: &Options, store: &str) -> anyhow::Result<bool> {
         "operator" => OPERATOR,
         "rbac_enforcement" => 0,
         "devices" => opts.devices,
+        "fleet_rollout" => fleet,
         "autonomy_bin" => lab.bin.display(),
         "evidence_dir" => lab.dir.display(),
     ];
@@ -1321,7 +1321,7 @@ fn check05(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
     append(&out, &format!("pg_ctl start -> {rc} {msg}\n"));
     let mut recovered = Vec::new();
     let mut all_ok = true;
-    for i in 0..3 {
+    for (i, pid) in pids.iter().enumerate() {
         let t = Instant::now();
         let mut ready = None;
         while t.elapsed() < Duration::from_secs(30) {
@@ -1345,7 +1345,7 @@ fn check05(lab: &mut Lab, g: &mut Gate, pg: &Pg) {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let same_pid = g.rs[i].pid() == pids[i] && g.rs[i].running();
+        let same_pid = g.rs[i].pid() == *pid && g.rs[i].running();
         let line = format!(
             "{}: ready_after_ms={} created_after_ms={} create_attempts={attempts} codes={} same_process={same_pid}",
             g.rs[i].name,
@@ -1398,6 +1398,7 @@ struct Sim {
 }
 
 impl Sim {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         bin: &Path,
         server: &str,
@@ -1620,7 +1621,7 @@ fn check06(lab: &mut Lab, g: &mut Gate, devices: u32) -> String {
             match g.find_leader() {
                 Some((i, epoch)) => {
                     let name = g.rs[i].name.clone();
-                    if kind % 2 == 0 {
+                    if kind.is_multiple_of(2) {
                         let killed = g.rs[i].kill9();
                         g.note(&format!(
                             "disturbance {}: SIGKILL leader {name} (epoch {epoch}): {killed}",
