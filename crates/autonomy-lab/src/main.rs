@@ -4,6 +4,11 @@
 //! write load, a hung CP, a full disk (a tmpfs: needs root), corrupt stores at start-up. The
 //! evidence and `val12-report.txt`/`val12-report.json` go straight into `--evidence-dir`; the
 //! data dirs and scratch files under `--work-dir`. Exit 0 only if every check passes.
+//!
+//! `autonomy-lab val13 …`: VAL13 — a simulated fleet of 1,000 through a gated 4-stage plan.
+//! `autonomy-lab val14 … [--devices N]`: VAL14 — Gate D: its own PostgreSQL cluster, three
+//! replicas (one in a network namespace), the fenced leader under SIGKILL, SIGSTOP,
+//! `pg_terminate_backend`, a PostgreSQL restart, a fleet rollout and a partition (needs root).
 
 mod lab;
 mod report;
