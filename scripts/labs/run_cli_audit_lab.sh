@@ -15,6 +15,8 @@
 #                               corrupt store at start-up                  port 18997 (+18998)
 #   val13  run_val13_lab        a fleet rollout under chaos: 1,000 simulated devices,
 #                               gates, engine pauses, SIGKILLs             port 18999
+#   val14  run_val14_lab        Gate D: three replicas on PostgreSQL, leader kills, freezes,
+#                               a PostgreSQL restart, a partition (root)   ports 18981-18984
 #
 # This file is the entry point: usage, cleanup, the VAL11 lab and main. The shared helpers are
 # in lib/ (common.sh: logging, values, JSON; cp.sh: CP start/stop; client.sh: curl and CLI;
@@ -31,7 +33,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 readonly SCRIPT_NAME SCRIPT_DIR REPO_ROOT
 
-readonly ALL_LABS=(audit val08 val09 val10 val11 val12 val13)
+readonly ALL_LABS=(audit val08 val09 val10 val11 val12 val13 val14)
 
 # Bounds: every wait in this script is bounded by one of these. They are read by the sourced
 # lib/*.sh, so SC2034 is off for each: shellcheck follows the sources only with -x (as CI runs it).
@@ -52,7 +54,7 @@ readonly BUILD_TIMEOUT=3600     # seconds for `cargo build -p autonomy`
 
 usage() {
   cat <<EOF
-Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11|val12|val13]...
+Usage: $SCRIPT_NAME [all|audit|val08|val09|val10|val11|val12|val13|val14]...
        $SCRIPT_NAME -h | --help
 
 Runs the AutonomyOps acceptance labs against a real \`autonomy\` binary (default: all, in
@@ -84,6 +86,15 @@ Labs:
                               reverting), a 4-stage plan with a manual gate that survives
                               three SIGKILLs, the stuck scan against the manifest, retry,
                               final states, audit verify                 port 18999
+  val14  run_val14_lab        Gate D: its own PostgreSQL cluster (port 18984) and three
+                              replicas, one in a network namespace; creates spread over
+                              them; SIGKILL, SIGSTOP 15 s and pg_terminate_backend of the
+                              leader (new leader, higher epoch, within 10 s; promoter epochs
+                              never decrease); PostgreSQL -m immediate (503 + Retry-After,
+                              recovery without restart); 1,000 simulated devices through 4
+                              stages with the leader disturbed every 10 s; a partition of
+                              the leader (it stops leading, 503, rejoins); audit verify on
+                              every mirror. Needs root             ports 18981-18983 (+18984)
 
 Environment:
   AUTONOMY_BIN  the autonomy binary; default: \`cargo build -p autonomy\` in the repo, then
@@ -93,9 +104,11 @@ Environment:
   TMPDIR        parent of the scratch \$WORK_DIR, which is removed on exit
   VAL12_SEED    seed (a number) for val12's SIGKILL moments, to replay a run's pauses
   VAL13_SEED    seed (a number) of val13's fleet behaviours (default 13)
+  VAL14_DEVICES devices of val14's fleet rollout (default 1000)
 
-Every CP the script starts is stopped on exit (SIGTERM, then SIGKILL after 10 s), and every
-filesystem it mounted (val12) is unmounted.
+Every CP the script starts is stopped on exit (SIGTERM, then SIGKILL after 10 s), every
+filesystem it mounted (val12) is unmounted, and val14's PostgreSQL cluster, network namespace
+and veth are removed.
 Exit status: 0 only if every selected lab passes every check; 1 otherwise; 2 on a usage
 error.
 EOF
@@ -131,6 +144,8 @@ source "$SCRIPT_DIR/lib/val10.sh"
 source "$SCRIPT_DIR/lib/val12.sh"
 # shellcheck source=lib/val13.sh
 source "$SCRIPT_DIR/lib/val13.sh"
+# shellcheck source=lib/val14.sh
+source "$SCRIPT_DIR/lib/val14.sh"
 
 cleanup() {
   local rc=$? pid mnt
@@ -144,6 +159,7 @@ cleanup() {
   for mnt in "${MOUNTS[@]}"; do
     umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
   done
+  val14_cleanup
   if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
     rm -rf -- "$WORK_DIR"
   fi
@@ -480,9 +496,9 @@ main() {
         return 0
         ;;
       all) selected+=("${ALL_LABS[@]}") ;;
-      audit | val08 | val09 | val10 | val11 | val12 | val13) selected+=("$arg") ;;
+      audit | val08 | val09 | val10 | val11 | val12 | val13 | val14) selected+=("$arg") ;;
       *)
-        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10, val11, val12 or val13)" >&2
+        echo "error: unknown lab '$arg' (expected all, audit, val08, val09, val10, val11, val12, val13 or val14)" >&2
         usage >&2
         return 2
         ;;
@@ -543,6 +559,7 @@ main() {
       val11) run_chaos_val11_lab ;;
       val12) run_val12_lab ;;
       val13) run_val13_lab ;;
+      val14) run_val14_lab ;;
     esac
     stop_all_cps
   done

@@ -4,11 +4,17 @@
 //! write load, a hung CP, a full disk (a tmpfs: needs root), corrupt stores at start-up. The
 //! evidence and `val12-report.txt`/`val12-report.json` go straight into `--evidence-dir`; the
 //! data dirs and scratch files under `--work-dir`. Exit 0 only if every check passes.
+//!
+//! `autonomy-lab val13 …`: VAL13 — a simulated fleet of 1,000 through a gated 4-stage plan.
+//! `autonomy-lab val14 … [--devices N]`: VAL14 — Gate D: its own PostgreSQL cluster, three
+//! replicas (one in a network namespace), the fenced leader under SIGKILL, SIGSTOP,
+//! `pg_terminate_backend`, a PostgreSQL restart, a fleet rollout and a partition (needs root).
 
 mod lab;
 mod report;
 mod val12;
 mod val13;
+mod val14;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +65,31 @@ enum LabCmd {
         /// Seed of the fleet's behaviours (1 to 9 digits; default 13).
         #[arg(long, env = "VAL13_SEED")]
         seed: Option<String>,
+    },
+    /// VAL14 — Gate D (ports 18981–18983, PostgreSQL on 18984): three replicas over one
+    /// PostgreSQL, leader kills, freezes, a terminated session, a PostgreSQL restart, a fleet
+    /// rollout under leader chaos, a network partition (a network namespace). Needs root.
+    Val14 {
+        /// The `autonomy` binary.
+        #[arg(long, env = "AUTONOMY_BIN")]
+        bin: PathBuf,
+        /// Where the evidence and val14-report.{txt,json} go (made empty first).
+        #[arg(long)]
+        evidence_dir: PathBuf,
+        /// Scratch: the replicas' data and audit dirs (made empty first).
+        #[arg(long)]
+        work_dir: PathBuf,
+        /// Devices of the simulated fleet rollout (VAL14-06).
+        #[arg(long, env = "VAL14_DEVICES", default_value_t = val14::DEVICES,
+              value_parser = clap::value_parser!(u32).range(20..=200_000))]
+        devices: u32,
+        /// The script that makes the throwaway PostgreSQL cluster.
+        #[arg(long, env = "VAL14_PG_SCRIPT", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ci/postgres.sh"))]
+        pg_script: PathBuf,
+        /// The cluster's directory (owned by the postgres user, so not under a private work
+        /// dir; removed at the end) [default: $TMPDIR/autonomy-val14-pg-<pid>].
+        #[arg(long, env = "VAL14_PG_DIR")]
+        pg_dir: Option<PathBuf>,
     },
 }
 
@@ -179,6 +210,35 @@ fn main() -> anyhow::Result<ExitCode> {
             )?;
             lab.say(&format!("starting (evidence: {})", lab.dir.display()));
             let pass = val13::run(&mut lab, seed)?;
+            (lab, pass)
+        }
+        LabCmd::Val14 {
+            bin,
+            evidence_dir,
+            work_dir,
+            devices,
+            pg_script,
+            pg_dir,
+        } => {
+            let mut lab = new_lab(
+                "val14",
+                val14::PORTS[0],
+                "val14-gate-d-op",
+                &bin,
+                &evidence_dir,
+                &work_dir,
+            )?;
+            lab.say(&format!("starting (evidence: {})", lab.dir.display()));
+            let opts = val14::Options {
+                devices,
+                pg_script: absolute(&pg_script)?,
+                pg_dir: match pg_dir {
+                    Some(p) => absolute(&p)?,
+                    None => std::env::temp_dir()
+                        .join(format!("autonomy-val14-pg-{}", std::process::id())),
+                },
+            };
+            let pass = val14::run(&mut lab, &opts)?;
             (lab, pass)
         }
     };

@@ -59,6 +59,20 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config, StartupErro
     config.keepalives_idle(Duration::from_secs(5));
     config.keepalives_interval(Duration::from_secs(1));
     config.keepalives_retries(5);
+    // Keepalives stop while a request waits unacknowledged (a query sent into a cut link):
+    // without a user timeout that request hangs for the kernel's ~15 min of retransmissions.
+    // With it the connection fails after 5 s and the request is answered 503.
+    config.tcp_user_timeout(Duration::from_secs(5));
+    // A replica frozen (SIGSTOP) or cut off inside a transaction would keep its row locks (the
+    // chain head, the leader row: a new leader could not raise the epoch) until the server
+    // noticed: end such a transaction after 5 s idle, and notice a dead client within ~10 s.
+    let ours = "-c idle_in_transaction_session_timeout=5000 -c tcp_keepalives_idle=5 \
+                -c tcp_keepalives_interval=1 -c tcp_keepalives_count=5";
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours.to_string(),
+    };
+    config.options(options);
     config.application_name("autonomy");
     Ok(config)
 }

@@ -260,7 +260,10 @@ impl Cp {
         };
         let url = url.trim().to_string();
         let fixed = !cp.options.has_listen_arg() && !cp.options.listen.ends_with(":0");
-        if !url.starts_with("http://127.0.0.1:")
+        // Loopback, or exactly the fixed address asked for (a lab's replica inside a network
+        // namespace of its own listens on the namespace's address).
+        let asked = fixed && url == format!("http://{}", cp.options.listen);
+        if !(url.starts_with("http://127.0.0.1:") || asked)
             || (fixed && url != format!("http://{}", cp.options.listen))
         {
             return Err(cp.fail(Some(first.clone()), "the CP bound something else".into()));

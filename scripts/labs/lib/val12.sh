@@ -11,7 +11,7 @@
 # The binary: $AUTONOMY_LAB_BIN, else `cargo build -p autonomy-lab` and
 # ${CARGO_TARGET_DIR:-<repo>/target}/debug/autonomy-lab.
 # run_rust_lab NAME: runs `autonomy-lab NAME` (evidence into $EVIDENCE_DIR/NAME, scratch under
-# $WORK_DIR/NAME) and records its report's result as the lab's summary. VAL12 and VAL13 use it.
+# $WORK_DIR/NAME) and records its report's result as the lab's summary. VAL12, VAL13 and VAL14 use it.
 run_rust_lab() {
   local name=$1 lab_bin=${AUTONOMY_LAB_BIN:-} lab_rc=0 res pass_count total result t0
   LAB=$name
