@@ -289,31 +289,37 @@ fn measure_limit(
         Ok::<_, anyhow::Error>(())
     })?;
     let errors = Arc::new(AtomicU64::new(0));
+    // Every commit, warm-up included: the CPU figures span the warm-up too.
+    let all_commits = Arc::new(AtomicU64::new(0));
     let self0 = cp::cpu_seconds(Path::new("/proc/self/stat"));
     let pg0 = cluster.cpu_seconds();
-    let samples: Vec<Duration> = rt.block_on(async {
+    // The CPU is read before the connections close: a backend that is exiting counts in
+    // neither the live children nor the postmaster's reaped time.
+    let (samples, self1, pg1): (Vec<Duration>, _, _) = rt.block_on(async {
         let start = Instant::now();
         let (from, end) = (start + warmup, start + warmup + window);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..c {
             let (url, doc, errors) = (url.to_string(), doc.clone(), errors.clone());
+            let all_commits = all_commits.clone();
             tasks.spawn(async move {
                 let mut lat = Vec::new();
                 let Ok(client) = connect(&url).await else {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    return lat;
+                    return (lat, None);
                 };
                 let Ok(stmt) = client
                     .prepare("INSERT INTO bench_limit (doc) VALUES ($1)")
                     .await
                 else {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    return lat;
+                    return (lat, Some(client));
                 };
                 while Instant::now() < end {
                     let sent = Instant::now();
                     match client.execute(&stmt, &[&doc]).await {
                         Ok(_) => {
+                            all_commits.fetch_add(1, Ordering::Relaxed);
                             let done = Instant::now();
                             if done >= from && done <= end {
                                 lat.push(done - sent);
@@ -325,22 +331,30 @@ fn measure_limit(
                         }
                     }
                 }
-                lat
+                (lat, Some(client))
             });
         }
         let mut all = Vec::new();
+        let mut clients = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            all.extend(r.unwrap_or_default());
+            if let Ok((lat, client)) = r {
+                all.extend(lat);
+                clients.extend(client);
+            }
         }
-        all
+        let cpu = (
+            cp::cpu_seconds(Path::new("/proc/self/stat")),
+            cluster.cpu_seconds(),
+        );
+        drop(clients);
+        (all, cpu.0, cpu.1)
     });
-    let self1 = cp::cpu_seconds(Path::new("/proc/self/stat"));
-    let pg1 = cluster.cpu_seconds();
     let commits = samples.len() as u64;
+    let every_commit = all_commits.load(Ordering::Relaxed);
     let per = |a: Option<f64>, b: Option<f64>| {
         a.zip(b)
-            .filter(|_| commits > 0)
-            .map(|(a, b)| round3((b - a) * 1e3 / commits as f64))
+            .filter(|_| every_commit > 0)
+            .map(|(a, b)| round3((b - a) * 1e3 / every_commit as f64))
     };
     if commits == 0 {
         bail!(
@@ -376,6 +390,11 @@ pub struct PgRun {
     /// PostgreSQL's CPU (postmaster and backends) over the level, and per committed create.
     pub pg_cpu_seconds: Option<f64>,
     pub pg_cpu_ms_per_create: Option<f64>,
+    /// What the database's non-idle sessions were doing, sampled every 20 ms over the level
+    /// (`pg_stat_activity`): share of samples per `state/wait_event_type:wait_event`
+    /// (`active/CPU` = running, no wait), largest first.
+    pub pg_sessions: Vec<(String, f64)>,
+    pub pg_session_samples: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -392,6 +411,52 @@ pub struct P1Report {
     pub settings: PgSettings,
     pub levels: Vec<P1Level>,
     pub method: &'static str,
+}
+
+/// Samples `pg_stat_activity` for database `db` every 20 ms until `stop`: the share of each
+/// `state/wait` among the non-idle sessions' samples, largest first, and the sample count.
+async fn sample_sessions(
+    admin: String,
+    db: String,
+    stop: Arc<AtomicBool>,
+) -> (Vec<(String, f64)>, u64) {
+    let Ok(c) = connect(&admin).await else {
+        return (Vec::new(), 0);
+    };
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    let mut total = 0u64;
+    // Bounded by the level's length; the cap is a guard.
+    for _ in 0..1_000_000 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let rows = c
+            .query(
+                "SELECT coalesce(state, ''), coalesce(wait_event_type, ''), \
+                 coalesce(wait_event, '') FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid() AND state <> 'idle'",
+                &[&db],
+            )
+            .await
+            .unwrap_or_default();
+        for r in rows {
+            let (state, kind, event): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let key = if kind.is_empty() {
+                format!("{state}/CPU")
+            } else {
+                format!("{state}/{kind}:{event}")
+            };
+            *counts.entry(key).or_default() += 1;
+            total += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut shares: Vec<(String, f64)> = counts
+        .into_iter()
+        .map(|(k, n)| (k, round3(n as f64 / total.max(1) as f64)))
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (shares, total)
 }
 
 pub fn run_p1(
@@ -476,6 +541,12 @@ pub fn run_p1(
             }
             let refs: Vec<&Cp> = cps.iter().collect();
             let pg0 = cluster.cpu_seconds();
+            let stop = Arc::new(AtomicBool::new(false));
+            let sampler = rt.spawn(sample_sessions(
+                cluster.url.clone(),
+                db.clone(),
+                stop.clone(),
+            ));
             let level = measure_creates(
                 env,
                 &refs,
@@ -485,6 +556,8 @@ pub fn run_p1(
                 None,
             );
             let pg1 = cluster.cpu_seconds();
+            stop.store(true, Ordering::Relaxed);
+            let (pg_sessions, pg_session_samples) = rt.block_on(sampler).unwrap_or_default();
             for cp in cps {
                 env.stop(cp)?;
             }
@@ -493,6 +566,8 @@ pub fn run_p1(
             let committed = level.store.committed_requests;
             postgres.push(PgRun {
                 replicas: n,
+                pg_sessions,
+                pg_session_samples,
                 pg_cpu_ms_per_create: pg_cpu
                     .filter(|_| committed > 0)
                     .map(|s| round3(s * 1e3 / committed as f64)),
@@ -956,4 +1031,66 @@ fn kills(env: &Env, cps: &mut [Cp], names: &[String], urls: &Urls) -> anyhow::Re
         out.push(kill);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::StoreDelta;
+
+    #[test]
+    fn reads_this_process_times_and_parent() {
+        let (own, _, ppid) = stat_times(std::process::id()).unwrap();
+        assert!(own >= 0.0);
+        assert_eq!(ppid, std::os::unix::process::parent_id());
+        assert!(stat_times(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_the_epoch_of_an_event_as_number_or_text() {
+        let event = |details: serde_json::Value| AuditEvent {
+            seq: 1,
+            id: "evt-1".into(),
+            time: "2026-12-02T00:00:00.000000Z".into(),
+            event_type: "rollout.stage_started".into(),
+            actor: "system:promoter".into(),
+            target: "rollout_plan".into(),
+            resource: "p".into(),
+            outcome: autonomy_api::Outcome::Success,
+            reason: String::new(),
+            request_id: String::new(),
+            details,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        assert_eq!(epoch_of(&event(serde_json::json!({"epoch": 7}))), Some(7));
+        assert_eq!(epoch_of(&event(serde_json::json!({"epoch": "8"}))), Some(8));
+        assert_eq!(epoch_of(&event(serde_json::json!({"stage": 0}))), None);
+        assert_eq!(epoch_of(&event(serde_json::json!({"epoch": -1}))), None);
+    }
+
+    #[test]
+    fn replicas_store_deltas_add_up() {
+        let d = |commits, requests, avg_commit_ms, max_batch, busy| StoreDelta {
+            commits,
+            committed_requests: requests,
+            avg_batch: 0.0,
+            max_batch,
+            avg_commit_ms,
+            writer_busy_fraction: busy,
+        };
+        let sum = StoreDelta::sum(vec![d(10, 100, 2.0, 20, 0.5), d(30, 60, 6.0, 9, 0.75)]);
+        assert_eq!(sum.commits, 40);
+        assert_eq!(sum.committed_requests, 160);
+        assert_eq!(sum.avg_batch, 4.0);
+        assert_eq!(sum.max_batch, 20);
+        assert_eq!(sum.avg_commit_ms, 5.0);
+        assert_eq!(sum.writer_busy_fraction, 1.25);
+        let one = StoreDelta::sum(vec![d(3, 9, 1.5, 4, 0.1)]);
+        assert_eq!(
+            (one.commits, one.avg_batch, one.avg_commit_ms),
+            (3, 0.0, 1.5)
+        );
+        assert_eq!(StoreDelta::sum(Vec::new()).commits, 0);
+    }
 }

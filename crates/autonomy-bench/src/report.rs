@@ -752,6 +752,22 @@ pub fn summary(rep: &Report) -> String {
                     lat(&pg.level.run.latency),
                     mib(pg.level.peak_rss_kib),
                 );
+                let top: Vec<String> = pg
+                    .pg_sessions
+                    .iter()
+                    .take(3)
+                    .map(|(what, share)| format!("{what} {:.0}%", share * 100.0))
+                    .collect();
+                row(
+                    "P1",
+                    format!(
+                        "… its PostgreSQL sessions ({} samples)",
+                        pg.pg_session_samples
+                    ),
+                    top.join(", "),
+                    "".into(),
+                    "".into(),
+                );
             }
         }
     }

@@ -175,7 +175,8 @@ pub struct B1Level {
     pub cp_cpu_seconds: Option<f64>,
     pub cp_cpu_ms_per_create: Option<f64>,
     pub bench_cpu_seconds: Option<f64>,
-    /// The load generator's (this process's) CPU per create answered in the window, ms.
+    /// The load generator's (this process's) CPU per committed create (warm-up included, like
+    /// the CP's), ms.
     pub bench_cpu_ms_per_create: Option<f64>,
     /// CP CPU per committed create by thread (the writer thread vs the HTTP workers), ms.
     pub cp_cpu_ms_per_create_by_thread: std::collections::BTreeMap<String, f64>,
@@ -399,10 +400,11 @@ pub(crate) fn measure_creates(
             .map(|s| round3(s * 1e3 / store.committed_requests as f64)),
         cp_cpu_seconds: cp_cpu,
         bench_cpu_seconds: self0.zip(self1).map(|(a, b)| round3(b - a)),
+        // Over the same span as the CP's: the warm-up included.
         bench_cpu_ms_per_create: self0
             .zip(self1)
-            .filter(|_| run.creates > 0)
-            .map(|(a, b)| round3((b - a) * 1e3 / run.creates as f64)),
+            .filter(|_| store.committed_requests > 0)
+            .map(|(a, b)| round3((b - a) * 1e3 / store.committed_requests as f64)),
         peak_rss_kib: peak,
         store,
         run,
