@@ -34,7 +34,7 @@
 //! loop is bounded by a count or a duration. It writes a JSON report with the machine facts,
 //! every number and each of the issue's targets with `met`, plus `summary.txt`, and prints the
 //! summary. It asserts nothing about timings: it fails only when the bench itself cannot run.
-//! `--smoke` runs everything at tiny sizes in well under a minute (CI).
+//! `--smoke` runs everything at tiny sizes in about a minute (CI).
 
 mod cp;
 mod engine;
@@ -65,11 +65,11 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// physical limit (issue 6).
 ///
 /// Full run (minutes; seeds 1M plans over HTTP):   autonomy-bench
-/// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
+/// Smoke run (tiny sizes, about a minute):         autonomy-bench --smoke
 /// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
 /// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
 /// The rollout engine (issue 10):                  autonomy-bench --phases limit,e1,e2,e3,e4,e5
-/// PostgreSQL and replicas (issue 12, as root):     autonomy-bench --phases limit,p1,p2
+/// PostgreSQL and replicas (issue 12, as root):    autonomy-bench --phases limit,p1,p2
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
@@ -100,7 +100,7 @@ struct Args {
     #[arg(long)]
     keep_data: bool,
 
-    /// Tiny sizes (2000 plans, 2 s per B1 level, …): checks the bench works, in well under a
+    /// Tiny sizes (2000 plans, 2 s per B1 level, …): checks the bench works, in about a
     /// minute. Explicit size flags still win.
     #[arg(long)]
     smoke: bool,
@@ -462,6 +462,11 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // The bench picks each CP's store itself. The test kit turns every CP it starts into a
+    // PostgreSQL replica when AUTONOMY_TEST_DATABASE_URL is set (`.ci/run` sets it for the
+    // conformance run, before the smoke bench): without this, B1–F1's SQLite CPs and P1's
+    // SQLite column would run over that cluster. Removed before any thread starts.
+    std::env::remove_var(autonomy_testkit::cp::TEST_DATABASE_ENV);
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
