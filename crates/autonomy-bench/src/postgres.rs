@@ -88,11 +88,21 @@ impl Cluster {
             port,
         };
         if !out.status.success() {
+            // The cluster's own logs go with the directory when `cluster` drops: keep their
+            // ends (e.g. initdb cannot enter a directory the postgres user may not traverse:
+            // put the data under one it may, with --work-dir).
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join(" | ")
+            };
             bail!(
-                "{} start failed ({}): {}",
+                "{} start failed ({}): {}; initdb.log: {}; server.log: {}",
                 script.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail("initdb.log"),
+                tail("server.log")
             );
         }
         let url = String::from_utf8_lossy(&out.stdout)
