@@ -7,7 +7,7 @@
 //!   the SQLite CP, one replica and three replicas (the workers round robin over them), each on
 //!   a fresh database;
 //! - **P2** failover: three replicas over one database, a driver keeping the promoter busy
-//!   (small engine plans created and started, each a promoter dispatch), then SIGKILL of the
+//!   (small engine plans created and started, each a stage start and a dispatch), then SIGKILL of the
 //!   leader again and again: kill → the first promoter audit event under the new epoch (and,
 //!   as a lower bound, the new leader's `leader.acquired`), the killed replica started again.
 //!
@@ -681,9 +681,9 @@ struct Driver {
 
 impl Driver {
     /// Until `stop`: every 1/`rate` s, a device registered, an engine plan over it created and
-    /// started (the promoter then dispatches it: one promoter write), and the plan
-    /// [`ACTIVE_PLANS`] back aborted (so the promoter's scan stays small). Each step goes to
-    /// the next replica that answers.
+    /// started (the promoter then starts its stage and dispatches the device: promoter
+    /// writes), and the plan [`ACTIVE_PLANS`] back aborted (so the promoter's scan stays
+    /// small). Each step goes to the next replica that answers.
     fn run(&self, urls: &Urls, rate: f64, stop: &AtomicBool) {
         let every = Duration::from_secs_f64(1.0 / rate.max(0.1));
         let mut next = Instant::now();
@@ -921,8 +921,9 @@ pub fn run_p2(env: &Env, cluster: &Cluster) -> anyhow::Result<P2Report> {
         method: "three replicas (serve --database-url --replica, --promoter-interval as given) \
                  over one database; a driver thread registers a device, creates a one-stage \
                  engine plan over it and starts it at a steady rate (the leader's promoter \
-                 dispatches each: rollout.stage_started by system:promoter), aborting the plan 20 \
-                 back; per kill: GET /v1/leader, wait until the leader has written as promoter \
+                 starts its stage and dispatches the device: rollout.stage_started and \
+                 rollout.devices_dispatched by system:promoter), aborting the plan 20 back; \
+                 per kill: GET /v1/leader, wait until the leader has written as promoter \
                  under its epoch, SIGKILL it (the wall clock just before), poll a survivor's \
                  /v1/audit/events?actor=system:promoter every 10 ms for the first event whose \
                  details.epoch is above the old one; the interval is that event's audit time \
