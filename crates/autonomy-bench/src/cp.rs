@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use autonomy_testkit::CpOptions;
 
-pub use autonomy_testkit::process::{clean_env, cpu_seconds, proc_status_kib};
+pub use autonomy_testkit::process::{clean_env, clock_ticks, cpu_seconds, proc_status_kib};
 pub use autonomy_testkit::Cp;
 
 /// How often readiness is polled while a CP starts.
@@ -60,6 +60,29 @@ pub fn start_args(
     options.args.extend(args.iter().map(|a| a.to_string()));
     Cp::start(options)
         .with_context(|| format!("starting {} serve (log {})", bin.display(), log.display()))
+}
+
+/// One replica over PostgreSQL (P1, P2): `serve --database-url URL --replica NAME` plus `args`,
+/// its own `data_dir`. With `lead` it also waits until this replica is the leader.
+pub fn start_pg(
+    bin: &Path,
+    data_dir: &Path,
+    log: &Path,
+    limit: Duration,
+    pg: (&str, &str),
+    lead: bool,
+    args: &[&str],
+) -> anyhow::Result<Cp> {
+    let (url, replica) = pg;
+    let mut options = options(bin, data_dir, log, limit);
+    options.database_url = Some(url.to_string());
+    options.wait_leader = lead;
+    options
+        .args
+        .extend(["--replica".to_string(), replica.to_string()]);
+    options.args.extend(args.iter().map(|a| a.to_string()));
+    Cp::start(options)
+        .with_context(|| format!("starting replica {replica} (log {})", log.display()))
 }
 
 /// [`start`] with RBAC enforced (`AUTONOMY_RBAC_ENFORCEMENT=1`, B7): the admin token is in

@@ -63,13 +63,13 @@ fn per_wall(v: Option<f64>, wall: f64) -> Option<f64> {
 
 /// First few error texts, shared by worker threads.
 #[derive(Default)]
-struct Errors {
+pub(crate) struct Errors {
     count: AtomicU64,
     first: Mutex<Vec<String>>,
 }
 
 impl Errors {
-    fn note(&self, what: String) {
+    pub(crate) fn note(&self, what: String) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut f = self.first.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() < 5 {
@@ -77,11 +77,11 @@ impl Errors {
         }
     }
 
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn first(&self) -> Vec<String> {
+    pub(crate) fn first(&self) -> Vec<String> {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

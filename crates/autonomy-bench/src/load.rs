@@ -1,5 +1,5 @@
 //! Load generators over HTTP: a count-bounded seeder (to build the data sets) and a
-//! duration-bounded closed loop (B1). Every worker thread has its own blocking transport
+//! duration-bounded closed loop (B1, B7, P1). Every worker thread has its own blocking transport
 //! (`autonomy-client`, one `ureq` agent), so its own kept-alive connection; every create is a
 //! real `POST /v1/rollouts` answered only once durable. Only the 2xx check is made on a
 //! success: its body is never decoded, which keeps the generator cheap.
@@ -243,9 +243,10 @@ impl LoopReport {
 
 /// Closed loop: `concurrency` workers, each sending its next create as soon as the previous
 /// one is answered, for `warmup + duration`; only answers completed in the window after the
-/// warm-up count. With a `token` (RBAC on) every create carries it.
+/// warm-up count. With a `token` (RBAC on) every create carries it. Worker `w` talks to
+/// `bases[w % bases.len()]`: several replicas of one store get the load round robin.
 pub fn closed_loop(
-    base: &str,
+    bases: &[&str],
     prefix: &str,
     concurrency: usize,
     warmup: Duration,
@@ -253,6 +254,9 @@ pub fn closed_loop(
     operators: usize,
     token: Option<&Token>,
 ) -> anyhow::Result<LoopReport> {
+    if bases.is_empty() {
+        bail!("closed loop over no CP");
+    }
     let concurrency = concurrency.clamp(1, 1024);
     let errors = AtomicU64::new(0);
     let first_errors = Mutex::new(Vec::<String>::new());
@@ -266,7 +270,7 @@ pub fn closed_loop(
                 let first_errors = &first_errors;
                 s.spawn(move || {
                     let mut lat = Vec::new();
-                    let Ok(http) = Http::new(base, REQUEST_TIMEOUT) else {
+                    let Ok(http) = Http::new(bases[w % bases.len()], REQUEST_TIMEOUT) else {
                         return lat;
                     };
                     let http = http.with_token(token.cloned());

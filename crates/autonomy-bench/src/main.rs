@@ -21,6 +21,11 @@
 //!   (E1); durable device reports per second at concurrency 256 next to the single-row commit
 //!   limit (E2); the promoter tick (E3) and the stuck scan (E4) over 100k devices in 100 engine
 //!   plans; the last report of a stage to the next stage's dispatch (E5);
+//! - **P1–P2** PostgreSQL (issue 12, `postgres.rs`, on a throwaway cluster the bench starts
+//!   with `scripts/ci/postgres.sh` and removes): durable creates at concurrency 64 (and 32)
+//!   against one and three replicas beside the SQLite CP and PostgreSQL's own single-row
+//!   commit limit (P1); SIGKILL of the leader of three replicas → the new leader's first
+//!   promoter write, over 20 kills (P2);
 //! - the CP's peak RSS in each.
 //!
 //! It runs the real `autonomy serve` (`--autonomy-bin`) on 127.0.0.1 port 0 with
@@ -29,7 +34,7 @@
 //! loop is bounded by a count or a duration. It writes a JSON report with the machine facts,
 //! every number and each of the issue's targets with `met`, plus `summary.txt`, and prints the
 //! summary. It asserts nothing about timings: it fails only when the bench itself cannot run.
-//! `--smoke` runs everything at tiny sizes in well under a minute (CI).
+//! `--smoke` runs everything at tiny sizes in about a minute (CI).
 
 mod cp;
 mod engine;
@@ -39,6 +44,7 @@ mod http;
 mod limit;
 mod load;
 mod machine;
+mod postgres;
 mod raw;
 mod report;
 mod stats;
@@ -59,10 +65,11 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// physical limit (issue 6).
 ///
 /// Full run (minutes; seeds 1M plans over HTTP):   autonomy-bench
-/// Smoke run (tiny sizes, well under a minute):    autonomy-bench --smoke
+/// Smoke run (tiny sizes, about a minute):         autonomy-bench --smoke
 /// One phase at other sizes:                       autonomy-bench --phases b1 --b1-seconds 30
 /// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
 /// The rollout engine (issue 10):                  autonomy-bench --phases limit,e1,e2,e3,e4,e5
+/// PostgreSQL and replicas (issue 12, as root):    autonomy-bench --phases limit,p1,p2
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
@@ -93,7 +100,7 @@ struct Args {
     #[arg(long)]
     keep_data: bool,
 
-    /// Tiny sizes (2000 plans, 2 s per B1 level, …): checks the bench works, in well under a
+    /// Tiny sizes (2000 plans, 2 s per B1 level, …): checks the bench works, in about a
     /// minute. Explicit size flags still win.
     #[arg(long)]
     smoke: bool,
@@ -250,6 +257,30 @@ struct Args {
     #[arg(long, value_name = "N")]
     f1_devices: Option<u64>,
 
+    /// P1: concurrency levels of PostgreSQL's limit and of the creates against the SQLite CP,
+    /// one replica and three replicas, comma-separated [full 32,64, smoke 64]. Each run lasts
+    /// --b1-seconds (+ --b1-warmup-seconds), the limit --limit-seconds.
+    #[arg(long, value_delimiter = ',', value_name = "N,…")]
+    p1_concurrency: Vec<usize>,
+
+    /// P2: SIGKILLs of the leader of three replicas [full 20, smoke 2].
+    #[arg(long, value_name = "N")]
+    p2_kills: Option<usize>,
+
+    /// P2: engine plans per second the driver creates and starts, to keep the promoter
+    /// writing [default 10].
+    #[arg(long, value_name = "N")]
+    p2_rate: Option<f64>,
+
+    /// P2: the replicas' --promoter-interval, seconds [default 0.1].
+    #[arg(long, value_name = "S")]
+    p2_promoter_interval: Option<f64>,
+
+    /// P1/P2: the script that starts and removes the throwaway PostgreSQL cluster (it needs
+    /// root: it runs the cluster as the postgres user).
+    #[arg(long, value_name = "PATH", default_value = "scripts/ci/postgres.sh")]
+    postgres_script: PathBuf,
+
     /// Concurrency of the seeding that builds the data sets [default 64].
     #[arg(long, value_name = "N")]
     seed_concurrency: Option<usize>,
@@ -320,6 +351,17 @@ impl Args {
             f1_devices: self
                 .f1_devices
                 .unwrap_or(if self.smoke { 200 } else { 10_000 }),
+            p1_levels: if !self.p1_concurrency.is_empty() {
+                self.p1_concurrency.clone()
+            } else if smoke {
+                vec![64]
+            } else {
+                vec![32, 64]
+            },
+            p2_kills: pick_n(self.p2_kills, 20, 2),
+            p2_rate: self.p2_rate.unwrap_or(10.0),
+            p2_promoter_interval: self.p2_promoter_interval.unwrap_or(0.1),
+            postgres_script: absolute(&self.postgres_script)?,
             seed_concurrency: self.seed_concurrency.unwrap_or(64),
             operators: self.operators.unwrap_or(100),
             start_timeout_seconds: self.start_timeout_seconds,
@@ -392,6 +434,20 @@ impl Args {
         if !(cfg.b2_stale_percent > 0.0 && cfg.b2_stale_percent <= 100.0) {
             bail!("--b2-stale-percent must be more than 0 and at most 100");
         }
+        if cfg.p1_levels.iter().any(|&c| c == 0 || c > 256) {
+            bail!("--p1-concurrency levels must be 1 to 256 (the cluster allows 400 connections)");
+        }
+        if cfg.p2_kills == 0 || cfg.p2_kills > 1000 {
+            bail!("--p2-kills must be 1 to 1000");
+        }
+        if !(cfg.p2_rate.is_finite() && (0.1..=1000.0).contains(&cfg.p2_rate)) {
+            bail!("--p2-rate must be 0.1 to 1000");
+        }
+        if !(cfg.p2_promoter_interval.is_finite()
+            && (0.01..=60.0).contains(&cfg.p2_promoter_interval))
+        {
+            bail!("--p2-promoter-interval must be 0.01 to 60 seconds");
+        }
         if cfg.b1_levels.iter().any(|&c| c == 0 || c > 1024) {
             bail!("--b1-concurrency levels must be 1 to 1024");
         }
@@ -406,6 +462,11 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // The bench picks each CP's store itself. The test kit turns every CP it starts into a
+    // PostgreSQL replica when AUTONOMY_TEST_DATABASE_URL is set (`.ci/run` sets it for the
+    // conformance run, before the smoke bench): without this, B1–F1's SQLite CPs and P1's
+    // SQLite column would run over that cluster. Removed before any thread starts.
+    std::env::remove_var(autonomy_testkit::cp::TEST_DATABASE_ENV);
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
@@ -609,6 +670,24 @@ fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
         if cfg.wants("f1") {
             mark("f1");
             results.f1 = Some(fleet::run_f1(env)?);
+        }
+        if cfg.wants("p1") || cfg.wants("p2") {
+            if let Some(why) = postgres::cannot_run_cluster() {
+                eprintln!("P1/P2 skipped: {why}");
+                results.postgres_skipped = Some(why);
+                return Ok(());
+            }
+            mark("postgres");
+            // Dropped (stopped and removed) when the phases end, failed or not.
+            let cluster = postgres::Cluster::start(&cfg.postgres_script, &env.work.join("pg"))?;
+            if cfg.wants("p1") {
+                mark("p1");
+                results.p1 = Some(postgres::run_p1(env, &cluster, results.limit.as_ref())?);
+            }
+            if cfg.wants("p2") {
+                mark("p2");
+                results.p2 = Some(postgres::run_p2(env, &cluster)?);
+            }
         }
         Ok(())
     })();

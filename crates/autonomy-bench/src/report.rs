@@ -28,6 +28,11 @@ pub struct Results {
     pub e4: Option<E4Report>,
     pub e5: Option<E5Report>,
     pub f1: Option<crate::fleet::F1Report>,
+    pub p1: Option<crate::postgres::P1Report>,
+    pub p2: Option<crate::postgres::P2Report>,
+    /// Why P1/P2 did not run (not root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_skipped: Option<String>,
     /// Registration of E1/E2's devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_io_seeding: Option<DeviceSeed>,
@@ -74,8 +79,9 @@ pub struct Report<'a> {
     pub notes: Vec<&'static str>,
 }
 
-pub const NOTES: [&str; 7] = [
+pub const NOTES: [&str; 8] = [
     "latencies are client-side (request sent to whole body read) over kept-alive HTTP/1.1 to 127.0.0.1, nearest-rank percentiles over every sample",
+    "PostgreSQL (issue 12): P1 measures the cluster's own single-row durable commits/s (tokio-postgres, N connections, one 900 B row per autocommitted INSERT, synchronous_commit=on) and then B1's closed loop against the SQLite CP, one replica and three replicas at the same concurrency, with the CPU per create of the CPs, of PostgreSQL (postmaster and backends) and of the load generator; P2 target: SIGKILL of the leader -> the first promoter audit event under the new epoch, p99 over the kills < 5 s (leader.acquired is the lower bound), no kill without one",
     "the bench and the CP share the machine's CPUs; bench_cpu_seconds in B1 shows what the load generator itself used",
     "B7 runs the CP with RBAC on; its flood generator shares the CPUs with the CP and the operator's client: flood.generator_cpu_seconds (the flood threads alone) stands next to the CP's cp_cpu_seconds",
     "peak_rss_kib is VmHWM of the CP instance that served only that phase (each phase starts its own CP; seeding runs in separate instances, see seeding_peak_rss_kib)",
@@ -329,6 +335,29 @@ pub fn targets(r: &Results) -> Vec<Target> {
         unit: "MiB",
         met: f1.map(|f| {
             f.completed && f.cp_peak_rss_kib.is_some_and(|k| k < 1024 * 1024)
+        }),
+    });
+    let p2 = r.p2.as_ref();
+    t.push(Target {
+        id: "P2",
+        target: "SIGKILL of the leader -> first promoter write of the new leader: p99 < 5 s",
+        basis: p2.map_or("not run".into(), |p| {
+            format!(
+                "p99 of {} kills of the leader of {} replicas ({} without a new promoter write); \
+                 leader.acquired p99 {}",
+                p.kills,
+                p.replicas,
+                p.missed,
+                fmt_ms(p.to_leader_acquired.p99_ms)
+            )
+        }),
+        value: p2.map(|p| p.to_first_promoter_write.p99_ms),
+        threshold: 5000.0,
+        unit: "ms",
+        met: p2.map(|p| {
+            p.missed == 0
+                && p.to_first_promoter_write.samples > 0
+                && p.to_first_promoter_write.p99_ms < 5000.0
         }),
     });
     t
@@ -671,6 +700,108 @@ pub fn summary(rep: &Report) -> String {
             mib(f.cp_peak_rss_kib),
         );
     }
+    let ms_per = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.3}"));
+    if let Some(p) = &r.p1 {
+        for l in &p.levels {
+            row(
+                "P1",
+                format!("raw PostgreSQL single-row commits, {} conns", l.concurrency),
+                format!(
+                    "{:.0} commits/s; PG {} ms CPU/commit",
+                    l.limit.commits_per_sec,
+                    ms_per(l.limit.pg_cpu_ms_per_commit)
+                ),
+                lat(&l.limit.commit_latency),
+                "".into(),
+            );
+            row(
+                "P1",
+                format!(
+                    "SQLite CP creates, c={} (avg batch {})",
+                    l.concurrency, l.sqlite.store.avg_batch
+                ),
+                format!(
+                    "{:.0} creates/s; CP {} ms, bench {} ms CPU/create",
+                    l.sqlite.run.creates_per_sec,
+                    ms_per(l.sqlite.cp_cpu_ms_per_create),
+                    ms_per(l.sqlite.bench_cpu_ms_per_create)
+                ),
+                lat(&l.sqlite.run.latency),
+                mib(l.sqlite.peak_rss_kib),
+            );
+            for pg in &l.postgres {
+                row(
+                    "P1",
+                    format!(
+                        "PostgreSQL, {} replica{}, c={} (avg batch {})",
+                        pg.replicas,
+                        if pg.replicas == 1 { "" } else { "s" },
+                        l.concurrency,
+                        pg.level.store.avg_batch
+                    ),
+                    format!(
+                        "{:.0} creates/s = {}x PG limit; CPs {} ms, PG {} ms, bench {} ms CPU/create",
+                        pg.level.run.creates_per_sec,
+                        pg.level
+                            .ratio_to_single_row_commits
+                            .map_or("?".into(), |v| format!("{v:.2}")),
+                        ms_per(pg.level.cp_cpu_ms_per_create),
+                        ms_per(pg.pg_cpu_ms_per_create),
+                        ms_per(pg.level.bench_cpu_ms_per_create)
+                    ),
+                    lat(&pg.level.run.latency),
+                    mib(pg.level.peak_rss_kib),
+                );
+                let top: Vec<String> = pg
+                    .pg_sessions
+                    .iter()
+                    .take(3)
+                    .map(|(what, share)| format!("{what} {:.0}%", share * 100.0))
+                    .collect();
+                row(
+                    "P1",
+                    format!(
+                        "… its PostgreSQL sessions ({} samples)",
+                        pg.pg_session_samples
+                    ),
+                    top.join(", "),
+                    "".into(),
+                    "".into(),
+                );
+            }
+        }
+    }
+    if let Some(p) = &r.p2 {
+        row(
+            "P2",
+            format!(
+                "SIGKILL leader -> first promoter write ({} kills, {} replicas)",
+                p.kills, p.replicas
+            ),
+            format!(
+                "{} missed; driver {} plans",
+                p.missed, p.driver_plans_started
+            ),
+            lat(&p.to_first_promoter_write),
+            "".into(),
+        );
+        row(
+            "P2",
+            "SIGKILL leader -> leader.acquired (lower bound)".into(),
+            "".into(),
+            lat(&p.to_leader_acquired),
+            "".into(),
+        );
+    }
+    if let Some(why) = &r.postgres_skipped {
+        row(
+            "P",
+            "PostgreSQL phases".into(),
+            format!("skipped: {why}"),
+            "".into(),
+            "".into(),
+        );
+    }
     let mut widths = [0usize; 5];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -697,7 +828,7 @@ pub fn summary(rep: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10):\n");
+    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10; P2 issue 12):\n");
     for t in &rep.targets {
         let verdict = match t.met {
             Some(true) => "met ",

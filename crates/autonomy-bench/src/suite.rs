@@ -64,6 +64,11 @@ pub struct Config {
     pub e5_plans: usize,
     pub e5_stages: usize,
     pub f1_devices: u64,
+    pub p1_levels: Vec<usize>,
+    pub p2_kills: usize,
+    pub p2_rate: f64,
+    pub p2_promoter_interval: f64,
+    pub postgres_script: PathBuf,
     pub seed_concurrency: usize,
     pub operators: usize,
     pub start_timeout_seconds: f64,
@@ -86,7 +91,7 @@ pub struct Env {
 }
 
 impl Env {
-    fn start_limit(&self) -> Duration {
+    pub(crate) fn start_limit(&self) -> Duration {
         Duration::from_secs_f64(self.cfg.start_timeout_seconds)
     }
 
@@ -98,7 +103,7 @@ impl Env {
         self.logs.join(format!("cp-{name}.log"))
     }
 
-    fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
+    pub(crate) fn start(&self, data_dir: &Path, name: &str) -> anyhow::Result<Cp> {
         cp::start(&self.bin, data_dir, &self.log(name), self.start_limit())
             .with_context(|| format!("starting the CP for {name}"))
     }
@@ -170,6 +175,9 @@ pub struct B1Level {
     pub cp_cpu_seconds: Option<f64>,
     pub cp_cpu_ms_per_create: Option<f64>,
     pub bench_cpu_seconds: Option<f64>,
+    /// The load generator's (this process's) CPU per committed create (warm-up included, like
+    /// the CP's), ms.
+    pub bench_cpu_ms_per_create: Option<f64>,
     /// CP CPU per committed create by thread (the writer thread vs the HTTP workers), ms.
     pub cp_cpu_ms_per_create_by_thread: std::collections::BTreeMap<String, f64>,
     /// CP bytes handed to write(2)/pwrite(2) per committed create (`/proc/<pid>/io` wchar:
@@ -225,6 +233,30 @@ pub(crate) fn store_snap(http: &Http) -> anyhow::Result<StoreSnap> {
     })
 }
 
+impl StoreDelta {
+    /// Several CPs' deltas over the same window as one: counts and busy shares summed (a busy
+    /// share above 1 means writers of several replicas were busy at once), the largest batch.
+    pub(crate) fn sum(parts: Vec<StoreDelta>) -> StoreDelta {
+        if parts.len() == 1 {
+            return parts.into_iter().next().unwrap_or_default();
+        }
+        let commits: u64 = parts.iter().map(|p| p.commits).sum();
+        let requests: u64 = parts.iter().map(|p| p.committed_requests).sum();
+        let commit_ms: f64 = parts
+            .iter()
+            .map(|p| p.avg_commit_ms * p.commits as f64)
+            .sum();
+        StoreDelta {
+            commits,
+            committed_requests: requests,
+            avg_batch: round1(requests as f64 / commits.max(1) as f64),
+            max_batch: parts.iter().map(|p| p.max_batch).max().unwrap_or(0),
+            avg_commit_ms: round3(commit_ms / commits.max(1) as f64),
+            writer_busy_fraction: round3(parts.iter().map(|p| p.writer_busy_fraction).sum()),
+        }
+    }
+}
+
 pub(crate) fn store_delta(a: &StoreSnap, b: &StoreSnap) -> StoreDelta {
     let commits = (b.commits - a.commits).max(0.0);
     let requests = (b.requests - a.requests).max(0.0);
@@ -249,84 +281,145 @@ pub fn run_b1(env: &Env, limit: Option<&LimitReport>) -> anyhow::Result<B1Report
             env.cfg.b1_seconds, env.cfg.b1_warmup_seconds
         );
         let cp = env.start(&dir, &format!("b1-c{c}"))?;
-        let http = Http::new(&cp.url, load::REQUEST_TIMEOUT)?;
-        let before = store_snap(&http)?;
-        let cpu0 = cp.cpu_seconds();
-        let threads0 = cp.cpu_by_thread();
-        let io0 = cp.io();
-        let self0 = cp::cpu_seconds(Path::new("/proc/self/stat"));
-        let run = load::closed_loop(
-            &cp.url,
+        let level = measure_creates(
+            env,
+            &[&cp],
             &format!("b1-c{c}"),
             c,
-            Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
-            Duration::from_secs_f64(env.cfg.b1_seconds),
-            env.cfg.operators,
-            None,
-        )?;
-        let after = store_snap(&http)?;
-        let cpu1 = cp.cpu_seconds();
-        let threads1 = cp.cpu_by_thread();
-        let io1 = cp.io();
-        let self1 = cp::cpu_seconds(Path::new("/proc/self/stat"));
-        let peak = cp.peak_rss_kib();
-        env.stop(cp)?;
-        if run.creates == 0 {
-            bail!(
-                "B1 at concurrency {c}: no create succeeded ({} errors: {:?})",
-                run.errors,
-                run.first_errors
-            );
-        }
-        let store = store_delta(&before, &after);
-        let cp_cpu = cpu0.zip(cpu1).map(|(a, b)| round3(b - a));
-        let creates = store.committed_requests.max(1) as f64;
-        let by_thread = threads1
-            .iter()
-            .map(|(name, b)| {
-                let a = threads0.get(name).copied().unwrap_or(0.0);
-                (name.clone(), round3((b - a) * 1e3 / creates))
-            })
-            .filter(|(_, v)| *v > 0.0)
-            .collect();
-        let io_delta = |key: &str| {
-            let (a, b) = (io0.as_ref()?.get(key)?, io1.as_ref()?.get(key)?);
-            Some(round1(b.saturating_sub(*a) as f64 / creates))
-        };
-        let level = B1Level {
-            cp_cpu_ms_per_create_by_thread: by_thread,
-            cp_write_bytes_per_create: io_delta("wchar"),
-            cp_write_syscalls_per_create: io_delta("syscw"),
-            cp_disk_bytes_per_create: io_delta("write_bytes"),
-            ratio_to_single_row_commits: limit
-                .map(|l| round3(run.creates_per_sec / l.single_row.commits_per_sec.max(1e-9))),
-            ratio_to_batched_rows: limit
-                .map(|l| round3(run.creates_per_sec / l.batched.rows_per_sec.max(1e-9))),
-            cp_cpu_ms_per_create: cp_cpu
-                .filter(|_| store.committed_requests > 0)
-                .map(|s| round3(s * 1e3 / store.committed_requests as f64)),
-            cp_cpu_seconds: cp_cpu,
-            bench_cpu_seconds: self0.zip(self1).map(|(a, b)| round3(b - a)),
-            peak_rss_kib: peak,
-            store,
-            run,
-        };
-        eprintln!(
-            "  {:.0} creates/s, {}, avg batch {}, {} errors; CP {} ms CPU and {} B written per create",
-            level.run.creates_per_sec,
-            level.run.latency.short(),
-            level.store.avg_batch,
-            level.run.errors,
-            level.cp_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
-            level.cp_write_bytes_per_create.map_or("?".into(), |v| format!("{v:.0}")),
+            limit.map(|l| l.single_row.commits_per_sec),
+            limit.map(|l| l.batched.rows_per_sec),
         );
-        levels.push(level);
+        env.stop(cp)?;
+        levels.push(level?);
     }
     Ok(B1Report {
         levels,
         note: "each level runs on a fresh CP instance over the same data dir (the plans of the \
                earlier levels stay); store figures come from /metrics deltas over the level",
     })
+}
+
+/// One closed-loop level of durable creates at concurrency `c` over `cps` (the workers spread
+/// round robin over them: one CP for B1, several replicas for P1), with every figure B1
+/// reports: the loop, the `/metrics` store deltas, CPU, I/O and peak RSS summed (peak: the
+/// largest) over the CPs, and the ratios to the given limits (single-row commits/s, rows/s in
+/// batched transactions). The CPs keep running.
+pub(crate) fn measure_creates(
+    env: &Env,
+    cps: &[&Cp],
+    label: &str,
+    c: usize,
+    single_row_limit: Option<f64>,
+    batched_limit: Option<f64>,
+) -> anyhow::Result<B1Level> {
+    let https = cps
+        .iter()
+        .map(|cp| Http::new(&cp.url, load::REQUEST_TIMEOUT))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let snaps = |https: &[Http]| -> anyhow::Result<Vec<StoreSnap>> {
+        https.iter().map(store_snap).collect()
+    };
+    let sum_cpu = || -> Option<f64> { cps.iter().map(|cp| cp.cpu_seconds()).sum() };
+    let sum_threads = || {
+        let mut all = std::collections::BTreeMap::<String, f64>::new();
+        for cp in cps {
+            for (name, v) in cp.cpu_by_thread() {
+                *all.entry(name).or_default() += v;
+            }
+        }
+        all
+    };
+    let sum_io = || -> Option<std::collections::BTreeMap<String, u64>> {
+        let mut all = std::collections::BTreeMap::<String, u64>::new();
+        for cp in cps {
+            for (k, v) in cp.io()? {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        Some(all)
+    };
+    let before = snaps(&https)?;
+    let cpu0 = sum_cpu();
+    let threads0 = sum_threads();
+    let io0 = sum_io();
+    let self0 = cp::cpu_seconds(Path::new("/proc/self/stat"));
+    let bases: Vec<&str> = cps.iter().map(|cp| cp.url.as_str()).collect();
+    let run = load::closed_loop(
+        &bases,
+        label,
+        c,
+        Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
+        Duration::from_secs_f64(env.cfg.b1_seconds),
+        env.cfg.operators,
+        None,
+    )?;
+    let after = snaps(&https)?;
+    let cpu1 = sum_cpu();
+    let threads1 = sum_threads();
+    let io1 = sum_io();
+    let self1 = cp::cpu_seconds(Path::new("/proc/self/stat"));
+    let peak = cps.iter().filter_map(|cp| cp.peak_rss_kib()).max();
+    if run.creates == 0 {
+        bail!(
+            "{label}: no create succeeded ({} errors: {:?})",
+            run.errors,
+            run.first_errors
+        );
+    }
+    let store = StoreDelta::sum(
+        before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| store_delta(a, b))
+            .collect(),
+    );
+    let cp_cpu = cpu0.zip(cpu1).map(|(a, b)| round3(b - a));
+    let creates = store.committed_requests.max(1) as f64;
+    let by_thread = threads1
+        .iter()
+        .map(|(name, b)| {
+            let a = threads0.get(name).copied().unwrap_or(0.0);
+            (name.clone(), round3((b - a) * 1e3 / creates))
+        })
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let io_delta = |key: &str| {
+        let (a, b) = (io0.as_ref()?.get(key)?, io1.as_ref()?.get(key)?);
+        Some(round1(b.saturating_sub(*a) as f64 / creates))
+    };
+    let level = B1Level {
+        cp_cpu_ms_per_create_by_thread: by_thread,
+        cp_write_bytes_per_create: io_delta("wchar"),
+        cp_write_syscalls_per_create: io_delta("syscw"),
+        cp_disk_bytes_per_create: io_delta("write_bytes"),
+        ratio_to_single_row_commits: single_row_limit
+            .map(|l| round3(run.creates_per_sec / l.max(1e-9))),
+        ratio_to_batched_rows: batched_limit.map(|l| round3(run.creates_per_sec / l.max(1e-9))),
+        cp_cpu_ms_per_create: cp_cpu
+            .filter(|_| store.committed_requests > 0)
+            .map(|s| round3(s * 1e3 / store.committed_requests as f64)),
+        cp_cpu_seconds: cp_cpu,
+        bench_cpu_seconds: self0.zip(self1).map(|(a, b)| round3(b - a)),
+        // Over the same span as the CP's: the warm-up included.
+        bench_cpu_ms_per_create: self0
+            .zip(self1)
+            .filter(|_| store.committed_requests > 0)
+            .map(|(a, b)| round3((b - a) * 1e3 / store.committed_requests as f64)),
+        peak_rss_kib: peak,
+        store,
+        run,
+    };
+    eprintln!(
+        "  {:.0} creates/s, {}, avg batch {}, {} errors; CP {} ms CPU and {} B written per create; bench {} ms CPU per create",
+        level.run.creates_per_sec,
+        level.run.latency.short(),
+        level.store.avg_batch,
+        level.run.errors,
+        level.cp_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
+        level.cp_write_bytes_per_create.map_or("?".into(), |v| format!("{v:.0}")),
+        level.bench_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
+    );
+    Ok(level)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1274,7 +1367,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         // Quiet: the operator alone.
         let s0 = B7Snap::take(&cp, &admin)?;
         let quiet = load::closed_loop(
-            &cp.url,
+            &[&cp.url],
             &format!("b7-quiet-{round}"),
             c,
             warmup,
@@ -1348,7 +1441,7 @@ pub fn run_b7(env: &Env) -> anyhow::Result<B7Report> {
         let (flooded, flood) = std::thread::scope(|s| {
             let flood = s.spawn(|| flood::run(&spec, &stop));
             let flooded = load::closed_loop(
-                &cp.url,
+                &[&cp.url],
                 &format!("b7-flooded-{round}"),
                 c,
                 warmup,
@@ -1455,8 +1548,9 @@ fn opt_f(v: Option<f64>) -> String {
 }
 
 /// The phases a run can select.
-pub const PHASES: [&str; 14] = [
-    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5", "f1",
+pub const PHASES: [&str; 16] = [
+    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5", "f1", "p1",
+    "p2",
 ];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
