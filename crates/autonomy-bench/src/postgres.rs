@@ -292,9 +292,7 @@ fn measure_limit(
     rt.block_on(async {
         let admin = connect(url).await?;
         admin
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS bench_limit (id bigserial PRIMARY KEY, doc text NOT NULL)",
-            )
+            .batch_execute(include_str!("../sql/limit_table.sql"))
             .await?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -319,7 +317,7 @@ fn measure_limit(
                     return (lat, None);
                 };
                 let Ok(stmt) = client
-                    .prepare("INSERT INTO bench_limit (doc) VALUES ($1)")
+                    .prepare(include_str!("../sql/limit_insert.sql"))
                     .await
                 else {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -441,12 +439,7 @@ async fn sample_sessions(
             break;
         }
         let rows = c
-            .query(
-                "SELECT coalesce(state, ''), coalesce(wait_event_type, ''), \
-                 coalesce(wait_event, '') FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid() AND state <> 'idle'",
-                &[&db],
-            )
+            .query(include_str!("../sql/sessions.sql"), &[&db])
             .await
             .unwrap_or_default();
         for r in rows {

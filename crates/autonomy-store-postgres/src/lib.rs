@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     pub stop: Notify,
     /// Tasks still running (writers, leader, mirror, flusher).
     pub tasks: AtomicUsize,
+    /// The leader row as last read (`GET /v1/leader` while the database is unreachable).
+    pub last_leader: Mutex<Option<LeaderInfo>>,
     /// Target digest and `reboot_required` per engine-driven plan (immutable once created).
     pub engine_params: Mutex<std::collections::HashMap<String, (String, bool)>>,
 }
@@ -205,6 +207,7 @@ impl PgStore {
             stop: Notify::new(),
             tasks: AtomicUsize::new(0),
             engine_params: Mutex::new(std::collections::HashMap::new()),
+            last_leader: Mutex::new(None),
         });
         let writers_pool = pg::pool(
             &pg_config,
@@ -772,11 +775,31 @@ impl Store for PgStore {
         self.shared.epoch.load(Ordering::SeqCst)
     }
 
+    /// The leader row; when the database cannot be read (a replica cut off from it), the
+    /// last one read, with `self: false` — a replica that cannot reach the database never
+    /// leads (its session check has stepped it down).
     async fn leader(&self) -> Result<LeaderInfo> {
-        let mut info = reading!(self, |r| r.leader().await)?;
+        let read = reading!(self, |r| r.leader().await);
         let mine = self.epoch();
-        info.is_self = mine != 0 && mine == info.epoch;
-        Ok(info)
+        let mut last = self
+            .shared
+            .last_leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match read {
+            Ok(mut info) => {
+                *last = Some(info.clone());
+                info.is_self = mine != 0 && mine == info.epoch;
+                Ok(info)
+            }
+            Err(e) => match last.clone() {
+                Some(mut info) if mine == 0 => {
+                    info.is_self = false;
+                    Ok(info)
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     async fn promoter_due(&self, now_us: i64, max_dispatch: u64) -> Result<Vec<PromoterDue>> {

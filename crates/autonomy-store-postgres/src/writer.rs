@@ -2,9 +2,12 @@
 //!
 //! Each writer task takes one job, then every other job already queued (up to `max_batch`),
 //! and runs them in one transaction, each inside its own savepoint (a failing job rolls back
-//! alone). A batch that records audit events first locks the chain head (`audit_head`, one
-//! row): events are sealed into the one BLAKE3 chain in commit order across every replica, so
-//! `seq` has no gaps. Device reports go to a queue of their own and never take that lock. A
+//! alone). The jobs' audit events are kept as drafts; only after the last job does a batch
+//! lock the chain head (`audit_head`, one row), seal its drafts into the one BLAKE3 chain,
+//! insert them in one statement and commit — so `seq` has no gaps in commit order across
+//! every replica, and the lock is held for the sealing and the commit, not for the requests'
+//! own statements (the bench's P1 profile: holding it from BEGIN serialised every writer of
+//! every replica). Device reports record nothing and never take that lock. A
 //! job that hits a serialization failure, a deadlock or a unique key another transaction took
 //! first is run again once in a fresh savepoint; a fault after that is 503. Nobody hears
 //! "done" before COMMIT returned.
@@ -91,21 +94,6 @@ pub(crate) enum Command {
     },
 }
 
-impl Command {
-    /// Device reports record no audit event: they never take the chain-head lock.
-    fn audited(&self) -> bool {
-        !matches!(self, Command::Report { .. })
-    }
-}
-
-/// The chain head as locked by this transaction.
-#[derive(Clone, Debug)]
-pub(crate) struct Chain {
-    pub seq: u64,
-    pub hash: String,
-    pub time_us: i64,
-}
-
 /// A job's failure, and the audit event that records the rejection (kept even though the
 /// job's own changes are rolled back).
 pub(crate) struct Failure {
@@ -180,28 +168,17 @@ async fn run_batch(pool: &Pool, batch: Vec<Job>, shared: &Shared) {
     let mut w = W {
         c: &client,
         shared,
-        chain: None,
+        drafts: Vec::new(),
         last_time_us: now_us(),
         woken: Vec::new(),
         revoked: Vec::new(),
-        events: 0,
     };
     let mut results = Vec::with_capacity(batch.len());
-    let mut broken = None;
-    if batch.iter().any(|j| j.command.audited()) {
-        if let Err(e) = w.lock_chain().await {
-            broken = Some(e.error.to_string());
-        }
+    for job in &batch {
+        results.push(w.run_job(job).await);
     }
-    if broken.is_none() {
-        for job in &batch {
-            results.push(w.run_job(job).await);
-        }
-    }
-    let committed = match broken {
-        Some(why) => Err(why),
-        None => w.finish().await,
-    };
+    let events = w.drafts.len() as u64;
+    let committed = w.finish().await;
     if let Err(why) = committed {
         let _ = client.batch_execute("ROLLBACK").await;
         shared
@@ -217,7 +194,7 @@ async fn run_batch(pool: &Pool, batch: Vec<Job>, shared: &Shared) {
     m.committed_requests
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     m.max_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
-    m.audit_events.fetch_add(w.events, Ordering::Relaxed);
+    m.audit_events.fetch_add(events, Ordering::Relaxed);
     let micros = started.elapsed().as_micros() as u64;
     m.commit_micros.fetch_add(micros, Ordering::Relaxed);
     let slot = autonomy_store::bucket_of(&autonomy_store::BATCH_SIZE_BUCKETS, batch.len() as u64);
@@ -227,7 +204,7 @@ async fn run_batch(pool: &Pool, batch: Vec<Job>, shared: &Shared) {
     shared
         .storage_fault
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    if w.events > 0 {
+    if events > 0 {
         shared.mirror_nudge.notify_one();
     }
     if !w.woken.is_empty() {
@@ -250,19 +227,20 @@ fn fail_all(batch: Vec<Job>, why: &str, shared: &Shared) {
     }
 }
 
-/// One transaction of a writer: the connection, the chain head it locked, and what to do
-/// after the commit.
+/// One transaction of a writer: the connection, the audit events its jobs recorded (sealed
+/// at the end), and what to do after the commit.
 pub(crate) struct W<'a> {
     pub c: &'a ClientWrapper,
     pub shared: &'a Shared,
-    pub chain: Option<Chain>,
-    /// Event times never go backwards in seq order, across replicas: at least the head's.
+    /// The jobs' events, stamped (id, caller) but not yet sealed: `finish` seals them under
+    /// the chain-head lock.
+    pub drafts: Vec<AuditEvent>,
+    /// The jobs' clock: never behind the time this batch started.
     pub last_time_us: i64,
     /// Devices whose revision this batch raised: their long polls are woken after commit.
     pub woken: Vec<String>,
     /// Devices this batch revoked: the token cache forgets them after commit.
     pub revoked: Vec<String>,
-    pub events: u64,
 }
 
 /// What an idempotency record keeps of an answer: never a secret, and at most
@@ -329,40 +307,13 @@ impl W<'_> {
         Ok(self.c.query(&stmt, params).await?)
     }
 
-    /// Locks the chain head until the transaction ends.
-    async fn lock_chain(&mut self) -> Fallible<()> {
-        let row = self
-            .query_opt(
-                "SELECT seq, hash, time_us FROM audit_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Internal("the audit chain head row is missing".into()))?;
-        let chain = Chain {
-            seq: row.get::<_, i64>(0) as u64,
-            hash: row.get(1),
-            time_us: row.get(2),
-        };
-        self.last_time_us = self.last_time_us.max(chain.time_us);
-        self.chain = Some(chain);
-        Ok(())
-    }
-
-    /// Stores the moved chain head, then commits.
+    /// Seals the batch's drafts under the chain-head lock (taken last, held only for the
+    /// sealing and the commit), stores them and the moved head in two statements, then
+    /// commits. Event times never go backwards in seq order, across replicas: each is at
+    /// least the head's.
     async fn finish(&mut self) -> std::result::Result<(), String> {
-        if self.events > 0 {
-            if let Some(chain) = &self.chain {
-                let seq = chain.seq as i64;
-                if let Err(e) = self
-                    .exec(
-                        "UPDATE audit_head SET seq = $1, hash = $2, time_us = $3 WHERE id = 1",
-                        &[&seq, &chain.hash, &chain.time_us],
-                    )
-                    .await
-                {
-                    return Err(e.error.to_string());
-                }
-            }
+        if !self.drafts.is_empty() {
+            self.seal_drafts().await.map_err(|e| e.error.to_string())?;
         }
         self.c
             .batch_execute("COMMIT")
@@ -370,14 +321,70 @@ impl W<'_> {
             .map_err(|e| db_error(e).to_string())
     }
 
+    async fn seal_drafts(&mut self) -> Fallible<()> {
+        let row = self
+            .query_opt(
+                "SELECT seq, hash, time_us FROM audit_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Internal("the audit chain head row is missing".into()))?;
+        let (mut seq, mut hash, head_time): (i64, String, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        let time_us = now_us().max(self.last_time_us).max(head_time);
+        let n = self.drafts.len();
+        let (mut seqs, mut ids, mut types, mut actors) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut resources, mut outcomes, mut hashes, mut lines) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for mut event in std::mem::take(&mut self.drafts) {
+            seq += 1;
+            event.time = timefmt::format_us(time_us);
+            let sealed = autonomy_audit::seal(event, seq as u64, &hash);
+            let ev = sealed.event;
+            hash = ev.hash.clone();
+            seqs.push(seq);
+            ids.push(ev.id);
+            types.push(ev.event_type);
+            actors.push(ev.actor);
+            resources.push(ev.resource);
+            outcomes.push(ev.outcome.as_str().to_string());
+            hashes.push(ev.hash);
+            lines.push(sealed.line);
+        }
+        let times = vec![time_us; n];
+        self.exec(
+            "INSERT INTO audit_events (seq, id, time_us, event_type, actor, resource, outcome, \
+             hash, line) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], \
+             $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])",
+            &[
+                &seqs, &ids, &times, &types, &actors, &resources, &outcomes, &hashes, &lines,
+            ],
+        )
+        .await?;
+        self.exec(
+            "UPDATE audit_head SET seq = $1, hash = $2, time_us = $3 WHERE id = 1",
+            &[&seq, &hash, &time_us],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Runs one job in its own savepoint, once more if it failed in a way that may pass.
     async fn run_job(&mut self, job: &Job) -> Result<Reply> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let chain_before = self.chain.clone();
-            let (events_before, woken_before, revoked_before) =
-                (self.events, self.woken.len(), self.revoked.len());
+            let (drafts_before, woken_before, revoked_before) =
+                (self.drafts.len(), self.woken.len(), self.revoked.len());
             if let Err(e) = self.c.batch_execute("SAVEPOINT job").await {
                 return Err(db_error(e));
             }
@@ -396,8 +403,7 @@ impl W<'_> {
                     {
                         return Err(db_error(e));
                     }
-                    self.chain = chain_before;
-                    self.events = events_before;
+                    self.drafts.truncate(drafts_before);
                     self.woken.truncate(woken_before);
                     self.revoked.truncate(revoked_before);
                     if failure.retryable && tries < 2 {
@@ -516,45 +522,16 @@ impl W<'_> {
         }
     }
 
-    /// Stamps `event` (id, time, the caller) and seals it into the chain under the head lock.
+    /// Stamps `event` (id, the caller) and keeps it for the batch's sealing (`finish`): its
+    /// seq, time and hash are given under the chain-head lock just before COMMIT. Returns its
+    /// id.
     pub(crate) async fn record(&mut self, ctx: &Ctx, mut event: AuditEvent) -> Fallible<String> {
-        let Some(chain) = self.chain.clone() else {
-            return Err(StoreError::Internal(
-                "an audit event outside a chain-locked transaction".into(),
-            )
-            .into());
-        };
-        let seq = chain.seq + 1;
-        let time_us = self.last_time_us.max(chain.time_us);
         event.id = new_id("evt");
-        event.time = timefmt::format_us(time_us);
         event.actor = ctx.actor.clone();
         event.request_id = ctx.request_id.clone();
-        let sealed = autonomy_audit::seal(event, seq, &chain.hash);
-        let ev = &sealed.event;
-        self.exec(
-            "INSERT INTO audit_events (seq, id, time_us, event_type, actor, resource, outcome, \
-             hash, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[
-                &(seq as i64),
-                &ev.id,
-                &time_us,
-                &ev.event_type,
-                &ev.actor,
-                &ev.resource,
-                &ev.outcome.as_str(),
-                &ev.hash,
-                &sealed.line,
-            ],
-        )
-        .await?;
-        self.chain = Some(Chain {
-            seq,
-            hash: ev.hash.clone(),
-            time_us,
-        });
-        self.events += 1;
-        Ok(sealed.event.id)
+        let id = event.id.clone();
+        self.drafts.push(event);
+        Ok(id)
     }
 
     /// The plan, its row locked until the transaction ends (read-then-write under lock).

@@ -1,0 +1,1 @@
+INSERT INTO bench_limit (doc) VALUES ($1)

@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS bench_limit (id bigserial PRIMARY KEY, doc text NOT NULL)
