@@ -100,12 +100,25 @@ pub async fn run<S: Store>(state: AppState<S>, config: PromoterConfig) {
         .store(config.interval.as_micros() as i64, Ordering::Relaxed);
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A replica that just became the leader ticks at once, not an interval later (failover).
+    let mut leadership = state.store.leadership();
     loop {
+        let became_leader = async {
+            match leadership.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ticker.tick() => {}
             _ = engine.wake.notified() => {
                 // Let the reports of the same moment land first: one tick serves them all.
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            changed = became_leader => {
+                if !changed {
+                    leadership = None; // the store stopped: back to the ticker alone
+                }
             }
         }
         match tick(&state.store, &config).await {

@@ -104,6 +104,7 @@ async fn session(
                 match acquired(shared, jobs).await {
                     Ok(epoch) => {
                         shared.epoch.store(epoch, Ordering::SeqCst);
+                        shared.leadership.send_replace(epoch);
                         holding = true;
                         tracing::info!(epoch, replica = %shared.replica, "became the leader");
                     }

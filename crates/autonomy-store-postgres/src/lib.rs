@@ -20,6 +20,7 @@
 mod engine;
 mod leader;
 mod mirror;
+mod notify;
 mod pg;
 mod read;
 mod writer;
@@ -137,6 +138,8 @@ pub(crate) struct Shared {
     pub mirror_caught_up_us: AtomicI64,
     /// The epoch this replica leads under; 0 while it is not the leader.
     pub epoch: AtomicU64,
+    /// Told each time this replica becomes the leader (the promoter ticks at once).
+    pub leadership: tokio::sync::watch::Sender<u64>,
     pub replica: String,
     /// Set by `close`: the leader and mirror stop.
     pub closing: AtomicBool,
@@ -202,6 +205,7 @@ impl PgStore {
             mirror_nudge: Notify::new(),
             mirror_caught_up_us: AtomicI64::new(0),
             epoch: AtomicU64::new(0),
+            leadership: tokio::sync::watch::channel(0).0,
             replica: config.replica.clone(),
             closing: AtomicBool::new(false),
             stop: Notify::new(),
@@ -266,6 +270,7 @@ impl PgStore {
         };
         let admin_token_path = store.bootstrap_admin(&setup, &config.data_dir).await?;
         drop(setup);
+        spawn_task(&shared, notify::run(pg_config.clone(), shared.clone()));
         spawn_task(
             &shared,
             leader::run(pg_config, shared.clone(), tx, config.leader_idle_timeout),
@@ -773,6 +778,10 @@ impl Store for PgStore {
 
     fn epoch(&self) -> u64 {
         self.shared.epoch.load(Ordering::SeqCst)
+    }
+
+    fn leadership(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.shared.leadership.subscribe())
     }
 
     /// The leader row; when the database cannot be read (a replica cut off from it), the

@@ -315,6 +315,15 @@ impl W<'_> {
         if !self.drafts.is_empty() {
             self.seal_drafts().await.map_err(|e| e.error.to_string())?;
         }
+        // Long polls on other replicas: delivered only if this commits (`notify.rs`).
+        for payload in crate::notify::payloads(&self.woken) {
+            self.exec(
+                "SELECT pg_notify($1, $2)",
+                &[&crate::notify::CHANNEL, &payload],
+            )
+            .await
+            .map_err(|e| e.error.to_string())?;
+        }
         self.c
             .batch_execute("COMMIT")
             .await

@@ -403,6 +403,13 @@ pub trait Store: Send + Sync + 'static {
     /// Who leads now, as the store records it (`GET /v1/leader`).
     fn leader(&self) -> impl Future<Output = Result<LeaderInfo>> + Send;
 
+    /// Changes whenever this replica's epoch does (it became the leader, or stepped down), so
+    /// the promoter can tick at once; `None`: it never changes while the store runs (one
+    /// process, one writer).
+    fn leadership(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// The engine-driven plans `decide` has something for at `now_us`, read in one snapshot.
     fn promoter_due(
         &self,

@@ -312,3 +312,60 @@ fn postgres_only_a_database_without_durable_commits_is_refused() {
         err.stderr
     );
 }
+
+#[test]
+fn postgres_only_a_long_poll_on_a_follower_wakes_when_the_leader_dispatches() {
+    if !on_postgres("cross-replica wake") {
+        return;
+    }
+    use autonomy_testkit::device::Device;
+    let a = Cp::start(&["--replica", "a", "--promoter-interval", "0.2"], &[]);
+    let b = a.replica(&["--replica", "b", "--promoter-interval", "0.2"], &[]);
+    let (leading, _) = wait_leader(&[&a, &b], None, 0, FAILOVER_LIMIT);
+    assert_eq!(leading, 0, "the first replica leads while it lives");
+    let old = format!("sha256:{}", "0".repeat(64));
+    let target = format!("sha256:{}", "7".repeat(64));
+    // The device talks to the follower only.
+    let mut d = Device::register(
+        &b.url,
+        &[],
+        "far-1",
+        &serde_json::json!({"ring": "far"}),
+        &old,
+    )
+    .unwrap_or_else(|e| panic!("register: {e}"));
+    d.poll(0).unwrap_or_else(|e| panic!("poll: {e}"));
+    // Its long poll waits on b while the leader (a) dispatches: only a notification from a's
+    // commit can wake it before the poll's own 30 s.
+    let waiting = std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = d
+            .poll_assignment(30)
+            .unwrap_or_else(|e| panic!("poll: {e}"));
+        (got, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300)); // the poll is parked (a wake before it would only make the test pass early)
+    let body = serde_json::json!({"metadata": {"id": "far-plan"},
+        "spec": {"artifact_ref": format!("oci://reg/app@{target}"),
+                 "targets": {"selector": {"ring": "far"}}}});
+    let (s, t) = a.post(
+        "/v1/rollouts",
+        &[("Content-Type", "application/json")],
+        &body.to_string(),
+    );
+    assert_eq!(s, 201, "{t}");
+    let (s, t) = a.post(
+        "/v1/rollouts/far-plan/start",
+        &[("Content-Type", "application/json")],
+        "{}",
+    );
+    assert_eq!(s, 200, "{t}");
+    let (got, waited) = waiting.join().unwrap();
+    let got = got.expect("the long poll answered with the dispatch");
+    assert_eq!(got.plan_id, "far-plan");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the follower's long poll was not woken by the leader's dispatch (it waited {waited:?})"
+    );
+    eprintln!("woken across replicas after {waited:?}");
+}
