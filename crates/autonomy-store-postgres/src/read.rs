@@ -3,7 +3,7 @@
 
 use autonomy_api::{
     timefmt, AuditEvent, AuditFilter, ExecuteRequest, LeaderInfo, Phase, Rollout, StuckCode,
-    StuckItem, StuckReport, TokenInfo,
+    StuckReport, TokenInfo,
 };
 use autonomy_store::ids::{hash_secret, new_id};
 use autonomy_store::{now_us, Identity, Reply, Result, StoreError};
@@ -147,61 +147,27 @@ impl R {
             .await?
             .map_or(0, |r| r.get::<_, i64>(0)) as u64
         };
-        let mut items = Vec::with_capacity(rows.len());
+        let mut record_only = Vec::with_capacity(rows.len());
         for row in rows {
-            if code.is_some_and(|c| c != StuckCode::NoProgress) {
-                break;
-            }
             let (id, phase, changed, progress): (String, String, i64, i64) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
             let phase: Phase = phase.parse().map_err(StoreError::Internal)?;
-            let (diagnosis, suggested_actions) =
-                autonomy_core::diagnose_stuck(&id, phase, changed, progress, now);
-            items.push((
-                progress,
-                StuckItem {
-                    stale_seconds: ((now - progress).max(0) as f64 / 1e3).round() / 1e3,
-                    last_progress_at: timefmt::format_us(progress),
-                    phase_changed_at: timefmt::format_us(changed),
-                    id,
-                    phase,
-                    diagnosis,
-                    suggested_actions,
-                    code: StuckCode::NoProgress,
-                    reasons: Vec::new(),
-                    stage: None,
-                },
-            ));
+            let item = autonomy_core::engine::record_only_item(id, phase, changed, progress, now);
+            record_only.push((progress, item));
         }
-        let mut by_code = std::collections::BTreeMap::new();
-        if count > 0 {
-            by_code.insert(StuckCode::NoProgress, count);
-        }
-        let mut stuck_count = if code.is_none_or(|c| c == StuckCode::NoProgress) {
-            count
-        } else {
-            0
-        };
         let threshold_us = (threshold_seconds * 1e6) as i64;
-        for (progress, item) in self
+        let found = self
             .engine_stuck(now, threshold_us, promoter_running, live)
-            .await?
-        {
-            *by_code.entry(item.code).or_default() += 1;
-            if code.is_none_or(|c| c == item.code) {
-                stuck_count += 1;
-                items.push((progress, item));
-            }
-        }
-        items.sort_by_key(|(progress, _)| *progress);
-        items.truncate(limit);
-        Ok(StuckReport {
+            .await?;
+        Ok(autonomy_core::engine::stuck_report(
             threshold_seconds,
-            scanned_at: timefmt::format_us(now),
-            stuck_count,
-            items: items.into_iter().map(|(_, i)| i).collect(),
-            by_code,
-        })
+            now,
+            limit,
+            code,
+            record_only,
+            count,
+            found,
+        ))
     }
 
     pub(crate) async fn dry_run(&self, req: &ExecuteRequest) -> Result<Reply> {

@@ -22,9 +22,7 @@ use autonomy_api::{
 };
 use autonomy_core::plan;
 use autonomy_store::ids::{hash_secret, new_id, new_secret};
-use autonomy_store::{
-    now_us, Ctx, NewPlan, Reply, Result, StoreError, IDEMPOTENCY_MAX_REPLY, IDEMPOTENCY_TTL_US,
-};
+use autonomy_store::{now_us, Ctx, NewPlan, Reply, Result, StoreError, IDEMPOTENCY_TTL_US};
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -243,42 +241,6 @@ pub(crate) struct W<'a> {
     pub revoked: Vec<String>,
 }
 
-/// What an idempotency record keeps of an answer: never a secret, and at most
-/// [`IDEMPOTENCY_MAX_REPLY`] bytes (a larger plan is kept by id and replayed as it is now).
-fn kept_reply(reply: &Reply) -> Reply {
-    match reply {
-        Reply::TokenCreated(t) => Reply::TokenCreated(TokenCreated {
-            token: String::new(),
-            ..t.clone()
-        }),
-        Reply::DeviceRegistered(d) => {
-            Reply::DeviceRegistered(Box::new(autonomy_api::device::DeviceRegistered {
-                token: String::new(),
-                ..d.as_ref().clone()
-            }))
-        }
-        Reply::EnrollKeyCreated(k) => {
-            Reply::EnrollKeyCreated(Box::new(autonomy_api::device::EnrollKeyCreated {
-                key: String::new(),
-                ..k.as_ref().clone()
-            }))
-        }
-        Reply::Enrolled(e) => Reply::Enrolled(autonomy_api::device::Enrolled {
-            token: String::new(),
-            ..e.clone()
-        }),
-        Reply::Created(p) | Reply::Transitioned(p)
-            if serde_json::to_vec(p).map_or(0, |v| v.len()) > IDEMPOTENCY_MAX_REPLY =>
-        {
-            Reply::PlanRef {
-                id: p.plan.metadata.id.clone(),
-                created: matches!(reply, Reply::Created(_)),
-            }
-        }
-        other => other.clone(),
-    }
-}
-
 impl W<'_> {
     pub(crate) async fn exec(
         &self,
@@ -469,7 +431,7 @@ impl W<'_> {
             };
         }
         let reply = self.apply(&job.ctx, &job.command).await?;
-        let text = serde_json::to_string(&kept_reply(&reply))
+        let text = serde_json::to_string(&reply.kept())
             .map_err(|e| StoreError::Internal(format!("encode reply: {e}")))?;
         self.exec(
             "INSERT INTO idempotency (actor, key, fingerprint, reply, created_us) \

@@ -511,21 +511,9 @@ impl ReadConn {
             let Some(found) = engine::engine_stuck(&facts) else {
                 continue;
             };
-            out.push((
-                progress,
-                StuckItem {
-                    stale_seconds: ((now_us - progress).max(0) as f64 / 1e3).round() / 1e3,
-                    last_progress_at: timefmt::format_us(progress),
-                    phase_changed_at: timefmt::format_us(changed),
-                    id: id.clone(),
-                    phase,
-                    diagnosis: found.diagnosis,
-                    suggested_actions: found.suggested_actions,
-                    code: found.code,
-                    reasons: found.reasons,
-                    stage,
-                },
-            ));
+            let item =
+                engine::engine_item(id.clone(), phase, changed, progress, now_us, found, stage);
+            out.push((progress, item));
         }
         Ok(out)
     }

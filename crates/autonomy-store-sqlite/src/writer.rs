@@ -20,8 +20,7 @@ use autonomy_audit::AuditLog;
 use autonomy_core::plan;
 use autonomy_store::ids::{hash_secret, new_id, new_secret};
 use autonomy_store::{
-    now_us, Ctx, NewPlan, Reply, Result, StartupError, StoreError, IDEMPOTENCY_MAX_REPLY,
-    IDEMPOTENCY_TTL_US,
+    now_us, Ctx, NewPlan, Reply, Result, StartupError, StoreError, IDEMPOTENCY_TTL_US,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -372,42 +371,6 @@ struct Writer {
     last_beat_flush: Instant,
 }
 
-/// What an idempotency record keeps of an answer: never a secret, and at most
-/// [`IDEMPOTENCY_MAX_REPLY`] bytes (a larger plan is kept by id and replayed as it is now).
-fn kept_reply(reply: &Reply) -> Reply {
-    match reply {
-        Reply::TokenCreated(t) => Reply::TokenCreated(TokenCreated {
-            token: String::new(),
-            ..t.clone()
-        }),
-        Reply::DeviceRegistered(d) => {
-            Reply::DeviceRegistered(Box::new(autonomy_api::device::DeviceRegistered {
-                token: String::new(),
-                ..d.as_ref().clone()
-            }))
-        }
-        Reply::EnrollKeyCreated(k) => {
-            Reply::EnrollKeyCreated(Box::new(autonomy_api::device::EnrollKeyCreated {
-                key: String::new(),
-                ..k.as_ref().clone()
-            }))
-        }
-        Reply::Enrolled(e) => Reply::Enrolled(autonomy_api::device::Enrolled {
-            token: String::new(),
-            ..e.clone()
-        }),
-        Reply::Created(p) | Reply::Transitioned(p)
-            if serde_json::to_vec(p).map_or(0, |v| v.len()) > IDEMPOTENCY_MAX_REPLY =>
-        {
-            Reply::PlanRef {
-                id: p.plan.metadata.id.clone(),
-                created: matches!(reply, Reply::Created(_)),
-            }
-        }
-        other => other.clone(),
-    }
-}
-
 /// A job's failure, and the audit event that records the rejection (kept even though the
 /// job's own changes are rolled back).
 struct Failure {
@@ -746,7 +709,7 @@ impl Writer {
             };
         }
         let reply = self.apply(&job.ctx, &job.command)?;
-        let text = serde_json::to_string(&kept_reply(&reply))
+        let text = serde_json::to_string(&reply.kept())
             .map_err(|e| StoreError::Internal(format!("encode reply: {e}")))?;
         self.conn
             .prepare_cached(

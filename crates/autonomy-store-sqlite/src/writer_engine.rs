@@ -363,29 +363,7 @@ impl Writer {
         let mut doc_changed = false;
         for action in &actions {
             let details = self.apply_action(ctx, plan_id, &mut e, action, now)?;
-            let stage_name = |k: usize| e.stages.get(k).map(|s| s.name.clone()).unwrap_or_default();
-            let (reason, mut details) = match action {
-                Action::Pause { reason } | Action::Fail { reason } | Action::Abort { reason } => {
-                    (reason.as_str().to_string(), details)
-                }
-                _ => (String::new(), details),
-            };
-            match action {
-                Action::StartStage { stage }
-                | Action::PassStage { stage }
-                | Action::DispatchDevices { stage, .. }
-                | Action::DispatchListed { stage, .. }
-                | Action::SetReadiness { stage, .. }
-                | Action::RetryDevices { stage, .. }
-                | Action::ReachGate { stage, .. } => {
-                    details["stage"] = serde_json::json!(stage);
-                    details["stage_name"] = serde_json::json!(stage_name(*stage));
-                }
-                _ => {}
-            }
-            // The epoch the action was written under: in seq order it never decreases (a
-            // fenced leader's stale tick writes nothing; VAL14 checks it).
-            details["epoch"] = serde_json::json!(epoch);
+            let (reason, mut details) = engine::action_audit(action, details, &e, epoch);
             if let Some(to) = e.apply(action, epoch) {
                 let from = r.status.phase;
                 plan::move_phase(&mut r, "promoter", to, &ctx.actor, &reason, now);

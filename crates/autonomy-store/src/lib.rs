@@ -133,6 +133,41 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// What an idempotency record keeps of this answer: never a secret, and at most
+    /// [`IDEMPOTENCY_MAX_REPLY`] bytes (a larger plan is kept by id and replayed as it is
+    /// now). The same for every backend.
+    pub fn kept(&self) -> Reply {
+        match self {
+            Reply::TokenCreated(t) => Reply::TokenCreated(TokenCreated {
+                token: String::new(),
+                ..t.clone()
+            }),
+            Reply::DeviceRegistered(d) => Reply::DeviceRegistered(Box::new(DeviceRegistered {
+                token: String::new(),
+                ..d.as_ref().clone()
+            })),
+            Reply::EnrollKeyCreated(k) => Reply::EnrollKeyCreated(Box::new(EnrollKeyCreated {
+                key: String::new(),
+                ..k.as_ref().clone()
+            })),
+            Reply::Enrolled(e) => Reply::Enrolled(Enrolled {
+                token: String::new(),
+                ..e.clone()
+            }),
+            Reply::Created(p) | Reply::Transitioned(p)
+                if serde_json::to_vec(p).map_or(0, |v| v.len()) > IDEMPOTENCY_MAX_REPLY =>
+            {
+                Reply::PlanRef {
+                    id: p.plan.metadata.id.clone(),
+                    created: matches!(self, Reply::Created(_)),
+                }
+            }
+            other => other.clone(),
+        }
+    }
+}
+
 /// What a device's poll shows it, read in one snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollState {

@@ -27,7 +27,10 @@ pub use stages::{
     assign_stages, matches_selector, order, order_key, required, resolve_targets, AssignError,
     StagePlan, TargetDevice,
 };
-pub use state::{action_event, holds_device, holds_devices, EnginePlan, EngineStage, GateError};
+pub use state::{
+    action_audit, action_event, holds_device, holds_devices, EnginePlan, EngineStage, GateError,
+};
 pub use stuck::{
-    engine_stuck, suggested_actions, DeviceSample, EngineStuck, StuckFacts, MAX_REASON_DEVICES,
+    engine_item, engine_stuck, record_only_item, stuck_report, suggested_actions, DeviceSample,
+    EngineStuck, StuckFacts, MAX_REASON_DEVICES,
 };

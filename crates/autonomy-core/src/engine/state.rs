@@ -335,6 +335,45 @@ pub fn holds_device(phase: Phase, state: DeviceState) -> bool {
     holds_devices(phase) || !state.is_settled()
 }
 
+/// The reason (for a pause, failure or abort) and the audit details of a promoter action, as
+/// every store records it: `details` from applying the action, plus the stage and its name for
+/// stage actions, and the epoch the action was written under (in seq order it never decreases:
+/// a fenced leader's stale tick writes nothing; VAL14 checks it).
+pub fn action_audit(
+    action: &super::Action,
+    mut details: serde_json::Value,
+    plan: &EnginePlan,
+    epoch: u64,
+) -> (String, serde_json::Value) {
+    use super::Action as A;
+    let reason = match action {
+        A::Pause { reason } | A::Fail { reason } | A::Abort { reason } => {
+            reason.as_str().to_string()
+        }
+        _ => String::new(),
+    };
+    match action {
+        A::StartStage { stage }
+        | A::PassStage { stage }
+        | A::DispatchDevices { stage, .. }
+        | A::DispatchListed { stage, .. }
+        | A::SetReadiness { stage, .. }
+        | A::RetryDevices { stage, .. }
+        | A::ReachGate { stage, .. } => {
+            let name = plan
+                .stages
+                .get(*stage)
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            details["stage"] = serde_json::json!(stage);
+            details["stage_name"] = serde_json::json!(name);
+        }
+        _ => {}
+    }
+    details["epoch"] = serde_json::json!(epoch);
+    (reason, details)
+}
+
 /// The audit event name of a promoter action (SPEC §8.3).
 pub fn action_event(action: &super::Action) -> autonomy_api::EventType {
     use super::Action as A;

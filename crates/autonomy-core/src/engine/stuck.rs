@@ -28,7 +28,8 @@
 use std::collections::BTreeMap;
 
 use autonomy_api::{
-    timefmt, EngineReason, PausedBy, Phase, StuckCode, StuckReason, StuckStage, Window,
+    timefmt, EngineReason, PausedBy, Phase, StuckCode, StuckItem, StuckReason, StuckReport,
+    StuckStage, Window,
 };
 
 use crate::is_hidden_char;
@@ -542,6 +543,91 @@ fn shown(s: &str) -> String {
         }
     }
     out
+}
+
+/// A record-only plan that made no progress for the threshold (SPEC §2's stuck rule), as the
+/// scan lists it.
+pub fn record_only_item(
+    id: String,
+    phase: Phase,
+    changed_us: i64,
+    progress_us: i64,
+    now_us: i64,
+) -> StuckItem {
+    let (diagnosis, suggested_actions) =
+        crate::diagnose_stuck(&id, phase, changed_us, progress_us, now_us);
+    let found = EngineStuck {
+        code: StuckCode::NoProgress,
+        reasons: Vec::new(),
+        diagnosis,
+        suggested_actions,
+    };
+    engine_item(id, phase, changed_us, progress_us, now_us, found, None)
+}
+
+/// An engine-driven plan `engine_stuck` found stuck, as the scan lists it.
+pub fn engine_item(
+    id: String,
+    phase: Phase,
+    changed_us: i64,
+    progress_us: i64,
+    now_us: i64,
+    found: EngineStuck,
+    stage: Option<StuckStage>,
+) -> StuckItem {
+    StuckItem {
+        stale_seconds: ((now_us - progress_us).max(0) as f64 / 1e3).round() / 1e3,
+        last_progress_at: timefmt::format_us(progress_us),
+        phase_changed_at: timefmt::format_us(changed_us),
+        id,
+        phase,
+        diagnosis: found.diagnosis,
+        suggested_actions: found.suggested_actions,
+        code: found.code,
+        reasons: found.reasons,
+        stage,
+    }
+}
+
+/// The stuck scan's answer from what a store found: `record_only` (at most a page, with
+/// their last progress time; `record_only_count` of them in all) and the engine-driven
+/// `engine` items. `code` keeps only plans whose main reason it is; `by_code` counts every
+/// plan found, whatever the filter; the items are in order of last progress, at most `limit`.
+pub fn stuck_report(
+    threshold_seconds: f64,
+    now_us: i64,
+    limit: usize,
+    code: Option<StuckCode>,
+    record_only: Vec<(i64, StuckItem)>,
+    record_only_count: u64,
+    engine: Vec<(i64, StuckItem)>,
+) -> StuckReport {
+    let mut by_code = BTreeMap::new();
+    if record_only_count > 0 {
+        by_code.insert(StuckCode::NoProgress, record_only_count);
+    }
+    let wants = |c: StuckCode| code.is_none_or(|w| w == c);
+    let (mut stuck_count, mut items) = if wants(StuckCode::NoProgress) {
+        (record_only_count, record_only)
+    } else {
+        (0, Vec::new())
+    };
+    for (progress, item) in engine {
+        *by_code.entry(item.code).or_default() += 1;
+        if wants(item.code) {
+            stuck_count += 1;
+            items.push((progress, item));
+        }
+    }
+    items.sort_by_key(|(progress, _)| *progress);
+    items.truncate(limit);
+    StuckReport {
+        threshold_seconds,
+        scanned_at: timefmt::format_us(now_us),
+        stuck_count,
+        items: items.into_iter().map(|(_, i)| i).collect(),
+        by_code,
+    }
 }
 
 #[cfg(test)]
