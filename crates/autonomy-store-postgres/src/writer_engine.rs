@@ -1053,6 +1053,13 @@ impl W<'_> {
     }
 
     pub(crate) async fn revoke_device(&mut self, ctx: &Ctx, id: &str, now: i64) -> Fallible<Reply> {
+        // Locks in the promoter's and the reports' order: the plan's counters, then the device.
+        // The plan is read unlocked first; if the assignment moved to another plan in between,
+        // the locked read below still decides, and its plan's counters are only updated after
+        // the device is locked (a retryable deadlock at worst, never a wrong count).
+        if let Some(s) = self.device_now(id).await?.assignment {
+            self.lock_counters(&s.plan_id).await?;
+        }
         self.lock_device(id).await?;
         let before = self.device_now(id).await?;
         if before.revoked_at.is_some() {
