@@ -258,9 +258,14 @@ impl SqliteStore {
         f: impl FnOnce(&read::ReadConn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(f))
-            .await
-            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+        // Never closed, so acquiring only fails if that changes; then read without a permit.
+        let permit = readers.permits.clone().acquire_owned().await.ok();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            readers.with(f)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 
     /// Makes the first admin token: the secret goes to `<data-dir>/admin.token` (mode 0600,

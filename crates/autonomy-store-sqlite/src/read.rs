@@ -2,7 +2,7 @@
 //! read never waits for a write and never blocks one.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use autonomy_api::{
     timefmt, AuditEvent, AuditFilter, ExecuteRequest, Phase, Rollout, StuckCode, StuckReport,
@@ -18,15 +18,23 @@ use crate::writer::sql_error;
 #[path = "read_engine.rs"]
 mod engine_reads;
 
-/// Idle read connections are kept up to this many: as many as reads can run at once (tokio's
-/// blocking pool runs them), so a burst of device polls does not open — and prepare its
-/// statements on — a fresh connection per read (measured: a quarter of the CP's CPU at 128
-/// concurrent polls with 8).
-const POOL: usize = 128;
+/// Reads that run at once (each on a thread of tokio's blocking pool); more wait for a permit
+/// as cheap async tasks. Reads are CPU and page-cache work on a machine of a few cores: more
+/// threads than this only add context switches (issue 13, F2: a burst of 10,000 woken long
+/// polls grew the blocking pool to 438 threads, each waiting for a read connection).
+pub(crate) const READS_AT_ONCE: usize = 32;
+
+/// Idle read connections are kept up to this many: as many as reads can run at once, so a
+/// burst of device polls does not open — and prepare its statements on — a fresh connection
+/// per read (measured: a quarter of the CP's CPU at 128 concurrent polls with 8 kept).
+const POOL: usize = READS_AT_ONCE;
 
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// [`READS_AT_ONCE`] permits, taken by `SqliteStore::read` before it hands a read to the
+    /// blocking pool.
+    pub(crate) permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A read connection, lent to one closure at a time.
@@ -39,6 +47,7 @@ impl Readers {
         Readers {
             path,
             idle: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
         }
     }
 

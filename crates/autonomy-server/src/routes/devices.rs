@@ -252,6 +252,10 @@ pub async fn poll<S: Store>(
     let body = input::body_bytes(body)?;
     let req: PollRequest = input::json(&headers, &body, true)?.unwrap_or_default();
     dev::validate_poll(&req).map_err(ApiError::field)?;
+    // A long poll is held for up to a minute by every device of the fleet at once: keep only
+    // what the answer needs across the wait (issue 13, F2: the CP's memory per held poll).
+    drop(headers);
+    drop(body);
     let store = state.store.clone();
     store.live().beat(
         &device_id,
