@@ -277,7 +277,7 @@ impl ServeArgs {
         let lock =
             SqliteStore::lock(&self.data_dir).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
         guard.locked = true;
-        let listener = std::net::TcpListener::bind(&self.listen)
+        let listener = bind_listener(&self.listen)
             .with_context(|| format!("cannot start: cannot listen on {}", self.listen))?;
         listener
             .set_nonblocking(true)
@@ -671,4 +671,37 @@ pub(crate) fn init_logging(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// The kernel's queue of connections not yet accepted. A fleet reconnecting at once (after a
+/// restart) arrives faster than one accept loop takes it; `std`'s `bind` asks for 128, and
+/// SYNs beyond the queue are dropped and retried by the devices 1, 3, 7 s later. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `listen` (`host:port`, each resolved address tried in turn, as `std` does) with
+/// `SO_REUSEADDR` and a backlog of [`LISTEN_BACKLOG`].
+fn bind_listener(listen: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in listen.to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok::<_, std::io::Error>(std::net::TcpListener::from(socket))
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
