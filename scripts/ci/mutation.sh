@@ -6,13 +6,13 @@
 # Copies the working tree (tracked and untracked, not ignored files) to a work dir, rewrites
 # the SQLite writer's `run_batch` so that every job of a batch is answered before the batch's
 # COMMIT (the answers the real code sends after COMMIT and the audit append go to nobody),
-# builds it, and runs the ledger test MUTATION_RUNS times. Exit 0 when the mutant is killed
-# (the test failed at least once), 1 when it survived every run, 2 when the check could not be
-# made (the mutation no longer applies to writer.rs, the build failed, a timeout).
+# builds it, and runs the ledger test up to MUTATION_RUNS times. Exit 0 when the mutant is
+# killed (a run of the test failed), 1 when it survived every run, 2 when the check could not
+# be made (the mutation no longer applies to writer.rs, the build failed, a timeout).
 #
 # Environment: MUTATION_WORK_DIR (default target/mutation: the copy and its cargo target dir,
 # kept between runs so that later runs rebuild only the mutated crates), MUTATION_TARGET_DIR
-# (another cargo target dir for the copy), MUTATION_RUNS (default 5), MUTATION_TIMEOUT (seconds
+# (another cargo target dir for the copy), MUTATION_RUNS (default 20), MUTATION_TIMEOUT (seconds
 # for the build, default 1800, and for each test run, 300).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +20,7 @@ repo=$(pwd)
 
 work=${MUTATION_WORK_DIR:-$repo/target/mutation}
 target=${MUTATION_TARGET_DIR:-$work/target}
-runs=${MUTATION_RUNS:-5}
+runs=${MUTATION_RUNS:-20}
 build_limit=${MUTATION_TIMEOUT:-1800}
 src=$work/src
 writer=crates/autonomy-store-sqlite/src/writer.rs
@@ -72,7 +72,8 @@ if ! (cd "$src" && CARGO_TARGET_DIR=$target timeout "$build_limit" \
   inconclusive "the mutant did not build"
 fi
 
-failed=0
+# The SIGKILL lands at a different moment in every run, so one run catches this mutant only
+# sometimes (3 of 11 runs when it was written): stop at the first run that does.
 for run in $(seq 1 "$runs"); do
   echo "mutation: ledger test, run $run of $runs" >&2
   status=0
@@ -82,13 +83,12 @@ for run in $(seq 1 "$runs"); do
   case $status in
     0) ;;
     124) inconclusive "the ledger test timed out" ;;
-    *) failed=$((failed + 1)) ;;
+    *)
+      echo "mutation: KILLED — the ledger test failed (run $run of at most $runs) against a writer that answers before COMMIT ($(elapsed))"
+      exit 0
+      ;;
   esac
 done
 
-if [ "$failed" -gt 0 ]; then
-  echo "mutation: KILLED — the ledger test failed in $failed of $runs runs against a writer that answers before COMMIT ($(elapsed))"
-  exit 0
-fi
 echo "mutation: SURVIVED — the ledger test passed $runs of $runs runs against a writer that answers before COMMIT ($(elapsed))"
 exit 1
