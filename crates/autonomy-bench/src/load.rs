@@ -326,6 +326,161 @@ pub fn closed_loop(
     })
 }
 
+/// Width of the per-worker counter in the ids of [`raw_closed_loop`]'s plans.
+const COUNTER_DIGITS: usize = 7;
+/// Distinct request bodies each [`raw_closed_loop`] worker cycles through.
+const TEMPLATES_PER_WORKER: u64 = 16;
+
+/// One pre-rendered `POST /v1/rollouts`: the whole request as bytes, and where the counter
+/// digits of its plan id sit in them (rewritten in place for every create, so the id is new
+/// and the length, hence `content-length`, never changes).
+#[derive(Debug, Clone)]
+pub struct CreateTemplate {
+    bytes: Vec<u8>,
+    digits: std::ops::Range<usize>,
+}
+
+impl CreateTemplate {
+    /// The request for plan `prefix-w<worker>-<counter>` (`seq` varies the rest of the body,
+    /// `who` is the `X-Autonomy-Operator`), with counter digits to be filled by [`Self::fill`].
+    pub fn new(
+        addr: std::net::SocketAddr,
+        prefix: &str,
+        worker: usize,
+        seq: u64,
+        who: &str,
+    ) -> Self {
+        let stem = format!("{prefix}-w{worker:03}-");
+        let id = format!("{stem}{}", "0".repeat(COUNTER_DIGITS));
+        let body = plan_body(&id, seq);
+        let head = format!(
+            "POST /v1/rollouts HTTP/1.1\r\nhost: {addr}\r\nuser-agent: autonomy-bench\r\n\
+             x-autonomy-operator: {who}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        // The id appears once in the body, as the value of `metadata.id`.
+        let quoted = format!("\"{id}\"");
+        let at = body.find(&quoted).map_or(0, |i| i + 1 + stem.len());
+        let start = head.len() + at;
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        CreateTemplate {
+            bytes,
+            digits: start..start + COUNTER_DIGITS,
+        }
+    }
+
+    /// Writes `counter` (below 10^7) into the id and returns the request.
+    pub fn fill(&mut self, mut counter: u64) -> &[u8] {
+        for b in self.bytes[self.digits.clone()].iter_mut().rev() {
+            *b = b'0' + (counter % 10) as u8;
+            counter /= 10;
+        }
+        &self.bytes
+    }
+}
+
+/// [`closed_loop`] with the cheap client of the engine phases ([`crate::raw::Conn`]): one raw
+/// HTTP/1.1 kept-alive connection per worker, every request pre-rendered before the window
+/// (each worker cycles through [`TEMPLATES_PER_WORKER`] bodies and rewrites only the counter
+/// digits of the plan id), answers read by `content-length` and checked for 201 only. So the
+/// generator's CPU per create is a write and a read syscall, not an HTTP library and a JSON
+/// encoder: what is measured is the CP. RBAC off (operators by `X-Autonomy-Operator`).
+pub fn raw_closed_loop(
+    bases: &[&str],
+    prefix: &str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    operators: usize,
+) -> anyhow::Result<LoopReport> {
+    if bases.is_empty() {
+        bail!("closed loop over no CP");
+    }
+    let addrs = bases
+        .iter()
+        .map(|b| crate::raw::loopback(b))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let concurrency = concurrency.clamp(1, 1024);
+    // Every body rendered before any worker starts: the window measures the exchange only.
+    let templates: Vec<Vec<CreateTemplate>> = (0..concurrency)
+        .map(|w| {
+            (0..TEMPLATES_PER_WORKER)
+                .map(|k| {
+                    let seq = (w as u64) << 32 | k;
+                    let who = operator(k + w as u64, operators);
+                    CreateTemplate::new(addrs[w % addrs.len()], prefix, w, seq, &who)
+                })
+                .collect()
+        })
+        .collect();
+    let errors = AtomicU64::new(0);
+    let first_errors = Mutex::new(Vec::<String>::new());
+    let begin = Instant::now();
+    let window_start = begin + warmup;
+    let end = window_start + duration;
+    let per_worker: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let handles: Vec<_> = templates
+            .into_iter()
+            .enumerate()
+            .map(|(w, mut ring)| {
+                let errors = &errors;
+                let first_errors = &first_errors;
+                let addr = addrs[w % addrs.len()];
+                s.spawn(move || {
+                    let mut lat = Vec::with_capacity(64 * 1024);
+                    let mut conn = crate::raw::Conn::new(addr);
+                    let mut n = 0u64;
+                    while Instant::now() < end && n < MAX_PER_WORKER {
+                        n += 1;
+                        let request = ring[(n % TEMPLATES_PER_WORKER) as usize].fill(n);
+                        let sent = Instant::now();
+                        let result = conn.exchange(request);
+                        let done = Instant::now();
+                        let why = match result {
+                            Ok(201) => {
+                                if done >= window_start && done <= end {
+                                    lat.push(done - sent);
+                                }
+                                continue;
+                            }
+                            Ok(status) => format!("create answered {status}: {}", conn.body_text()),
+                            Err(e) => format!("create: {e}"),
+                        };
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        let mut f = first_errors.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.len() < 5 {
+                            f.push(why);
+                        }
+                        drop(f);
+                        // Do not spin on a broken CP.
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let all: Vec<Duration> = per_worker.into_iter().flatten().collect();
+    let secs = duration.as_secs_f64();
+    Ok(LoopReport {
+        concurrency,
+        warmup_seconds: warmup.as_secs_f64(),
+        seconds: secs,
+        creates: all.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        creates_per_sec: round1(all.len() as f64 / secs),
+        latency: Latency::of(&all),
+        first_errors: first_errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+        samples: all,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +498,22 @@ mod tests {
             first_errors: (0..errors).map(|e| format!("e{e}")).collect(),
             samples,
         }
+    }
+
+    #[test]
+    fn templates_fill_the_id_in_place() {
+        let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let mut t = CreateTemplate::new(addr, "b1-c64", 7, 3, "bench-op-010");
+        let text = String::from_utf8(t.fill(42).to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/rollouts HTTP/1.1\r\n"));
+        assert!(head.contains("x-autonomy-operator: bench-op-010"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["metadata"]["id"], "b1-c64-w007-0000042");
+        let again = String::from_utf8(t.fill(1_234_567).to_vec()).unwrap();
+        assert_eq!(again.len(), text.len());
+        assert!(again.contains("\"b1-c64-w007-1234567\""));
     }
 
     #[test]

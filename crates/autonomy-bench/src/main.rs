@@ -114,7 +114,7 @@ struct Args {
     #[arg(long, value_name = "S")]
     limit_seconds: Option<f64>,
 
-    /// B1: concurrency levels, comma-separated [default: 1,8,64].
+    /// B1: concurrency levels, comma-separated [default: 1,8,32,64].
     #[arg(long, value_delimiter = ',', value_name = "N,…")]
     b1_concurrency: Vec<usize>,
 
@@ -312,7 +312,7 @@ impl Args {
             mode: if smoke { "smoke" } else { "full" },
             limit_seconds: pick(self.limit_seconds, 5.0, 1.0),
             b1_levels: if self.b1_concurrency.is_empty() {
-                vec![1, 8, 64]
+                vec![1, 8, 32, 64]
             } else {
                 self.b1_concurrency.clone()
             },

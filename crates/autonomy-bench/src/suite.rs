@@ -178,6 +178,9 @@ pub struct B1Level {
     /// The load generator's (this process's) CPU per committed create (warm-up included, like
     /// the CP's), ms.
     pub bench_cpu_ms_per_create: Option<f64>,
+    /// The store's writer thread (`store-writer`) alone: CPU per committed create, ms (issue
+    /// 13's target: at most 0.040).
+    pub writer_cpu_ms_per_create: Option<f64>,
     /// CP CPU per committed create by thread (the writer thread vs the HTTP workers), ms.
     pub cp_cpu_ms_per_create_by_thread: std::collections::BTreeMap<String, f64>,
     /// CP bytes handed to write(2)/pwrite(2) per committed create (`/proc/<pid>/io` wchar:
@@ -344,14 +347,13 @@ pub(crate) fn measure_creates(
     let io0 = sum_io();
     let self0 = cp::cpu_seconds(Path::new("/proc/self/stat"));
     let bases: Vec<&str> = cps.iter().map(|cp| cp.url.as_str()).collect();
-    let run = load::closed_loop(
+    let run = load::raw_closed_loop(
         &bases,
         label,
         c,
         Duration::from_secs_f64(env.cfg.b1_warmup_seconds),
         Duration::from_secs_f64(env.cfg.b1_seconds),
         env.cfg.operators,
-        None,
     )?;
     let after = snaps(&https)?;
     let cpu1 = sum_cpu();
@@ -375,7 +377,7 @@ pub(crate) fn measure_creates(
     );
     let cp_cpu = cpu0.zip(cpu1).map(|(a, b)| round3(b - a));
     let creates = store.committed_requests.max(1) as f64;
-    let by_thread = threads1
+    let by_thread: std::collections::BTreeMap<String, f64> = threads1
         .iter()
         .map(|(name, b)| {
             let a = threads0.get(name).copied().unwrap_or(0.0);
@@ -388,6 +390,7 @@ pub(crate) fn measure_creates(
         Some(round1(b.saturating_sub(*a) as f64 / creates))
     };
     let level = B1Level {
+        writer_cpu_ms_per_create: by_thread.get("store-writer").copied(),
         cp_cpu_ms_per_create_by_thread: by_thread,
         cp_write_bytes_per_create: io_delta("wchar"),
         cp_write_syscalls_per_create: io_delta("syscw"),
@@ -410,12 +413,13 @@ pub(crate) fn measure_creates(
         run,
     };
     eprintln!(
-        "  {:.0} creates/s, {}, avg batch {}, {} errors; CP {} ms CPU and {} B written per create; bench {} ms CPU per create",
+        "  {:.0} creates/s, {}, avg batch {}, {} errors; CP {} ms CPU (writer thread {} ms) and {} B written per create; bench {} ms CPU per create",
         level.run.creates_per_sec,
         level.run.latency.short(),
         level.store.avg_batch,
         level.run.errors,
         level.cp_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
+        level.writer_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
         level.cp_write_bytes_per_create.map_or("?".into(), |v| format!("{v:.0}")),
         level.bench_cpu_ms_per_create.map_or("?".into(), |v| v.to_string()),
     );

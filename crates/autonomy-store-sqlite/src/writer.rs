@@ -71,6 +71,15 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<Reply>>,
 }
 
+impl Job {
+    /// A create without an `Idempotency-Key`: it reads nothing but the plan id and changes
+    /// nothing outside the transaction (no long-poll wake-up, no token cache), so the writer
+    /// may run a batch of them without per-job savepoints (`Writer::run_jobs`).
+    fn is_plain_create(&self) -> bool {
+        matches!(self.command, Command::Create(_)) && self.ctx.idempotency.is_none()
+    }
+}
+
 pub(crate) enum Command {
     Create(Box<NewPlan>),
     Transition {
@@ -527,17 +536,15 @@ impl Writer {
         }
         let started = Instant::now();
         let chain_before = self.chain.clone();
-        let results = match self.conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {
-                if let Err(e) = self.purge_idempotency(now_us()) {
-                    tracing::warn!(error = %e, "purging expired idempotency records failed; will retry");
-                }
-                batch
-                    .iter()
-                    .map(|job| self.run_job(job))
-                    .collect::<Vec<_>>()
-            }
+        let pending_before = self.pending.len();
+        let results = match self.run_jobs(&batch) {
+            Ok(results) => results,
             Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.chain = chain_before;
+                self.pending.truncate(pending_before);
                 let err = sql_error(e);
                 for job in batch {
                     let _ = job
@@ -547,7 +554,7 @@ impl Writer {
                 return;
             }
         };
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        if let Err(e) = self.commit() {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.chain = chain_before;
             self.pending.clear();
@@ -632,15 +639,72 @@ impl Writer {
         }
     }
 
+    /// Runs one transaction-control statement (`BEGIN IMMEDIATE`, `SAVEPOINT job`, …) from
+    /// the statement cache: the writer runs several per batch, so they are parsed once.
+    fn control(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    /// `COMMIT`: the one fsync of the batch (its WAL frames, audit outbox rows included).
+    fn commit(&self) -> rusqlite::Result<()> {
+        self.control("COMMIT")
+    }
+
+    /// Opens the batch's transaction and runs its jobs; `Err` only when `BEGIN` failed
+    /// (nothing ran). On `Ok` the transaction is open, holding what the jobs that succeeded
+    /// wrote.
+    ///
+    /// A batch of plain creates (no `Idempotency-Key`) first runs without per-job savepoints:
+    /// a savepoint copies every page a job touches for the first time into the statement
+    /// journal, and the hot pages (the tables' and the time-ordered indexes' last leaves) are
+    /// touched by every job, so per-job savepoints cost a page copy per job per hot page
+    /// (RESULTS.md, issue 13). If any of those jobs fails (a duplicate id, a storage fault),
+    /// the whole transaction is rolled back, the writer's chain head and pending lines are
+    /// put back, and the batch runs again the careful way, each job in its own savepoint:
+    /// the outcome is the one the careful way alone gives.
+    fn run_jobs(&mut self, batch: &[Job]) -> rusqlite::Result<Vec<Result<Reply>>> {
+        self.control("BEGIN IMMEDIATE")?;
+        let purged_at = self.last_purge_us;
+        if let Err(e) = self.purge_idempotency(now_us()) {
+            tracing::warn!(error = %e, "purging expired idempotency records failed; will retry");
+        }
+        if batch.iter().all(Job::is_plain_create) {
+            let (chain, pending) = (self.chain.clone(), self.pending.len());
+            let (woken, revoked) = (self.woken.len(), self.revoked.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for job in batch {
+                match self.apply(&job.ctx, &job.command) {
+                    Ok(reply) => replies.push(Ok(reply)),
+                    Err(_) => break,
+                }
+            }
+            if replies.len() == batch.len() {
+                return Ok(replies);
+            }
+            drop(replies);
+            self.chain = chain;
+            self.pending.truncate(pending);
+            self.woken.truncate(woken);
+            self.revoked.truncate(revoked);
+            self.last_purge_us = purged_at;
+            self.control("ROLLBACK")?;
+            self.control("BEGIN IMMEDIATE")?;
+            if let Err(e) = self.purge_idempotency(now_us()) {
+                tracing::warn!(error = %e, "purging expired idempotency records failed; will retry");
+            }
+        }
+        Ok(batch.iter().map(|job| self.run_job(job)).collect())
+    }
+
     /// Runs one job in its own savepoint.
     fn run_job(&mut self, job: &Job) -> Result<Reply> {
         let chain_before = self.chain.clone();
         let pending_before = self.pending.len();
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = self.control("SAVEPOINT job") {
             return Err(sql_error(e));
         }
         match self.apply_idempotent(job) {
-            Ok(reply) => match self.conn.execute_batch("RELEASE job") {
+            Ok(reply) => match self.control("RELEASE job") {
                 Ok(()) => Ok(reply),
                 Err(e) => {
                     self.undo(chain_before, pending_before);
@@ -661,7 +725,9 @@ impl Writer {
     }
 
     fn undo(&mut self, chain_before: Chain, pending_before: usize) {
-        let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        let _ = self
+            .control("ROLLBACK TO job")
+            .and_then(|()| self.control("RELEASE job"));
         self.chain = chain_before;
         self.pending.truncate(pending_before);
     }
