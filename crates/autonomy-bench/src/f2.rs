@@ -49,6 +49,10 @@ const PLAN: &str = "f2-rollout";
 const PER_SOURCE: u64 = 20_000;
 /// Devices of the probe (polling with `wait_seconds` 0).
 const PROBE_DEVICES: usize = 4;
+/// A device's own connection (not one of the short polls' pool).
+const HELD: bool = true;
+/// Connections the devices that do not hold a long poll share.
+const SHORT_POLL_CONNECTIONS: usize = 128;
 /// Largest answer head + body the generator reads.
 const ANSWER_LIMIT: usize = 64 * 1024;
 /// Longest a connect may take.
@@ -73,8 +77,22 @@ pub struct F2Report {
     /// The devices' first polls are spread over this.
     pub ramp_seconds: f64,
     pub source_addresses: usize,
-    /// RLIMIT_NOFILE (soft = hard) the bench set for itself and the CP.
+    /// RLIMIT_NOFILE in force for the bench and the CP (raised when allowed).
     pub open_file_limit: u64,
+    /// Why fewer than `devices` long polls were held (the open-file limit could not be
+    /// raised), if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_file_limit_note: Option<String>,
+    /// Devices holding a long poll on their own connection; the other `devices - held` poll
+    /// with `wait_seconds` 0 once per `wait_seconds` each, over a shared pool of
+    /// `short_poll_connections` (so the CP still sees the whole fleet's poll rate).
+    pub held: u64,
+    pub short_poll_devices: u64,
+    pub short_poll_connections: usize,
+    pub short_polls: u64,
+    /// The short polls' latency over the window, from each one's scheduled time (on the
+    /// generator's busy runtime thread: an upper bound).
+    pub short_poll_latency: Latency,
     pub registration: DeviceSeed,
     /// Connections the generator held at once (peak), and what the CP's
     /// `autonomy_device_long_polls_waiting` showed at most (sampled every 2 s).
@@ -111,6 +129,9 @@ pub struct F2Report {
     pub cp_rss_anon_held_kib: Option<u64>,
     pub cp_peak_rss_kib: Option<u64>,
     pub cp_kib_per_connection: Option<f64>,
+    /// When fewer than `devices` long polls were held: the held VmRSS + (devices − held) ×
+    /// KiB per held connection, the CP's RSS with every device holding one (linear).
+    pub cp_rss_projected_all_held_kib: Option<u64>,
     pub cp_threads: Option<u64>,
     /// The bench process over the window (the generator's runtime thread, the probe thread
     /// and the sampling main thread), and its RSS.
@@ -152,6 +173,8 @@ struct Shared {
     with_assignment: AtomicU64,
     reports: AtomicU64,
     succeeded: AtomicU64,
+    short_polls: AtomicU64,
+    short_samples: Mutex<Samples>,
     errors: Errors,
     overshoot: Mutex<Vec<Duration>>,
     report_latency: Mutex<Vec<Duration>>,
@@ -159,14 +182,19 @@ struct Shared {
 }
 
 impl Shared {
-    fn opened(&self) {
+    /// A connection opened: a device's own (`held`) or one of the short polls' pool.
+    fn opened(&self, held: bool) {
         self.connects.fetch_add(1, Ordering::Relaxed);
-        let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.open_peak.fetch_max(now, Ordering::Relaxed);
+        if held {
+            let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+            self.open_peak.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
-    fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+    fn closed(&self, held: bool) {
+        if held {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -357,6 +385,7 @@ async fn connect(addr: SocketAddr, source: Ipv4Addr) -> std::io::Result<TcpStrea
 /// One exchange bounded by `limit`; the connection is dropped after an error or a close.
 async fn bounded(
     sh: &Shared,
+    held: bool,
     conn: &mut Option<TcpStream>,
     req: &[u8],
     buf: &mut Vec<u8>,
@@ -376,13 +405,13 @@ async fn bounded(
         Ok((status, start, close)) => {
             if close {
                 *conn = None;
-                sh.closed();
+                sh.closed(held);
             }
             Ok((status, start))
         }
         Err(e) => {
             *conn = None;
-            sh.closed();
+            sh.closed(held);
             Err(e)
         }
     }
@@ -417,7 +446,7 @@ async fn report_all(
         if conn.is_none() {
             match connect(sh.addr, source).await {
                 Ok(s) => {
-                    sh.opened();
+                    sh.opened(HELD);
                     *conn = Some(s);
                 }
                 Err(e) => {
@@ -427,7 +456,7 @@ async fn report_all(
             }
         }
         let sent = Instant::now();
-        match bounded(sh, conn, req, buf, EXCHANGE_TIMEOUT).await {
+        match bounded(sh, HELD, conn, req, buf, EXCHANGE_TIMEOUT).await {
             Ok((200, start)) if find(&buf[start..], b"\"applied\"").is_some() => {
                 push(&sh.report_latency, sent.elapsed());
                 sh.reports.fetch_add(1, Ordering::Relaxed);
@@ -461,7 +490,7 @@ async fn device(sh: Arc<Shared>, id: String, source: Ipv4Addr, start_at: tokio::
         if conn.is_none() {
             match connect(sh.addr, source).await {
                 Ok(s) => {
-                    sh.opened();
+                    sh.opened(HELD);
                     conn = Some(s);
                 }
                 Err(e) => {
@@ -485,7 +514,15 @@ async fn device(sh: Arc<Shared>, id: String, source: Ipv4Addr, start_at: tokio::
             &poll_body(&digest, boot, known, sh.wait),
         );
         let sent = Instant::now();
-        let answer = bounded(&sh, &mut conn, &req, &mut buf, wait + EXCHANGE_TIMEOUT).await;
+        let answer = bounded(
+            &sh,
+            HELD,
+            &mut conn,
+            &req,
+            &mut buf,
+            wait + EXCHANGE_TIMEOUT,
+        )
+        .await;
         let took = sent.elapsed();
         let parsed = match answer {
             Ok((200, start)) => parse_poll(&buf[start..]),
@@ -528,6 +565,51 @@ async fn device(sh: Arc<Shared>, id: String, source: Ipv4Addr, start_at: tokio::
             }
             _ => {
                 sh.early.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Devices `ids` polling with `wait_seconds` 0 on one shared connection, each once per
+/// `period`, spread evenly over it, from `first`, until the runtime is shut down.
+async fn short_poller(
+    sh: Arc<Shared>,
+    ids: Vec<String>,
+    first: tokio::time::Instant,
+    period: Duration,
+) {
+    let mut conn: Option<TcpStream> = None;
+    let (mut req, mut buf) = (Vec::new(), Vec::new());
+    let body = poll_body(OLD_DIGEST, "boot-a", 0, 0);
+    let n = ids.len().max(1) as f64;
+    for cycle in 0u32.. {
+        for (j, id) in ids.iter().enumerate() {
+            let at = first + period * cycle + period.mul_f64(j as f64 / n);
+            tokio::time::sleep_until(at).await;
+            if conn.is_none() {
+                match connect(sh.addr, Ipv4Addr::LOCALHOST).await {
+                    Ok(s) => {
+                        sh.opened(!HELD);
+                        conn = Some(s);
+                    }
+                    Err(e) => {
+                        sh.errors.note(format!("short-poll connect: {e}"));
+                        continue;
+                    }
+                }
+            }
+            request(&mut req, &sh.host, "/v1/device/poll", id, &body);
+            match bounded(&sh, !HELD, &mut conn, &req, &mut buf, EXCHANGE_TIMEOUT).await {
+                Ok((200, _)) => {
+                    sh.short_polls.fetch_add(1, Ordering::Relaxed);
+                    let at = at.into_std();
+                    push(&sh.short_samples, (at, at.elapsed()));
+                }
+                Ok((status, start)) => sh.errors.note(format!(
+                    "short poll of {id}: {status} {}",
+                    String::from_utf8_lossy(&buf[start..])
+                )),
+                Err(e) => sh.errors.note(format!("short poll of {id}: {e}")),
             }
         }
     }
@@ -624,16 +706,43 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     let r = cfg.f2_rollout_devices.min(n);
     let wait = cfg.f2_wait_seconds;
     let ramp = Duration::from_secs(u64::from(wait));
-    let sources = n.div_ceil(PER_SOURCE) as usize;
-    let stride = (n / r).max(1);
+    // Every device on its own connection needs that many descriptors in the generator and in
+    // the CP. Where the hard limit cannot be raised, as many as fit hold a long poll and the
+    // others poll briefly once per wait (the fleet's poll rate), and the CP's RSS with all of
+    // them held is projected from the RSS per held connection.
+    let (limit, note) = match raise_open_files(n + 10_000) {
+        Ok(limit) => (limit, None),
+        Err(e) => {
+            let soft = open_file_limits().map_or(0, |(s, _)| s);
+            if soft < 2_000 + r {
+                return Err(e);
+            }
+            eprintln!(
+                "  warning: {e:#}\n  holding at most {} long polls",
+                soft - 1_000
+            );
+            (soft, Some(format!("{e:#}")))
+        }
+    };
+    let held = cfg
+        .f2_held
+        .unwrap_or(n)
+        .min(n)
+        .min(limit.saturating_sub(1_000));
+    if r > held {
+        bail!("F2: the {r} rollout devices must be among the {held} devices holding a long poll");
+    }
+    let sources = held.div_ceil(PER_SOURCE) as usize;
+    let stride = (held / r).max(1);
     let in_rollout = |i: u64| i % stride == 0 && i / stride < r;
     eprintln!(
-        "F2: {n} devices long-polling (wait {wait} s) over {sources} source address(es), a \
-         4-stage plan over {r} of them; probe {} polls/s",
+        "F2: {n} devices, {held} long-polling (wait {wait} s) on their own connections over \
+         {sources} source address(es), {} polling briefly every {wait} s; a 4-stage plan over \
+         {r} of them; probe {} polls/s",
+        n - held,
         cfg.f2_probe_rate
     );
-    let limit = raise_open_files(n + 10_000)?;
-    let max_conns = (n + 2_000).to_string();
+    let max_conns = (held + 500).to_string();
     let cp = env.start_args(
         &env.work.join("fleet-f2"),
         "f2",
@@ -644,7 +753,16 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
             &max_conns,
         ],
     )?;
-    let result = drive(env, &cp, n, r, wait, ramp, sources, &in_rollout, limit);
+    let result = drive(
+        env,
+        &cp,
+        (n, held, r),
+        wait,
+        ramp,
+        sources,
+        &in_rollout,
+        (limit, note),
+    );
     let peak = cp.peak_rss_kib();
     env.stop(cp)?;
     let mut report = result?;
@@ -673,13 +791,12 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
 fn drive(
     env: &Env,
     cp: &Cp,
-    n: u64,
-    r: u64,
+    (n, held, r): (u64, u64, u64),
     wait: u32,
     ramp: Duration,
     sources: usize,
     in_rollout: &(dyn Fn(u64) -> bool + Sync),
-    open_file_limit: u64,
+    (open_file_limit, open_file_limit_note): (u64, Option<String>),
 ) -> anyhow::Result<F2Report> {
     let cfg = &env.cfg;
     let http = Http::new(&cp.url, REQUEST_TIMEOUT)?;
@@ -696,7 +813,7 @@ fn drive(
         &|i| {
             let role = if i as u64 >= n {
                 "probe"
-            } else if in_rollout(i as u64) {
+            } else if (i as u64) < held && in_rollout(i as u64) {
                 "rollout"
             } else {
                 "idle"
@@ -725,6 +842,8 @@ fn drive(
         with_assignment: AtomicU64::new(0),
         reports: AtomicU64::new(0),
         succeeded: AtomicU64::new(0),
+        short_polls: AtomicU64::new(0),
+        short_samples: Mutex::new(Vec::new()),
         errors: Errors::default(),
         overshoot: Mutex::new(Vec::new()),
         report_latency: Mutex::new(Vec::new()),
@@ -738,16 +857,30 @@ fn drive(
         .context("starting the generator's runtime")?;
     let begin = Instant::now();
     let tokio_begin = tokio::time::Instant::from_std(begin);
+    let short_ids = ids.split_off(held as usize);
     for (i, id) in ids.into_iter().enumerate() {
         let source = Ipv4Addr::new(127, 0, 0, 2 + (i % sources) as u8);
-        let start_at = tokio_begin + ramp.mul_f64(i as f64 / n as f64);
+        let start_at = tokio_begin + ramp.mul_f64(i as f64 / held as f64);
         rt.spawn(device(sh.clone(), id, source, start_at));
+    }
+    let short_devices = short_ids.len() as u64;
+    let pool = if short_ids.is_empty() {
+        0
+    } else {
+        SHORT_POLL_CONNECTIONS.min(short_ids.len())
+    };
+    let mut slices: Vec<Vec<String>> = vec![Vec::new(); pool];
+    for (j, id) in short_ids.into_iter().enumerate() {
+        slices[j % pool].push(id);
+    }
+    for ids in slices {
+        rt.spawn(short_poller(sh.clone(), ids, tokio_begin, ramp));
     }
     let stop = AtomicBool::new(false);
     let probe_errors = Errors::default();
     let outcome = std::thread::scope(|s| {
         let prober = s.spawn(|| probe(addr, &probe_ids, cfg.f2_probe_rate, &stop, &probe_errors));
-        let measured = measure(&http, cp, &sh, (n, r), wait, ramp, begin);
+        let measured = measure(&http, cp, &sh, (held, r), wait, ramp, begin);
         stop.store(true, Ordering::Relaxed);
         let samples = prober.join().unwrap_or_default();
         (measured, samples)
@@ -773,6 +906,12 @@ fn drive(
         .filter_map(|at| m.started_at.and_then(|s| at.checked_duration_since(s)))
         .collect();
     let window = m.window_seconds;
+    let short_samples = take(&sh.short_samples);
+    let kib_per_conn = per_conn(m.cp_rss_held, cp_rss_before);
+    let projected = kib_per_conn
+        .zip(m.cp_rss_held)
+        .filter(|_| connections < n)
+        .map(|(k, held)| held + (k * (n - connections) as f64) as u64);
     Ok(F2Report {
         devices: n,
         rollout_devices: r,
@@ -781,6 +920,12 @@ fn drive(
         ramp_seconds: ramp.as_secs_f64(),
         source_addresses: sources,
         open_file_limit,
+        open_file_limit_note,
+        held,
+        short_poll_devices: short_devices,
+        short_poll_connections: pool,
+        short_polls: sh.short_polls.load(Ordering::Relaxed),
+        short_poll_latency: of_window(&short_samples, m.window_start, Some(m.window_end)),
         registration,
         connections_peak: connections,
         cp_long_polls_waiting_peak: m.waiting_peak,
@@ -807,7 +952,8 @@ fn drive(
         cp_rss_held_kib: m.cp_rss_held,
         cp_rss_anon_held_kib: m.cp_rss_anon_held,
         cp_peak_rss_kib: None,
-        cp_kib_per_connection: per_conn(m.cp_rss_held, cp_rss_before),
+        cp_kib_per_connection: kib_per_conn,
+        cp_rss_projected_all_held_kib: projected,
         cp_threads: cp::proc_status_kib(cp_pid, "Threads:"),
         generator_cpu_seconds: gen_cpu,
         generator_cpus_used: gen_cpu.map(|c| round3(c / window.max(1e-9))),

@@ -272,6 +272,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     f2_rollout_devices: Option<u64>,
 
+    /// F2: devices holding a long poll on their own connection, the others polling with
+    /// wait_seconds 0 once per wait [default all, or as many as the open-file limit allows].
+    #[arg(long, value_name = "N")]
+    f2_held: Option<u64>,
+
     /// F2: the long polls' wait_seconds, also the ramp over which the devices connect
     /// [full 30, smoke 5].
     #[arg(long, value_name = "S")]
@@ -377,6 +382,7 @@ impl Args {
                 .unwrap_or(if self.smoke { 200 } else { 10_000 }),
             f2_devices: pick_u(self.f2_devices, 100_000, 2_000),
             f2_rollout_devices: pick_u(self.f2_rollout_devices, 10_000, 200),
+            f2_held: self.f2_held,
             f2_wait_seconds: self.f2_wait_seconds.unwrap_or(if smoke { 5 } else { 30 }),
             f2_probe_rate: self.f2_probe_rate.unwrap_or(50.0),
             p1_levels: if !self.p1_concurrency.is_empty() {

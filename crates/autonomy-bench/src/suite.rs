@@ -66,6 +66,7 @@ pub struct Config {
     pub f1_devices: u64,
     pub f2_devices: u64,
     pub f2_rollout_devices: u64,
+    pub f2_held: Option<u64>,
     pub f2_wait_seconds: u32,
     pub f2_probe_rate: f64,
     pub p1_levels: Vec<usize>,
