@@ -603,7 +603,7 @@ async fn short_poller(
                 Ok((200, _)) => {
                     sh.short_polls.fetch_add(1, Ordering::Relaxed);
                     let at = at.into_std();
-                    push(&sh.short_samples, (at, at.elapsed()));
+                    push(&sh.short_samples, (Instant::now(), at.elapsed()));
                 }
                 Ok((status, start)) => sh.errors.note(format!(
                     "short poll of {id}: {status} {}",
@@ -615,7 +615,9 @@ async fn short_poller(
     }
 }
 
-/// Probe samples: (scheduled at, latency from schedule to answer).
+/// Latency samples: (answered at, latency from the scheduled time to the answer). Windows
+/// select by the answer's time: a poll scheduled before a window but answered in it (the
+/// generator or the CP fell behind) counts in the window, with its whole delay.
 type Samples = Vec<(Instant, Duration)>;
 
 /// `wait_seconds` 0 polls of `ids` in turn at `rate` per second on one connection until
@@ -643,7 +645,7 @@ fn probe(
             std::thread::sleep(d);
         }
         match conn.exchange(&requests[k as usize % requests.len()]) {
-            Ok(200) => out.push((at, at.elapsed())),
+            Ok(200) => out.push((Instant::now(), at.elapsed())),
             Ok(status) => errors.note(format!("probe poll: {status} {}", conn.body_text())),
             Err(e) => errors.note(format!("probe poll: {e}")),
         }
@@ -655,7 +657,7 @@ fn probe(
 fn of_window(samples: &Samples, from: Instant, to: Option<Instant>) -> Latency {
     let picked: Vec<Duration> = samples
         .iter()
-        .filter(|(at, _)| *at >= from && to.is_none_or(|t| *at < t))
+        .filter(|(done, _)| *done >= from && to.is_none_or(|t| *done < t))
         .map(|(_, d)| *d)
         .collect();
     Latency::of(&picked)
