@@ -9,7 +9,7 @@
 //! runtime thread, raw HTTP/1.1 bytes, answers read by `content-length`, and only `revision`,
 //! `attempt` and whether `assignment` is null picked out of the answer by byte search. Its
 //! connections come from several loopback source addresses (127.0.0.2, 127.0.0.3, …; at most
-//! 20,000 each) because one source address has only ~28k ephemeral ports toward the CP's one
+//! 10,000 each) because one source address has only ~28k ephemeral ports toward the CP's one
 //! port. The bench raises its own RLIMIT_NOFILE (soft and hard, with `prlimit`; as root) before
 //! starting the CP, which inherits it.
 //!
@@ -46,7 +46,7 @@ const TARGET_HEX: &str = "f2f200000000000000000000000000000000000000000000000000
 const OLD_DIGEST: &str = "sha256:01d0000000000000000000000000000000000000000000000000000000000000";
 const PLAN: &str = "f2-rollout";
 /// Connections per loopback source address (its ephemeral range is 32768–60999 here).
-const PER_SOURCE: u64 = 20_000;
+const PER_SOURCE: u64 = 10_000;
 /// Devices of the probe (polling with `wait_seconds` 0).
 const PROBE_DEVICES: usize = 4;
 /// A device's own connection (not one of the short polls' pool).
@@ -156,6 +156,8 @@ pub struct F2Report {
     pub errors: u64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_errors: Vec<String>,
+    /// The generator's errors by kind (the probe's are in `first_errors` only).
+    pub errors_by_kind: BTreeMap<String, u64>,
     pub method: &'static str,
 }
 
@@ -176,6 +178,8 @@ struct Shared {
     short_polls: AtomicU64,
     short_samples: Mutex<Samples>,
     errors: Errors,
+    /// Errors by kind (without the device's name).
+    kinds: Mutex<BTreeMap<String, u64>>,
     overshoot: Mutex<Vec<Duration>>,
     report_latency: Mutex<Vec<Duration>>,
     assigned_at: Mutex<Vec<Instant>>,
@@ -189,6 +193,17 @@ impl Shared {
             let now = self.open.fetch_add(1, Ordering::Relaxed) + 1;
             self.open_peak.fetch_max(now, Ordering::Relaxed);
         }
+    }
+
+    /// An error: counted by `kind`, the first few kept with `detail`.
+    fn fail(&self, kind: String, detail: String) {
+        *self
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_insert(0) += 1;
+        self.errors.note(detail);
     }
 
     fn closed(&self, held: bool) {
@@ -450,7 +465,10 @@ async fn report_all(
                     *conn = Some(s);
                 }
                 Err(e) => {
-                    sh.errors.note(format!("report connect of {id}: {e}"));
+                    sh.fail(
+                        format!("report connect: {e}"),
+                        format!("report connect of {id}: {e}"),
+                    );
                     return false;
                 }
             }
@@ -462,14 +480,20 @@ async fn report_all(
                 sh.reports.fetch_add(1, Ordering::Relaxed);
             }
             Ok((status, start)) => {
-                sh.errors.note(format!(
-                    "report {state} of {id}: {status} {}",
-                    String::from_utf8_lossy(&buf[start..])
-                ));
+                sh.fail(
+                    format!("report: status {status}"),
+                    format!(
+                        "report {state} of {id}: {status} {}",
+                        String::from_utf8_lossy(&buf[start..])
+                    ),
+                );
                 return false;
             }
             Err(e) => {
-                sh.errors.note(format!("report {state} of {id}: {e}"));
+                sh.fail(
+                    format!("report: {e}"),
+                    format!("report {state} of {id}: {e}"),
+                );
                 return false;
             }
         }
@@ -494,8 +518,10 @@ async fn device(sh: Arc<Shared>, id: String, source: Ipv4Addr, start_at: tokio::
                     conn = Some(s);
                 }
                 Err(e) => {
-                    sh.errors
-                        .note(format!("connect of {id} from {source}: {e}"));
+                    sh.fail(
+                        format!("connect: {e}"),
+                        format!("connect of {id} from {source}: {e}"),
+                    );
                     tokio::time::sleep(ERROR_PAUSE).await;
                     continue;
                 }
@@ -527,22 +553,30 @@ async fn device(sh: Arc<Shared>, id: String, source: Ipv4Addr, start_at: tokio::
         let parsed = match answer {
             Ok((200, start)) => parse_poll(&buf[start..]),
             Ok((status, start)) => {
-                sh.errors.note(format!(
-                    "poll of {id}: {status} {}",
-                    String::from_utf8_lossy(&buf[start..])
-                ));
+                sh.fail(
+                    format!("poll: status {status}"),
+                    format!(
+                        "poll of {id}: {status} {}",
+                        String::from_utf8_lossy(&buf[start..])
+                    ),
+                );
                 tokio::time::sleep(ERROR_PAUSE).await;
                 continue;
             }
             Err(e) => {
-                sh.errors.note(format!("poll of {id}: {e}"));
+                sh.fail(
+                    format!("poll: {e} (after {} s)", took.as_secs().min(99)),
+                    format!("poll of {id}: {e}"),
+                );
                 tokio::time::sleep(ERROR_PAUSE).await;
                 continue;
             }
         };
         let Some((revision, assignment)) = parsed else {
-            sh.errors
-                .note(format!("poll of {id}: an answer without revision"));
+            sh.fail(
+                "poll: an answer without revision".into(),
+                format!("poll of {id}: an answer without revision"),
+            );
             tokio::time::sleep(ERROR_PAUSE).await;
             continue;
         };
@@ -593,7 +627,10 @@ async fn short_poller(
                         conn = Some(s);
                     }
                     Err(e) => {
-                        sh.errors.note(format!("short-poll connect: {e}"));
+                        sh.fail(
+                            format!("short-poll connect: {e}"),
+                            format!("short-poll connect: {e}"),
+                        );
                         continue;
                     }
                 }
@@ -605,11 +642,17 @@ async fn short_poller(
                     let at = at.into_std();
                     push(&sh.short_samples, (Instant::now(), at.elapsed()));
                 }
-                Ok((status, start)) => sh.errors.note(format!(
-                    "short poll of {id}: {status} {}",
-                    String::from_utf8_lossy(&buf[start..])
-                )),
-                Err(e) => sh.errors.note(format!("short poll of {id}: {e}")),
+                Ok((status, start)) => sh.fail(
+                    format!("short poll: status {status}"),
+                    format!(
+                        "short poll of {id}: {status} {}",
+                        String::from_utf8_lossy(&buf[start..])
+                    ),
+                ),
+                Err(e) => sh.fail(
+                    format!("short poll: {e}"),
+                    format!("short poll of {id}: {e}"),
+                ),
             }
         }
     }
@@ -847,6 +890,7 @@ fn drive(
         short_polls: AtomicU64::new(0),
         short_samples: Mutex::new(Vec::new()),
         errors: Errors::default(),
+        kinds: Mutex::new(BTreeMap::new()),
         overshoot: Mutex::new(Vec::new()),
         report_latency: Mutex::new(Vec::new()),
         assigned_at: Mutex::new(Vec::new()),
@@ -975,10 +1019,11 @@ fn drive(
         connects: sh.connects.load(Ordering::Relaxed),
         errors,
         first_errors,
+        errors_by_kind: std::mem::take(&mut *sh.kinds.lock().unwrap_or_else(|e| e.into_inner())),
         method: "RBAC off (X-Autonomy-Device). N devices registered over HTTP (POST /v1/devices \
                  at --seed-concurrency); then one tokio task and one kept-alive raw HTTP/1.1 \
                  connection per device on one runtime thread, bound to 127.0.0.2, 127.0.0.3, … \
-                 (20,000 per source address), first polls spread over the ramp (= wait), each \
+                 (10,000 per source address), first polls spread over the ramp (= wait), each \
                  device long-polling POST /v1/device/poll {known_revision, wait_seconds} again as \
                  soon as an answer comes. After the ramp one engine plan (canary = 1% of R up to \
                  100 devices, 20%, 30%, the rest) over the R rollout devices is created and \
