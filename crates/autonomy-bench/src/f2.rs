@@ -121,6 +121,9 @@ pub struct F2Report {
     pub cp_cpu_seconds: Option<f64>,
     pub cp_cpus_used: Option<f64>,
     pub cp_cpu_us_per_request: Option<f64>,
+    /// The CP's CPU over the window by thread name (the store's writer vs the HTTP workers
+    /// and the blocking pool), seconds.
+    pub cp_cpu_seconds_by_thread: BTreeMap<String, f64>,
     /// The CP's VmRSS after registration (no device connected), its largest sampled VmRSS
     /// (and RssAnon) while the devices were connected, its VmHWM at the end, and
     /// (held − before) ÷ peak connections.
@@ -953,6 +956,7 @@ fn drive(
         .collect();
     let window = m.window_seconds;
     let short_samples = take(&sh.short_samples);
+    let errors_by_kind = std::mem::take(&mut *sh.kinds.lock().unwrap_or_else(|e| e.into_inner()));
     let kib_per_conn = per_conn(m.cp_rss_held, cp_rss_before);
     let projected = kib_per_conn
         .zip(m.cp_rss_held)
@@ -994,6 +998,7 @@ fn drive(
             .zip(m.cp_requests)
             .filter(|(_, n)| *n > 0.0)
             .map(|(c, n)| round1(c * 1e6 / n)),
+        cp_cpu_seconds_by_thread: m.cp_threads.clone(),
         cp_rss_before_kib: cp_rss_before,
         cp_rss_held_kib: m.cp_rss_held,
         cp_rss_anon_held_kib: m.cp_rss_anon_held,
@@ -1019,7 +1024,7 @@ fn drive(
         connects: sh.connects.load(Ordering::Relaxed),
         errors,
         first_errors,
-        errors_by_kind: std::mem::take(&mut *sh.kinds.lock().unwrap_or_else(|e| e.into_inner())),
+        errors_by_kind,
         method: "RBAC off (X-Autonomy-Device). N devices registered over HTTP (POST /v1/devices \
                  at --seed-concurrency); then one tokio task and one kept-alive raw HTTP/1.1 \
                  connection per device on one runtime thread, bound to 127.0.0.2, 127.0.0.3, … \
@@ -1052,6 +1057,7 @@ struct Measured {
     cp_cpu: Option<f64>,
     gen_cpu: Option<f64>,
     cp_requests: Option<f64>,
+    cp_threads: BTreeMap<String, f64>,
     cp_rss_held: Option<u64>,
     cp_rss_anon_held: Option<u64>,
     gen_rss_held: Option<u64>,
@@ -1122,6 +1128,7 @@ fn measure(
     }
     let window_start = Instant::now();
     let cpu0 = (cp.cpu_seconds(), bench_cpu());
+    let threads0 = cp.cpu_by_thread();
     let req0 = cp_metrics(http).as_deref().and_then(requests_of);
     eprintln!(
         "  {open} devices connected after {:.1} s; starting the plan",
@@ -1192,6 +1199,7 @@ fn measure(
     }
     let window_end = Instant::now();
     let cpu1 = (cp.cpu_seconds(), bench_cpu());
+    let threads1 = cp.cpu_by_thread();
     let req1 = cp_metrics(http).as_deref().and_then(requests_of);
     sample(sh);
     let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a).max(0.0));
@@ -1208,6 +1216,14 @@ fn measure(
         cp_cpu: diff(cpu0.0, cpu1.0),
         gen_cpu: diff(cpu0.1, cpu1.1),
         cp_requests: diff(req0, req1),
+        cp_threads: threads1
+            .iter()
+            .map(|(name, b)| {
+                let a = threads0.get(name).copied().unwrap_or(0.0);
+                (name.clone(), round3(b - a))
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect(),
         cp_rss_held,
         cp_rss_anon_held,
         gen_rss_held,
