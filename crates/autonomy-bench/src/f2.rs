@@ -782,7 +782,7 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     }
     let sources = held.div_ceil(PER_SOURCE) as usize;
     let stride = (held / r).max(1);
-    let in_rollout = |i: u64| i % stride == 0 && i / stride < r;
+    let in_rollout = |i: u64| i.is_multiple_of(stride) && i / stride < r;
     eprintln!(
         "F2: {n} devices, {held} long-polling (wait {wait} s) on their own connections over \
          {sources} source address(es), {} polling briefly every {wait} s; a 4-stage plan over \
