@@ -10,8 +10,13 @@
 //! `attempt` and whether `assignment` is null picked out of the answer by byte search. Its
 //! connections come from several loopback source addresses (127.0.0.2, 127.0.0.3, …; at most
 //! 10,000 each) because one source address has only ~28k ephemeral ports toward the CP's one
-//! port. The bench raises its own RLIMIT_NOFILE (soft and hard, with `prlimit`; as root) before
-//! starting the CP, which inherits it.
+//! port (and fewer than that were seen to hold). The bench raises its own RLIMIT_NOFILE (soft
+//! and hard, with `prlimit`; as root) before starting the CP, which inherits it. Where the hard
+//! limit cannot be raised (this box: 20,000, EPERM even as root), as many devices as fit
+//! (limit − 1000, or `--f2-held`) hold a long poll on their own connection and the others poll
+//! with `wait_seconds` 0 once per wait over a pool of shared connections, so the CP still sees
+//! the whole fleet's poll rate; the report says so and projects the CP's RSS with every device
+//! held from the RSS per held connection.
 //!
 //! Measured: a probe of a few devices polling with `wait_seconds` 0 at a fixed rate on its
 //! own thread and connection (the poll latency of the target, from each probe's scheduled

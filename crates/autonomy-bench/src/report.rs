@@ -929,7 +929,7 @@ pub fn summary(rep: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10; P2 issue 12):\n");
+    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10; P2 issue 12; F2 issue 13):\n");
     for t in &rep.targets {
         let verdict = match t.met {
             Some(true) => "met ",
