@@ -103,7 +103,7 @@ pub struct DeviceSeed {
 
 /// Registers `ids` (`POST /v1/devices`, each answered once durable) at `concurrency`, with the
 /// labels `labels(i)`.
-fn register(
+pub(crate) fn register(
     base: &str,
     ids: &[String],
     labels: &(dyn Fn(usize) -> BTreeMap<String, String> + Sync),

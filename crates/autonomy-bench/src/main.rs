@@ -21,6 +21,10 @@
 //!   (E1); durable device reports per second at concurrency 256 next to the single-row commit
 //!   limit (E2); the promoter tick (E3) and the stuck scan (E4) over 100k devices in 100 engine
 //!   plans; the last report of a stage to the next stage's dispatch (E5);
+//! - **F1–F2** fleets (`fleet.rs`, `f2.rs`): simulated devices through a 4-stage rollout
+//!   (F1, issue 11); 100,000 registered devices long-polling on their own connections while a
+//!   4-stage rollout runs over 10,000 of them: probe poll latency, long-poll overshoot, report
+//!   latency, CP CPU and RSS per held connection, the generator's beside them (F2, issue 13);
 //! - **P1–P2** PostgreSQL (issue 12, `postgres.rs`, on a throwaway cluster the bench starts
 //!   with `scripts/ci/postgres.sh` and removes): durable creates at concurrency 64 (and 32)
 //!   against one and three replicas beside the SQLite CP and PostgreSQL's own single-row
@@ -38,6 +42,7 @@
 
 mod cp;
 mod engine;
+mod f2;
 mod fleet;
 mod flood;
 mod http;
@@ -70,6 +75,7 @@ use crate::suite::{Config, Dataset, Env, PHASES};
 /// Operator latency under a flood (issue 14):      autonomy-bench --phases b7
 /// The rollout engine (issue 10):                  autonomy-bench --phases limit,e1,e2,e3,e4,e5
 /// PostgreSQL and replicas (issue 12, as root):    autonomy-bench --phases limit,p1,p2
+/// 100k long-polling devices (issue 13, as root):   autonomy-bench --phases limit,f2
 ///
 /// Writes <out> (JSON: machine, every number, each target with met) and summary.txt next to
 /// it, and prints the summary. Exit 0 when the bench ran, whatever the numbers; 1 when it could
@@ -257,6 +263,29 @@ struct Args {
     #[arg(long, value_name = "N")]
     f1_devices: Option<u64>,
 
+    /// F2: registered devices, each long-polling on its own connection (issue 13)
+    /// [full 100000, smoke 2000].
+    #[arg(long, value_name = "N")]
+    f2_devices: Option<u64>,
+
+    /// F2: devices of the 4-stage plan, among --f2-devices [full 10000, smoke 200].
+    #[arg(long, value_name = "N")]
+    f2_rollout_devices: Option<u64>,
+
+    /// F2: devices holding a long poll on their own connection, the others polling with
+    /// wait_seconds 0 once per wait [default all, or as many as the open-file limit allows].
+    #[arg(long, value_name = "N")]
+    f2_held: Option<u64>,
+
+    /// F2: the long polls' wait_seconds, also the ramp over which the devices connect
+    /// [full 30, smoke 5].
+    #[arg(long, value_name = "S")]
+    f2_wait_seconds: Option<u32>,
+
+    /// F2: probe polls (wait_seconds 0) per second [default 50].
+    #[arg(long, value_name = "N")]
+    f2_probe_rate: Option<f64>,
+
     /// P1: concurrency levels of PostgreSQL's limit and of the creates against the SQLite CP,
     /// one replica and three replicas, comma-separated [full 32,64, smoke 64]. Each run lasts
     /// --b1-seconds (+ --b1-warmup-seconds), the limit --limit-seconds.
@@ -351,6 +380,11 @@ impl Args {
             f1_devices: self
                 .f1_devices
                 .unwrap_or(if self.smoke { 200 } else { 10_000 }),
+            f2_devices: pick_u(self.f2_devices, 100_000, 2_000),
+            f2_rollout_devices: pick_u(self.f2_rollout_devices, 10_000, 200),
+            f2_held: self.f2_held,
+            f2_wait_seconds: self.f2_wait_seconds.unwrap_or(if smoke { 5 } else { 30 }),
+            f2_probe_rate: self.f2_probe_rate.unwrap_or(50.0),
             p1_levels: if !self.p1_concurrency.is_empty() {
                 self.p1_concurrency.clone()
             } else if smoke {
@@ -418,6 +452,18 @@ impl Args {
         }
         if !(2..=1000).contains(&cfg.e5_stages) {
             bail!("--e5-stages must be 2 to 1000");
+        }
+        if !(1..=1_000_000).contains(&cfg.f2_devices)
+            || cfg.f2_rollout_devices == 0
+            || cfg.f2_rollout_devices > cfg.f2_devices
+        {
+            bail!("--f2-devices must be 1 to 1000000 and --f2-rollout-devices 1 to --f2-devices");
+        }
+        if !(1..=60).contains(&cfg.f2_wait_seconds) {
+            bail!("--f2-wait-seconds must be 1 to 60 (the SPEC's longest wait)");
+        }
+        if !(cfg.f2_probe_rate.is_finite() && (1.0..=1000.0).contains(&cfg.f2_probe_rate)) {
+            bail!("--f2-probe-rate must be 1 to 1000");
         }
         if cfg.b7_rounds == 0 || cfg.b7_rounds > 100 {
             bail!("--b7-rounds must be 1 to 100");
@@ -670,6 +716,10 @@ fn run_phases(env: &Env, results: &mut Results) -> anyhow::Result<()> {
         if cfg.wants("f1") {
             mark("f1");
             results.f1 = Some(fleet::run_f1(env)?);
+        }
+        if cfg.wants("f2") {
+            mark("f2");
+            results.f2 = Some(f2::run_f2(env)?);
         }
         if cfg.wants("p1") || cfg.wants("p2") {
             if let Some(why) = postgres::cannot_run_cluster() {

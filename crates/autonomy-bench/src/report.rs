@@ -28,6 +28,7 @@ pub struct Results {
     pub e4: Option<E4Report>,
     pub e5: Option<E5Report>,
     pub f1: Option<crate::fleet::F1Report>,
+    pub f2: Option<crate::f2::F2Report>,
     pub p1: Option<crate::postgres::P1Report>,
     pub p2: Option<crate::postgres::P2Report>,
     /// Why P1/P2 did not run (not root).
@@ -371,6 +372,68 @@ pub fn targets(r: &Results) -> Vec<Target> {
         unit: "MiB",
         met: f1.map(|f| {
             f.completed && f.cp_peak_rss_kib.is_some_and(|k| k < 1024 * 1024)
+        }),
+    });
+    let f2 = r.f2.as_ref();
+    let f2_basis = |f: &crate::f2::F2Report| {
+        format!(
+            "{} devices polling (wait {} s; {} long polls on their own connections, {} held at \
+             peak), 4-stage plan over {}: completed={}, {} errors",
+            f.devices,
+            f.wait_seconds,
+            f.held,
+            f.connections_peak,
+            f.rollout_devices,
+            f.completed,
+            f.errors
+        )
+    };
+    t.push(Target {
+        id: "F2",
+        target: "100k long-polling devices + a 4-stage rollout: probe poll p99 < 50 ms",
+        basis: f2.map_or("not run".into(), |f| {
+            format!(
+                "p99 of {} wait_seconds=0 probe polls at {}/s; {}",
+                f.probe.samples,
+                f.probe_rate,
+                f2_basis(f)
+            )
+        }),
+        value: f2.map(|f| f.probe.p99_ms),
+        threshold: 50.0,
+        unit: "ms",
+        met: f2.map(|f| f.probe.samples > 0 && f.probe.p99_ms < 50.0),
+    });
+    t.push(Target {
+        id: "F2",
+        target: "100k long-polling devices + a 4-stage rollout: CP RSS < 2 GiB",
+        basis: f2.map_or("not run".into(), |f| {
+            let what = match f.cp_rss_projected_all_held_kib {
+                Some(_) => format!(
+                    "PROJECTED to {} held long polls from {} held (open-file limit {}): held \
+                     VmRSS + the rest x KiB per held connection; measured VmHWM {} MiB",
+                    f.devices,
+                    f.connections_peak,
+                    f.open_file_limit,
+                    f.cp_peak_rss_kib.map_or(0, |k| k / 1024)
+                ),
+                None => "CP VmHWM".to_string(),
+            };
+            format!(
+                "{what}; {} KiB per held connection; {}",
+                crate::fleet::show(f.cp_kib_per_connection),
+                f2_basis(f)
+            )
+        }),
+        value: f2
+            .and_then(|f| f.cp_rss_projected_all_held_kib.or(f.cp_peak_rss_kib))
+            .map(|k| k as f64 / 1024.0),
+        threshold: 2048.0,
+        unit: "MiB",
+        met: f2.map(|f| {
+            f.cp_rss_projected_all_held_kib
+                .or(f.cp_peak_rss_kib)
+                .is_some_and(|k| k < 2 * 1024 * 1024)
         }),
     });
     let p2 = r.p2.as_ref();
@@ -742,6 +805,44 @@ pub fn summary(rep: &Report) -> String {
             mib(f.cp_peak_rss_kib),
         );
     }
+    if let Some(f) = &r.f2 {
+        row(
+            "F2",
+            format!(
+                "{} devices ({} long-polling {} s), probe polls wait 0",
+                f.devices, f.held, f.wait_seconds
+            ),
+            format!(
+                "{} conns held, CP {} CPUs ({} us/request), generator {} CPUs",
+                f.connections_peak,
+                crate::fleet::show(f.cp_cpus_used),
+                crate::fleet::show(f.cp_cpu_us_per_request),
+                crate::fleet::show(f.generator_cpus_used)
+            ),
+            lat(&f.probe),
+            mib(f.cp_peak_rss_kib),
+        );
+        row(
+            "F2",
+            format!("… 4-stage plan over {}: reports", f.rollout_devices),
+            format!(
+                "completed={} in {} s, {} reports, {} errors",
+                f.completed,
+                f.rollout_seconds.map_or("?".into(), |s| format!("{s:.1}")),
+                f.reports,
+                f.errors
+            ),
+            lat(&f.report_latency),
+            format!("{} KiB/conn", crate::fleet::show(f.cp_kib_per_connection)),
+        );
+        row(
+            "F2",
+            "… long polls answered by time-out: overshoot".into(),
+            format!("{} timed out", f.polls_timed_out),
+            lat(&f.long_poll_overshoot),
+            format!("gen {}", mib(f.generator_peak_rss_kib)),
+        );
+    }
     let ms_per = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.3}"));
     if let Some(p) = &r.p1 {
         for l in &p.levels {
@@ -870,7 +971,7 @@ pub fn summary(rep: &Report) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10; P2 issue 12):\n");
+    out.push_str("\ntargets (issue 6; B7 issue 14; E1-E5 issue 10; P2 issue 12; F2 issue 13):\n");
     for t in &rep.targets {
         let verdict = match t.met {
             Some(true) => "met ",

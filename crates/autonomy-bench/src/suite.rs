@@ -64,6 +64,11 @@ pub struct Config {
     pub e5_plans: usize,
     pub e5_stages: usize,
     pub f1_devices: u64,
+    pub f2_devices: u64,
+    pub f2_rollout_devices: u64,
+    pub f2_held: Option<u64>,
+    pub f2_wait_seconds: u32,
+    pub f2_probe_rate: f64,
     pub p1_levels: Vec<usize>,
     pub p2_kills: usize,
     pub p2_rate: f64,
@@ -1552,9 +1557,9 @@ fn opt_f(v: Option<f64>) -> String {
 }
 
 /// The phases a run can select.
-pub const PHASES: [&str; 16] = [
-    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5", "f1", "p1",
-    "p2",
+pub const PHASES: [&str; 17] = [
+    "limit", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "e1", "e2", "e3", "e4", "e5", "f1", "f2",
+    "p1", "p2",
 ];
 
 /// The wall clock in microseconds since the Unix epoch (to pick audit time windows).
