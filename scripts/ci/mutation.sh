@@ -12,7 +12,7 @@
 #
 # Environment: MUTATION_WORK_DIR (default target/mutation: the copy and its cargo target dir,
 # kept between runs so that later runs rebuild only the mutated crates), MUTATION_TARGET_DIR
-# (another cargo target dir for the copy), MUTATION_RUNS (default 20), MUTATION_TIMEOUT (seconds
+# (another cargo target dir for the copy), MUTATION_SEED_DIR (below), MUTATION_RUNS (default 20), MUTATION_TIMEOUT (seconds
 # for the build, default 1800, and for each test run, 300).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,6 +36,20 @@ inconclusive() {
 case $runs in
   '' | *[!0-9]*) inconclusive "MUTATION_RUNS must be a number, not '$runs'" ;;
 esac
+
+# MUTATION_SEED_DIR (e.g. target/debug of a finished build, as .ci/run passes): a target dir
+# that does not exist yet is seeded with hard links to its deps/, build/ and .fingerprint/, so
+# the copy builds only the workspace's crates (their paths differ, so their artifacts get other
+# names and never overwrite a linked file; third-party crates are fresh and not rebuilt).
+if [ -n "${MUTATION_SEED_DIR:-}" ] && [ ! -d "$target/debug" ]; then
+  mkdir -p "$target/debug"
+  for d in deps build .fingerprint; do
+    if [ -d "$MUTATION_SEED_DIR/$d" ]; then
+      cp -al "$MUTATION_SEED_DIR/$d" "$target/debug/$d"
+    fi
+  done
+  echo "mutation: seeded $target/debug from $MUTATION_SEED_DIR (hard links)" >&2
+fi
 
 # A fresh copy each run. tar keeps the files' modification times, so cargo rebuilds only what
 # the mutation touched (and what depends on it) when the work dir is kept between runs.
