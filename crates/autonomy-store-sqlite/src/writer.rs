@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("../migrations/sqlite/0006_engine.sql")),
     (7, include_str!("../migrations/sqlite/0007_gates.sql")),
+    (9, include_str!("../migrations/sqlite/0009_stuck_quiet.sql")),
 ];
 
 /// Heartbeats of polls are written at most this often (SPEC §9.2: polls never write).
