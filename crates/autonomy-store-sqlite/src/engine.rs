@@ -17,6 +17,11 @@ use crate::writer::sql_error;
 pub(crate) const IN_FLIGHT_SQL: &str =
     "('dispatched','downloading','installing','rebooting','verifying')";
 
+/// The term that lets a query of a state outside flight use the partial `assignments_by_state`
+/// index (migration 0009): SQLite uses a partial index only for a query carrying its condition.
+pub(crate) const SETTLED_SQL: &str =
+    "state NOT IN ('dispatched','downloading','installing','rebooting','verifying')";
+
 fn internal(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("stored {what} is unreadable: {e}"))
 }
@@ -92,10 +97,10 @@ pub(crate) fn retryable(
         return Ok(());
     }
     let mut stmt = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT stage, count(*) FROM assignments WHERE plan_id = ?1 AND state = 'failed' \
-             AND attempt <= ?2 GROUP BY stage",
-        )
+             AND {SETTLED_SQL} AND attempt <= ?2 GROUP BY stage"
+        ))
         .map_err(sql_error)?;
     let rows = stmt
         .query_map(params![plan_id, i64::from(max_retries)], |r| {

@@ -12,7 +12,7 @@ use autonomy_store::{DeviceIdentity, DriftCheck, PollState, PromoterDue, Result,
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use super::ReadConn;
-use crate::engine::{self as sql, IN_FLIGHT_SQL};
+use crate::engine::{self as sql, IN_FLIGHT_SQL, SETTLED_SQL};
 
 /// When a device went quiet: its last flushed poll, or its dispatch if it never polled
 /// (`assignments.seen_us` mirrors `devices.last_seen_us`; the expression of the
@@ -500,8 +500,11 @@ impl ReadConn {
             let accepted: u64 = e.stages.iter().map(|s| s.accepted).sum();
             let mut failing = self.sample(
                 &id,
-                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                 AND a.state IN ('failed', 'timed_out', 'rolled_back') ORDER BY a.ord",
+                &format!(
+                    "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                     AND a.state IN ('failed', 'timed_out', 'rolled_back') AND a.{SETTLED_SQL} \
+                     ORDER BY a.ord"
+                ),
                 0,
                 Some(failures),
             )?;
@@ -549,8 +552,10 @@ impl ReadConn {
                 .sum();
             let drifted = self.sample(
                 &id,
-                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                 AND a.state = 'drifted' ORDER BY a.ord",
+                &format!(
+                    "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                     AND a.state = 'drifted' AND a.{SETTLED_SQL} ORDER BY a.ord"
+                ),
                 0,
                 Some(drifted_n),
             )?;
@@ -559,8 +564,10 @@ impl ReadConn {
             } else {
                 self.sample(
                     &id,
-                    "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
-                     AND a.state_since_us <= ?2 ORDER BY a.ord",
+                    &format!(
+                        "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
+                         AND a.{SETTLED_SQL} AND a.state_since_us <= ?2 ORDER BY a.ord"
+                    ),
                     cutoff,
                     None,
                 )?

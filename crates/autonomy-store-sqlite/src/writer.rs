@@ -316,6 +316,7 @@ pub(crate) fn spawn(
         revoked: Vec::new(),
         epoch,
         engine_params: std::collections::HashMap::new(),
+        shifts: Vec::new(),
         last_beat_flush: Instant::now(),
         timer: tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -369,6 +370,9 @@ struct Writer {
     epoch: u64,
     /// Target digest and `reboot_required` per engine-driven plan (immutable once created).
     engine_params: std::collections::HashMap<String, (String, bool)>,
+    /// Counter moves of this batch's reports, written once per counter before the commit
+    /// (and before any other job, which may read counters): [`Writer::flush_shifts`].
+    shifts: Vec<engine_ops::Shift>,
     last_beat_flush: Instant,
 }
 
@@ -548,10 +552,15 @@ impl Writer {
                 return;
             }
         };
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        // The reports' counter moves go into this same transaction, or nothing commits.
+        let committed = self
+            .flush_shifts()
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.chain = chain_before;
             self.pending.clear();
+            self.shifts.clear();
             self.woken.clear();
             self.revoked.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -636,12 +645,19 @@ impl Writer {
     /// Runs one job in its own savepoint.
     fn run_job(&mut self, job: &Job) -> Result<Reply> {
         let chain_before = self.chain.clone();
-        let pending_before = self.pending.len();
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+        let pending_before = (self.pending.len(), self.shifts.len());
+        // A job other than a report may read counters: it sees this batch's reports first
+        // (outside its savepoint, so its own failure cannot undo them).
+        if !matches!(job.command, Command::Report { .. }) {
+            if let Err(e) = self.flush_shifts() {
+                return Err(sql_error(e));
+            }
+        }
+        if let Err(e) = self.exec_cached("SAVEPOINT job") {
             return Err(sql_error(e));
         }
         match self.apply_idempotent(job) {
-            Ok(reply) => match self.conn.execute_batch("RELEASE job") {
+            Ok(reply) => match self.exec_cached("RELEASE job") {
                 Ok(()) => Ok(reply),
                 Err(e) => {
                     self.undo(chain_before, pending_before);
@@ -661,10 +677,19 @@ impl Writer {
         }
     }
 
-    fn undo(&mut self, chain_before: Chain, pending_before: usize) {
-        let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+    /// Runs a statement without parameters through the statement cache (`execute_batch`
+    /// parses its text on every call: measured under report load, issue 13).
+    fn exec_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
+    fn undo(&mut self, chain_before: Chain, (pending_before, shifts_before): (usize, usize)) {
+        let _ = self
+            .exec_cached("ROLLBACK TO job")
+            .and_then(|()| self.exec_cached("RELEASE job"));
         self.chain = chain_before;
         self.pending.truncate(pending_before);
+        self.shifts.truncate(shifts_before);
     }
 
     /// Runs the job once per (actor, Idempotency-Key) within [`IDEMPOTENCY_TTL_US`]: a retry

@@ -1,5 +1,5 @@
 -- 0009 (issue 13): the stuck scan's silent and non-converging counts without joining each
--- in-flight assignment to its device row.
+-- in-flight assignment to its device row, and narrower indexes for device reports.
 --
 -- `assignments.seen_us` mirrors `devices.last_seen_us` on the device's current assignment (the
 -- one `devices.plan_id` names; an in-flight assignment is always the current one, since an
@@ -42,3 +42,11 @@ CREATE INDEX assignments_in_flight_since
 
 -- Only the old silent query read this one, and every heartbeat flush moved its entries.
 DROP INDEX devices_by_plan_seen;
+
+-- Assignments by state, only for the states outside flight (the queries that read it name
+-- `pending`, `failed`, `drifted`, ... and carry the same `NOT IN` term so the planner can use
+-- it). A report moving a device between in-flight states (the most common write of a rollout)
+-- then changes no entry here.
+DROP INDEX assignments_by_state;
+CREATE INDEX assignments_by_state ON assignments (plan_id, state, stage, ord)
+    WHERE state NOT IN ('dispatched','downloading','installing','rebooting','verifying');
