@@ -12,7 +12,7 @@ use autonomy_store::{DeviceIdentity, DriftCheck, PollState, PromoterDue, Result,
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use super::ReadConn;
-use crate::engine::{self as sql, IN_FLIGHT_SQL, SETTLED_SQL};
+use crate::engine::{self as sql, IN_FLIGHT_SQL, NOT_IN_FLIGHT_SQL};
 
 /// When a device went quiet: its last flushed poll, or its dispatch if it never polled
 /// (`assignments.seen_us` mirrors `devices.last_seen_us`; the expression of the
@@ -363,7 +363,7 @@ impl ReadConn {
                 .map_err(sql_error)
         };
         let in_flight_where =
-            format!("FROM assignments a WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL}");
+            format!("FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL}");
         // Silent, and how many of them have not changed since the cut-off either.
         let (silent_n, silent_unchanged) = one(
             &format!(
@@ -395,7 +395,7 @@ impl ReadConn {
             silent.devices = list(
                 &format!(
                     "SELECT a.device_id FROM assignments a {by_id} WHERE a.plan_id = ?1 \
-                     AND a.state IN {IN_FLIGHT_SQL} AND {QUIET_SQL} <= ?2 \
+                     AND {IN_FLIGHT_SQL} AND {QUIET_SQL} <= ?2 \
                      ORDER BY a.device_id LIMIT {MAX_REASON_DEVICES}"
                 ),
                 &[&plan_id, &silent_cut],
@@ -502,7 +502,7 @@ impl ReadConn {
                 &id,
                 &format!(
                     "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                     AND a.state IN ('failed', 'timed_out', 'rolled_back') AND a.{SETTLED_SQL} \
+                     AND a.state IN ('failed', 'timed_out', 'rolled_back') AND {NOT_IN_FLIGHT_SQL} \
                      ORDER BY a.ord"
                 ),
                 0,
@@ -516,11 +516,11 @@ impl ReadConn {
             // Non-converging: in flight with no change since the cut-off, and not silent.
             // Both read only the assignment rows' in-flight indexes (migration 0009).
             let silent_where = format!(
-                "FROM assignments a WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
+                "FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL} \
                  AND {QUIET_SQL} <= ?2"
             );
             let non_converging_where = format!(
-                "FROM assignments a WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
+                "FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL} \
                  AND a.state_since_us <= ?2 AND {QUIET_SQL} > {silent_cut}"
             );
             let (silent, non_converging) = if in_flight == 0 {
@@ -554,7 +554,7 @@ impl ReadConn {
                 &id,
                 &format!(
                     "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                     AND a.state = 'drifted' AND a.{SETTLED_SQL} ORDER BY a.ord"
+                     AND a.state = 'drifted' AND {NOT_IN_FLIGHT_SQL} ORDER BY a.ord"
                 ),
                 0,
                 Some(drifted_n),
@@ -566,7 +566,7 @@ impl ReadConn {
                     &id,
                     &format!(
                         "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
-                         AND a.{SETTLED_SQL} AND a.state_since_us <= ?2 ORDER BY a.ord"
+                         AND {NOT_IN_FLIGHT_SQL} AND a.state_since_us <= ?2 ORDER BY a.ord"
                     ),
                     cutoff,
                     None,

@@ -603,7 +603,7 @@ impl Writer {
             "SELECT {} FROM assignments WHERE plan_id = ?1 AND state = ?2 AND stage = ?3 \
              AND {} AND attempt <= ?4 ORDER BY ord LIMIT ?5",
             sql::assignment_columns(),
-            sql::SETTLED_SQL
+            sql::NOT_IN_FLIGHT_SQL
         );
         let mut stmt = self.conn.prepare_cached(&q)?;
         let rows = stmt.query_map(
