@@ -13,9 +13,19 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::writer::sql_error;
 
-/// The in-flight states, as SQL text (the partial conditions the queries share).
-pub(crate) const IN_FLIGHT_SQL: &str =
-    "('dispatched','downloading','installing','rebooting','verifying')";
+/// "The assignment is in flight", the condition of the partial in-flight indexes (migrations
+/// 0008), written the same in every query that reads them (SQLite uses a partial index only for
+/// a query carrying its condition). Spelled as comparisons, not `state IN (...)`: an `IN` list
+/// of more than two constants makes SQLite build a temporary b-tree on every run of a
+/// statement, and the writer evaluates these conditions in every update of an assignment
+/// (measured: a fifth of a report's writer time, issue 13).
+pub(crate) const IN_FLIGHT_SQL: &str = "(state = 'dispatched' OR state = 'downloading' \
+    OR state = 'installing' OR state = 'rebooting' OR state = 'verifying')";
+
+/// The condition of the partial `assignments_by_state` index (migration 0008): a state outside
+/// flight. Queries of such a state carry it too.
+pub(crate) const NOT_IN_FLIGHT_SQL: &str = "NOT (state = 'dispatched' OR state = 'downloading' \
+    OR state = 'installing' OR state = 'rebooting' OR state = 'verifying')";
 
 fn internal(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("stored {what} is unreadable: {e}"))
@@ -92,10 +102,10 @@ pub(crate) fn retryable(
         return Ok(());
     }
     let mut stmt = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT stage, count(*) FROM assignments WHERE plan_id = ?1 AND state = 'failed' \
-             AND attempt <= ?2 GROUP BY stage",
-        )
+             AND {NOT_IN_FLIGHT_SQL} AND attempt <= ?2 GROUP BY stage"
+        ))
         .map_err(sql_error)?;
     let rows = stmt
         .query_map(params![plan_id, i64::from(max_retries)], |r| {
@@ -121,7 +131,7 @@ pub(crate) fn overdue(
 ) -> Result<Vec<InFlight>> {
     let sql = format!(
         "SELECT device_id, stage, state, dispatched_at_us FROM assignments \
-         WHERE plan_id = ?1 AND state IN {IN_FLIGHT_SQL} AND dispatched_at_us <= ?2 \
+         WHERE plan_id = ?1 AND {IN_FLIGHT_SQL} AND dispatched_at_us <= ?2 \
          ORDER BY dispatched_at_us LIMIT ?3"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;

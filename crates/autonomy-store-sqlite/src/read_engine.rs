@@ -12,7 +12,12 @@ use autonomy_store::{DeviceIdentity, DriftCheck, PollState, PromoterDue, Result,
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
 use super::ReadConn;
-use crate::engine::{self as sql, IN_FLIGHT_SQL};
+use crate::engine::{self as sql, IN_FLIGHT_SQL, NOT_IN_FLIGHT_SQL};
+
+/// When a device went quiet: its last flushed poll, or its dispatch if it never polled
+/// (`assignments.seen_us` mirrors `devices.last_seen_us`; the expression of the
+/// `assignments_in_flight_*` indexes of migration 0008).
+const QUIET_SQL: &str = "coalesce(a.seen_us, a.dispatched_at_us, 0)";
 use crate::writer::sql_error;
 
 impl ReadConn {
@@ -324,6 +329,96 @@ impl ReadConn {
             .map_err(sql_error)
     }
 
+    /// The silent and the non-converging samples of a plan with `in_flight` devices in flight
+    /// (from its counters) of `assigned`: silent ones went quiet at or before `silent_cut`;
+    /// non-converging ones have not changed since `cutoff` and are not silent. Every count is a
+    /// walk of one in-flight index's entries, never a device row: the silent range, and the
+    /// devices that moved after `cutoff`; the non-converging count is what remains of the
+    /// in-flight devices.
+    fn quiet_samples(
+        &self,
+        plan_id: &str,
+        in_flight: u64,
+        assigned: u64,
+        silent_cut: i64,
+        cutoff: i64,
+    ) -> Result<(DeviceSample, DeviceSample)> {
+        let one = |q: &str, args: &[&dyn rusqlite::ToSql]| -> Result<(i64, i64)> {
+            self.conn
+                .prepare_cached(q)
+                .and_then(|mut s| {
+                    s.query_row(args, |r| {
+                        Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(0)))
+                    })
+                })
+                .map_err(sql_error)
+        };
+        let list = |q: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<String>> {
+            self.conn
+                .prepare_cached(q)
+                .and_then(|mut s| {
+                    s.query_map(args, |r| r.get::<_, String>(0))
+                        .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>())
+                })
+                .map_err(sql_error)
+        };
+        let in_flight_where =
+            format!("FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL}");
+        // Silent, and how many of them have not changed since the cut-off either.
+        let (silent_n, silent_unchanged) = one(
+            &format!(
+                "SELECT count(*), sum(a.state_since_us <= ?3) {in_flight_where} \
+                 AND {QUIET_SQL} <= ?2"
+            ),
+            &[&plan_id, &silent_cut, &cutoff],
+        )?;
+        let (moved, _) = one(
+            &format!("SELECT count(*), 0 {in_flight_where} AND a.state_since_us > ?2"),
+            &[&plan_id, &cutoff],
+        )?;
+        let silent_n = silent_n.max(0) as u64;
+        let non_converging_n = in_flight
+            .saturating_sub(moved.max(0) as u64)
+            .saturating_sub(silent_unchanged.max(0) as u64);
+        let mut silent = DeviceSample {
+            count: silent_n,
+            devices: Vec::new(),
+        };
+        if silent_n > 0 {
+            // By device id: when silent devices are a good share of the plan, walking the plan
+            // in id order finds the first ones after a few rows; else sort the silent range.
+            let by_id = if silent_n.saturating_mul(4) >= assigned {
+                "INDEXED BY sqlite_autoindex_assignments_1"
+            } else {
+                ""
+            };
+            silent.devices = list(
+                &format!(
+                    "SELECT a.device_id FROM assignments a {by_id} WHERE a.plan_id = ?1 \
+                     AND {IN_FLIGHT_SQL} AND {QUIET_SQL} <= ?2 \
+                     ORDER BY a.device_id LIMIT {MAX_REASON_DEVICES}"
+                ),
+                &[&plan_id, &silent_cut],
+            )?;
+        }
+        let mut non_converging = DeviceSample {
+            count: non_converging_n,
+            devices: Vec::new(),
+        };
+        if non_converging_n > 0 {
+            // From the oldest change, in dispatch order among equal times.
+            non_converging.devices = list(
+                &format!(
+                    "SELECT a.device_id {in_flight_where} AND a.state_since_us <= ?2 \
+                     AND {QUIET_SQL} > ?3 ORDER BY a.state_since_us, a.ord \
+                     LIMIT {MAX_REASON_DEVICES}"
+                ),
+                &[&plan_id, &cutoff, &silent_cut],
+            )?;
+        }
+        Ok((silent, non_converging))
+    }
+
     /// The stuck items of engine-driven plans (SPEC §8.6), with their last progress time (the
     /// scan's order).
     pub(crate) fn engine_stuck(
@@ -405,8 +500,11 @@ impl ReadConn {
             let accepted: u64 = e.stages.iter().map(|s| s.accepted).sum();
             let mut failing = self.sample(
                 &id,
-                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                 AND a.state IN ('failed', 'timed_out', 'rolled_back') ORDER BY a.ord",
+                &format!(
+                    "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                     AND a.state IN ('failed', 'timed_out', 'rolled_back') AND {NOT_IN_FLIGHT_SQL} \
+                     ORDER BY a.ord"
+                ),
                 0,
                 Some(failures),
             )?;
@@ -415,30 +513,21 @@ impl ReadConn {
                 failing.devices.clear();
             }
             // Silent: in flight, and no poll since the cut (never polled: since dispatch).
+            // Non-converging: in flight with no change since the cut-off, and not silent.
+            // Both read only the assignment rows' in-flight indexes (migration 0008).
             let silent_where = format!(
-                "FROM devices d JOIN assignments a ON a.plan_id = d.plan_id \
-                 AND a.device_id = d.id WHERE d.plan_id = ?1 \
-                 AND ifnull(d.last_seen_us, 0) <= ?2 AND a.state IN {IN_FLIGHT_SQL} \
-                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) <= ?2 \
-                 ORDER BY d.id"
+                "FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL} \
+                 AND {QUIET_SQL} <= ?2"
             );
-            let silent = if in_flight == 0 {
-                DeviceSample::default()
-            } else {
-                self.sample(&id, &silent_where, silent_cut, None)?
-            };
-            // Non-converging: in flight with no change since the cut, and still polling.
             let non_converging_where = format!(
-                "FROM assignments a JOIN devices d ON d.id = a.device_id \
-                 WHERE a.plan_id = ?1 AND a.state IN {IN_FLIGHT_SQL} \
-                 AND a.state_since_us <= ?2 \
-                 AND coalesce(d.last_seen_us, a.dispatched_at_us, 0) > {silent_cut} \
-                 ORDER BY a.state_since_us"
+                "FROM assignments a WHERE a.plan_id = ?1 AND {IN_FLIGHT_SQL} \
+                 AND a.state_since_us <= ?2 AND {QUIET_SQL} > {silent_cut}"
             );
-            let non_converging = if in_flight == 0 {
-                DeviceSample::default()
+            let (silent, non_converging) = if in_flight == 0 {
+                Default::default()
             } else {
-                self.sample(&id, &non_converging_where, cutoff, None)?
+                let assigned = total(&|_| true);
+                self.quiet_samples(&id, in_flight, assigned, silent_cut, cutoff)?
             };
             // The gates (SPEC §8.7): waiting_ready devices, budget groups whose devices in
             // flight are all stuck, undispatched devices of the started stages.
@@ -463,8 +552,10 @@ impl ReadConn {
                 .sum();
             let drifted = self.sample(
                 &id,
-                "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
-                 AND a.state = 'drifted' ORDER BY a.ord",
+                &format!(
+                    "FROM assignments a WHERE a.plan_id = ?1 AND ?2 = ?2 \
+                     AND a.state = 'drifted' AND {NOT_IN_FLIGHT_SQL} ORDER BY a.ord"
+                ),
                 0,
                 Some(drifted_n),
             )?;
@@ -473,8 +564,10 @@ impl ReadConn {
             } else {
                 self.sample(
                     &id,
-                    "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
-                     AND a.state_since_us <= ?2 ORDER BY a.ord",
+                    &format!(
+                        "FROM assignments a WHERE a.plan_id = ?1 AND a.state = 'reverting' \
+                         AND {NOT_IN_FLIGHT_SQL} AND a.state_since_us <= ?2 ORDER BY a.ord"
+                    ),
                     cutoff,
                     None,
                 )?

@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("../migrations/sqlite/0006_engine.sql")),
     (7, include_str!("../migrations/sqlite/0007_gates.sql")),
+    (8, include_str!("../migrations/sqlite/0008_stuck_quiet.sql")),
 ];
 
 /// Heartbeats of polls are written at most this often (SPEC §9.2: polls never write).
@@ -324,6 +325,7 @@ pub(crate) fn spawn(
         revoked: Vec::new(),
         epoch,
         engine_params: std::collections::HashMap::new(),
+        shifts: Vec::new(),
         last_beat_flush: Instant::now(),
         timer: tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -377,6 +379,9 @@ struct Writer {
     epoch: u64,
     /// Target digest and `reboot_required` per engine-driven plan (immutable once created).
     engine_params: std::collections::HashMap<String, (String, bool)>,
+    /// Counter moves of this batch's reports, written once per counter before the commit
+    /// (and before any other job, which may read counters): [`Writer::flush_shifts`].
+    shifts: Vec<engine_ops::Shift>,
     last_beat_flush: Instant,
 }
 
@@ -545,6 +550,7 @@ impl Writer {
                 }
                 self.chain = chain_before;
                 self.pending.truncate(pending_before);
+                self.shifts.clear();
                 let err = sql_error(e);
                 for job in batch {
                     let _ = job
@@ -554,10 +560,13 @@ impl Writer {
                 return;
             }
         };
-        if let Err(e) = self.commit() {
+        // The reports' counter moves go into this same transaction, or nothing commits.
+        let committed = self.flush_shifts().and_then(|()| self.commit());
+        if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.chain = chain_before;
             self.pending.clear();
+            self.shifts.clear();
             self.woken.clear();
             self.revoked.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -699,7 +708,14 @@ impl Writer {
     /// Runs one job in its own savepoint.
     fn run_job(&mut self, job: &Job) -> Result<Reply> {
         let chain_before = self.chain.clone();
-        let pending_before = self.pending.len();
+        let pending_before = (self.pending.len(), self.shifts.len());
+        // A job other than a report may read counters: it sees this batch's reports first
+        // (outside its savepoint, so its own failure cannot undo them).
+        if !matches!(job.command, Command::Report { .. }) {
+            if let Err(e) = self.flush_shifts() {
+                return Err(sql_error(e));
+            }
+        }
         if let Err(e) = self.control("SAVEPOINT job") {
             return Err(sql_error(e));
         }
@@ -724,12 +740,13 @@ impl Writer {
         }
     }
 
-    fn undo(&mut self, chain_before: Chain, pending_before: usize) {
+    fn undo(&mut self, chain_before: Chain, (pending_before, shifts_before): (usize, usize)) {
         let _ = self
             .control("ROLLBACK TO job")
             .and_then(|()| self.control("RELEASE job"));
         self.chain = chain_before;
         self.pending.truncate(pending_before);
+        self.shifts.truncate(shifts_before);
     }
 
     /// Runs the job once per (actor, Idempotency-Key) within [`IDEMPOTENCY_TTL_US`]: a retry

@@ -26,6 +26,15 @@ use rusqlite::{params, OptionalExtension};
 use super::{Failure, Writer};
 use crate::engine as sql;
 
+/// A report's move of one device between two states of a stage's counters, written at the end
+/// of the batch (or before the next job that is not a report) by [`Writer::flush_shifts`].
+pub(super) struct Shift {
+    plan_id: String,
+    stage: u32,
+    from: DeviceState,
+    to: DeviceState,
+}
+
 /// The most devices a refusal names.
 const NAMED: usize = 20;
 /// Reports kept per device (between two cuts a device may have up to `PRUNE_EVERY` more).
@@ -580,7 +589,8 @@ impl Writer {
         }
     }
 
-    /// Up to `count` assignments of a stage in `state`, in the plan's order.
+    /// Up to `count` assignments of a stage in `state` (one outside flight: `pending` or
+    /// `failed`), in the plan's order.
     fn pick(
         &self,
         plan_id: &str,
@@ -591,8 +601,9 @@ impl Writer {
     ) -> Result<Vec<Assignment>, Failure> {
         let q = format!(
             "SELECT {} FROM assignments WHERE plan_id = ?1 AND state = ?2 AND stage = ?3 \
-             AND attempt <= ?4 ORDER BY ord LIMIT ?5",
-            sql::assignment_columns()
+             AND {} AND attempt <= ?4 ORDER BY ord LIMIT ?5",
+            sql::assignment_columns(),
+            sql::NOT_IN_FLIGHT_SQL
         );
         let mut stmt = self.conn.prepare_cached(&q)?;
         let rows = stmt.query_map(
@@ -697,7 +708,14 @@ impl Writer {
         if outcome.result == ReportResult::Applied {
             let n = &outcome.assignment;
             sql::update_assignment(&self.conn, n)?;
-            sql::shift(&self.conn, &req.plan_id, stage, Some(a.state), n.state, 1)?;
+            if a.state != n.state {
+                self.shifts.push(Shift {
+                    plan_id: req.plan_id.clone(),
+                    stage,
+                    from: a.state,
+                    to: n.state,
+                });
+            }
             let body =
                 serde_json::to_string(req).map_err(|e| StoreError::Internal(e.to_string()))?;
             self.conn
@@ -771,6 +789,48 @@ impl Writer {
         self.live.supersede_digest(device_id, digest);
         self.record(ctx, change.event)?;
         Ok(Reply::Promoted { actions: 1 })
+    }
+
+    /// Writes the counter moves of the reports run so far in this transaction, one statement
+    /// per (plan, stage, state) they touched, atomically (on failure none is written and the
+    /// moves stay queued).
+    pub(super) fn flush_shifts(&mut self) -> rusqlite::Result<()> {
+        if self.shifts.is_empty() {
+            return Ok(());
+        }
+        let mut net: BTreeMap<(&str, u32, DeviceState), i64> = BTreeMap::new();
+        for s in &self.shifts {
+            *net.entry((&s.plan_id, s.stage, s.from)).or_default() -= 1;
+            *net.entry((&s.plan_id, s.stage, s.to)).or_default() += 1;
+        }
+        self.conn.prepare_cached("SAVEPOINT shifts")?.execute([])?;
+        let written = (|| {
+            let mut stmt = self.conn.prepare_cached(
+                "INSERT INTO stage_counters (plan_id, stage, state, n) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (plan_id, stage, state) DO UPDATE SET n = n + excluded.n",
+            )?;
+            for ((plan_id, stage, state), n) in &net {
+                if *n != 0 {
+                    stmt.execute(params![plan_id, stage, state.as_str(), n])?;
+                }
+            }
+            Ok(())
+        })();
+        match written {
+            Ok(()) => {
+                self.conn.prepare_cached("RELEASE shifts")?.execute([])?;
+                self.shifts.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .prepare_cached("ROLLBACK TO shifts")
+                    .and_then(|mut s| s.execute([]))
+                    .and_then(|_| self.conn.prepare_cached("RELEASE shifts")?.execute([]));
+                Err(e)
+            }
+        }
     }
 
     /// Writes the heartbeats polls left in memory, in this transaction.
