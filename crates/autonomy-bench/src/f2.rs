@@ -137,8 +137,16 @@ pub struct F2Report {
     pub cp_rss_anon_held_kib: Option<u64>,
     pub cp_peak_rss_kib: Option<u64>,
     pub cp_kib_per_connection: Option<f64>,
+    /// What one more held connection adds: the least-squares slope of the CP's VmRSS over the
+    /// open connections, sampled every 0.5 s while they open during the ramp (fixed costs such
+    /// as the read connections' caches and the threads do not count in it, unlike in
+    /// `cp_kib_per_connection`).
+    pub cp_kib_per_connection_marginal: Option<f64>,
+    /// The (connections, VmRSS KiB) samples of the ramp the slope is fitted to.
+    pub cp_rss_ramp_samples: Vec<(u64, u64)>,
     /// When fewer than `devices` long polls were held: the held VmRSS + (devices − held) ×
-    /// KiB per held connection, the CP's RSS with every device holding one (linear).
+    /// the marginal KiB per connection (the average one if the ramp gave no slope), the
+    /// CP's RSS with every device holding one (linear).
     pub cp_rss_projected_all_held_kib: Option<u64>,
     pub cp_threads: Option<u64>,
     /// The bench process over the window (the generator's runtime thread, the probe thread
@@ -822,7 +830,8 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     report.cp_peak_rss_kib = peak;
     eprintln!(
         "  completed={} in {} s; probe {}; overshoot p99 {:.0} ms; reports {}; CP peak RSS \
-         {} MiB ({} KiB/conn), {} CPUs; generator {} CPUs, {} MiB; {} errors",
+         {} MiB ({} KiB/conn on average, {} KiB per added connection), {} CPUs; generator {} \
+         CPUs, {} MiB; {} errors",
         report.completed,
         report
             .rollout_seconds
@@ -832,6 +841,7 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
         report.report_latency.short(),
         report.cp_peak_rss_kib.map_or(0, |k| k / 1024),
         crate::fleet::show(report.cp_kib_per_connection),
+        crate::fleet::show(report.cp_kib_per_connection_marginal),
         crate::fleet::show(report.cp_cpus_used),
         crate::fleet::show(report.generator_cpus_used),
         report.generator_peak_rss_kib.map_or(0, |k| k / 1024),
@@ -963,7 +973,9 @@ fn drive(
     let short_samples = take(&sh.short_samples);
     let errors_by_kind = std::mem::take(&mut *sh.kinds.lock().unwrap_or_else(|e| e.into_inner()));
     let kib_per_conn = per_conn(m.cp_rss_held, cp_rss_before);
-    let projected = kib_per_conn
+    let marginal = slope(&m.ramp_rss).map(round3);
+    let projected = marginal
+        .or(kib_per_conn)
         .zip(m.cp_rss_held)
         .filter(|_| connections < n)
         .map(|(k, held)| held + (k * (n - connections) as f64) as u64);
@@ -1009,6 +1021,8 @@ fn drive(
         cp_rss_anon_held_kib: m.cp_rss_anon_held,
         cp_peak_rss_kib: None,
         cp_kib_per_connection: kib_per_conn,
+        cp_kib_per_connection_marginal: marginal,
+        cp_rss_ramp_samples: m.ramp_rss.clone(),
         cp_rss_projected_all_held_kib: projected,
         cp_threads: cp::proc_status_kib(cp_pid, "Threads:"),
         generator_cpu_seconds: gen_cpu,
@@ -1067,6 +1081,23 @@ struct Measured {
     cp_rss_anon_held: Option<u64>,
     gen_rss_held: Option<u64>,
     waiting_peak: Option<f64>,
+    ramp_rss: Vec<(u64, u64)>,
+}
+
+/// The least-squares slope of y over x (`None` with fewer than 3 points or no spread in x).
+fn slope(points: &[(u64, u64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1 as f64).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+    let sxy: f64 = points
+        .iter()
+        .map(|p| (p.0 as f64 - mx) * (p.1 as f64 - my))
+        .sum();
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 /// The main thread while the devices run: ramp, window, the plan from start to completed,
@@ -1118,10 +1149,14 @@ fn measure(
     // The ramp, then until every device is connected (bounded).
     let settle = begin + ramp + Duration::from_secs(2);
     let connect_limit = begin + ramp + Duration::from_secs(120);
+    let mut ramp_rss = Vec::new();
     while Instant::now() < settle
         || (sh.open.load(Ordering::Relaxed) < n && Instant::now() < connect_limit)
     {
         sample(sh);
+        if let Some(rss) = cp::proc_status_kib(cp_pid, "VmRSS:") {
+            ramp_rss.push((sh.open.load(Ordering::Relaxed), rss));
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     let open = sh.open.load(Ordering::Relaxed);
@@ -1233,12 +1268,20 @@ fn measure(
         cp_rss_anon_held,
         gen_rss_held,
         waiting_peak,
+        ramp_rss,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slope_fits_a_line() {
+        assert_eq!(slope(&[(0, 10), (10, 30), (20, 50)]), Some(2.0));
+        assert_eq!(slope(&[(5, 10), (5, 30), (5, 50)]), None);
+        assert_eq!(slope(&[(0, 10), (10, 30)]), None);
+    }
 
     #[test]
     fn parses_poll_answers() {

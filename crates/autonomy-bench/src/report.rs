@@ -411,7 +411,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
             let what = match f.cp_rss_projected_all_held_kib {
                 Some(_) => format!(
                     "PROJECTED to {} held long polls from {} held (open-file limit {}): held \
-                     VmRSS + the rest x KiB per held connection; measured VmHWM {} MiB",
+                     VmRSS + the rest x KiB per added connection (slope over the ramp); \
+                     measured VmHWM {} MiB",
                     f.devices,
                     f.connections_peak,
                     f.open_file_limit,
@@ -420,8 +421,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 None => "CP VmHWM".to_string(),
             };
             format!(
-                "{what}; {} KiB per held connection; {}",
+                "{what}; {} KiB per held connection on average, {} per added one; {}",
                 crate::fleet::show(f.cp_kib_per_connection),
+                crate::fleet::show(f.cp_kib_per_connection_marginal),
                 f2_basis(f)
             )
         }),
