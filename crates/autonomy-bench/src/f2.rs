@@ -689,9 +689,19 @@ fn probe(
     errors: &Errors,
 ) -> Samples {
     let body = poll_body(OLD_DIGEST, "boot-a", 0, 0);
+    // `x-request-id: <probe device id>` (`f2-probe-N`): the CP logs its handler time under that id, so the probe's
+    // own polls can be told apart from the fleet's in the CP's log.
     let requests: Vec<Vec<u8>> = ids
         .iter()
-        .map(|d| raw::device_post(addr, "/v1/device/poll", d, &body))
+        .map(|d| {
+            let bytes = raw::device_post(addr, "/v1/device/poll", d, &body);
+            let text = String::from_utf8_lossy(&bytes).replacen(
+                "x-autonomy-device:",
+                &format!("x-request-id: {d}\r\nx-autonomy-device:"),
+                1,
+            );
+            text.into_bytes()
+        })
         .collect();
     let mut conn = Conn::new(addr);
     let mut out = Vec::new();
