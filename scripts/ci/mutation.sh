@@ -60,11 +60,12 @@ mkdir -p "$src" "$target"
 git -C "$repo" ls-files -z --cached --others --exclude-standard |
   tar -C "$repo" --null -T - -cf - | tar -C "$src" -xf -
 
-# The mutant: right before `if let Err(e) = self.commit() {` in run_batch, every job is
+# The mutant: right before `let committed = self.flush_shifts()…` (the batch's COMMIT) in
+# run_batch, every job is
 # answered with its result, and the real answers after COMMIT go to throwaway channels.
 perl -0pi -e '
   s/fn run_batch\(&mut self, batch: Vec<Job>\)/fn run_batch(&mut self, mut batch: Vec<Job>)/;
-  s/\n(        if let Err\(e\) = self\.commit\(\) \{)/
+  s/\n(        let committed = self\.flush_shifts\(\))/
         \/\/ MUTANT (scripts\/ci\/mutation.sh): every answer goes out before COMMIT.
         let results: Vec<Result<Reply>> = batch
             .iter_mut()
