@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Mutation check of the SIGKILL ledger test (issue 13): does
-# `crates/autonomy/tests/durability.rs::sigkill_under_concurrent_writes_loses_no_acknowledged_write`
-# notice a writer that answers before COMMIT?
+# Mutation check (issue 13): do the durability tests notice a writer that answers before
+# COMMIT? First `storage_faults.rs::sqlite_only_a_full_database_disk_…` (deterministic: a
+# COMMIT that fails on a full disk must leave no 201 behind), then the SIGKILL ledger test
+# `durability.rs::sigkill_under_concurrent_writes_loses_no_acknowledged_write` (probabilistic:
+# a SIGKILL loses only what was not yet written, a window of microseconds).
 #
 # Copies the working tree (tracked and untracked, not ignored files) to a work dir, rewrites
 # the SQLite writer's `run_batch` so that every job of a batch is answered before the batch's
@@ -85,9 +87,27 @@ fi
 
 echo "mutation: building the mutant in $src (target dir $target)" >&2
 if ! (cd "$src" && CARGO_TARGET_DIR=$target timeout "$build_limit" \
-  cargo nextest run -p autonomy --test durability --no-run >&2); then
+  cargo nextest run -p autonomy --test durability --test storage_faults --no-run >&2); then
   inconclusive "the mutant did not build"
 fi
+
+# First the deterministic test: the database's disk fills, a batch's COMMIT fails, and a create
+# that was answered 201 must exist. It needs root (a tmpfs); without root it skips and passes,
+# so only its failure counts here.
+full_disk_test=sqlite_only_a_full_database_disk_refuses_the_batch_and_keeps_every_acknowledged_create
+echo "mutation: full-database-disk test" >&2
+status=0
+(cd "$src" && CARGO_TARGET_DIR=$target timeout 300 \
+  cargo nextest run -p autonomy --test storage_faults --no-fail-fast -E "test($full_disk_test)" >&2) ||
+  status=$?
+case $status in
+  0) echo "mutation: the full-database-disk test passed against the mutant (not root?); on to the ledger test" >&2 ;;
+  124) inconclusive "the full-database-disk test timed out" ;;
+  *)
+    echo "mutation: KILLED — the full-database-disk test failed against a writer that answers before COMMIT ($(elapsed))"
+    exit 0
+    ;;
+esac
 
 # The SIGKILL lands at a different moment in every run, so one run catches this mutant only
 # sometimes (3 of 11 runs when it was written): stop at the first run that does.

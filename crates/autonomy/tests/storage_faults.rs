@@ -145,3 +145,64 @@ fn sqlite_only_a_full_audit_disk_refuses_new_writes_until_the_audit_store_catche
     assert!(!text.contains(r#""resource":"refused""#));
     drop(fs_guard);
 }
+
+/// SQLite-only: the database's own disk fills up, so a batch's `COMMIT` itself fails. Its
+/// creates are answered 503 and none of them is kept; every create answered 201 is there,
+/// before and after a SIGKILL and a restart. A writer that answered before `COMMIT` fails this
+/// on the first refused batch, every run (`scripts/ci/mutation.sh` checks that it does).
+#[test]
+fn sqlite_only_a_full_database_disk_refuses_the_batch_and_keeps_every_acknowledged_create() {
+    let root = TestDir::new("dbfull");
+    let mnt = root.path().join("data-fs");
+    let Some(fs_guard) = Tmpfs::mount(&mnt, "4m") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the storage-fault test did not run"
+        );
+        return;
+    };
+    let data = mnt.join("data");
+    let audit = root.path().join("audit");
+    let mut cp = Cp::start_in(&data, &["--audit-dir", audit.to_str().unwrap()], &[]);
+    assert_eq!(cp.post("/v1/rollouts", &[JSON], &plan("before")).0, 201);
+
+    let filler = fs_guard.fill();
+    let mut acknowledged = vec!["before".to_string()];
+    let mut refused = None;
+    // Bounded: the database file and its WAL cannot grow into a full disk, so a COMMIT fails
+    // within a few creates (the first one, here).
+    for i in 0..300 {
+        let id = format!("during-{i}");
+        let (s, body) = cp.post("/v1/rollouts", &[JSON], &plan(&id));
+        match s {
+            201 => acknowledged.push(id),
+            503 => {
+                refused = Some(id);
+                break;
+            }
+            other => panic!("create {id} on a full database disk: {other} {body}"),
+        }
+    }
+    for id in &acknowledged {
+        let (s, body) = cp.get(&format!("/v1/rollouts/{id}"), &[]);
+        assert_eq!(s, 200, "acknowledged create {id} is missing: {body}");
+    }
+    let refused = refused.expect("no create was refused while the database's disk was full");
+    assert_eq!(cp.get(&format!("/v1/rollouts/{refused}"), &[]).0, 404);
+
+    // Space returns; a SIGKILL and a restart keep every acknowledged create.
+    fs::remove_file(filler).unwrap();
+    cp.sigkill();
+    cp.start_again();
+    for id in &acknowledged {
+        let (s, body) = cp.get(&format!("/v1/rollouts/{id}"), &[]);
+        assert_eq!(
+            s, 200,
+            "acknowledged create {id} is missing after a restart: {body}"
+        );
+    }
+    assert_eq!(cp.get(&format!("/v1/rollouts/{refused}"), &[]).0, 404);
+    eprintln!(
+        "{} creates acknowledged before the full database disk refused {refused}; all kept",
+        acknowledged.len()
+    );
+}
