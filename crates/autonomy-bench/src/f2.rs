@@ -1186,20 +1186,12 @@ fn measure(
     );
     let selector = BTreeMap::from([("f2".to_string(), "rollout".to_string())]);
     let canary = r.div_ceil(100).clamp(1, 100);
-    let body = serde_json::json!({
-        "metadata": {"id": PLAN, "labels": {"bench": "autonomy-bench"}},
-        "spec": {
-            "artifact_ref": format!("oci://registry.example.com/fleet/f2@sha256:{TARGET_HEX}"),
-            "targets": {"selector": selector},
-            "stages": [
-                {"name": "canary", "size": {"count": canary}},
-                {"name": "wave-1", "size": {"percent": 20}},
-                {"name": "wave-2", "size": {"percent": 30}},
-                {"name": "rest"}
-            ],
-            "policy": {"failure_threshold": {"count": 1}, "device_timeout_seconds": 1800}
-        }
-    });
+    let body = crate::fleet::four_stage_plan(
+        PLAN,
+        &format!("oci://registry.example.com/fleet/f2@sha256:{TARGET_HEX}"),
+        serde_json::json!(selector),
+        canary,
+    );
     http.call(
         &http
             .api()

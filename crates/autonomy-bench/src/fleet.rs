@@ -57,6 +57,30 @@ fn cpu_of(pid: u32) -> Option<f64> {
     cp::cpu_seconds(Path::new(&format!("/proc/{pid}/stat")))
 }
 
+/// The body of an engine-driven plan over `selector` in four stages — `canary` devices, 20%,
+/// 30%, the rest — failing at the first failed device (F1 and F2).
+pub fn four_stage_plan(
+    id: &str,
+    artifact_ref: &str,
+    selector: serde_json::Value,
+    canary: u64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"id": id, "labels": {"bench": "autonomy-bench"}},
+        "spec": {
+            "artifact_ref": artifact_ref,
+            "targets": {"selector": selector},
+            "stages": [
+                {"name": "canary", "size": {"count": canary}},
+                {"name": "wave-1", "size": {"percent": 20}},
+                {"name": "wave-2", "size": {"percent": 30}},
+                {"name": "rest"}
+            ],
+            "policy": {"failure_threshold": {"count": 1}, "device_timeout_seconds": 1800}
+        }
+    })
+}
+
 /// A measured value, or `?`.
 pub fn show(v: Option<f64>) -> String {
     v.map_or("?".into(), |v| format!("{v:.1}"))
@@ -147,20 +171,12 @@ pub fn run_f1(env: &Env) -> anyhow::Result<F1Report> {
     let (reports0, polls0) = metrics(&http)?;
     let cp_pid = cp.pid().ok_or_else(|| anyhow!("the CP is not running"))?;
     let (cp_cpu0, sim_cpu0) = (cpu_of(cp_pid), cpu_of(sim_pid));
-    let body = serde_json::json!({
-        "metadata": {"id": "f1-fleet", "labels": {"bench": "autonomy-bench"}},
-        "spec": {
-            "artifact_ref": format!("oci://registry.example.com/fleet/f1@sha256:{TARGET_HEX}"),
-            "targets": {"selector": {"fleet": "f1"}},
-            "stages": [
-                {"name": "canary", "size": {"count": 100}},
-                {"name": "wave-1", "size": {"percent": 20}},
-                {"name": "wave-2", "size": {"percent": 30}},
-                {"name": "rest"}
-            ],
-            "policy": {"failure_threshold": {"count": 1}, "device_timeout_seconds": 1800}
-        }
-    });
+    let body = four_stage_plan(
+        "f1-fleet",
+        &format!("oci://registry.example.com/fleet/f1@sha256:{TARGET_HEX}"),
+        serde_json::json!({"fleet": "f1"}),
+        100,
+    );
     http.call(
         &http
             .api()
