@@ -135,8 +135,16 @@ async function shot(page, name) {
 }
 
 /** Goes to a page by the navigation bar. */
+// Each page's h1, so a step acts on the page it navigated to and never on the
+// one still shown while the new page renders (a label like 'Phase' also matches
+// the plan page's 'Gate and phase' panel).
+const PAGE_HEADINGS = { Plans: 'Rollout plans', Devices: 'Devices', Stuck: 'Stuck plans', Audit: 'Audit' };
+
 async function nav(page, name) {
   await page.getByRole('navigation', { name: 'Pages' }).getByRole('link', { name, exact: true }).click();
+  const heading = PAGE_HEADINGS[name];
+  assert(heading, `no heading known for page ${name}`);
+  await page.locator('main').getByRole('heading', { level: 1, name: heading, exact: true }).waitFor({ timeout: STEP_MS });
 }
 
 const ACTION_BUTTONS = /^(approve|start|publish|pause|resume|preview|confirm)/i;
@@ -407,9 +415,9 @@ async function main() {
 
     await step('the plans page filters by phase', async () => {
       await nav(page, 'Plans');
-      await main.getByLabel('Phase').selectOption('paused');
+      await main.getByLabel('Phase', { exact: true }).selectOption('paused');
       await main.getByText('Plans in phase paused (0 shown)').waitFor({ timeout: STEP_MS });
-      await main.getByLabel('Phase').selectOption('completed');
+      await main.getByLabel('Phase', { exact: true }).selectOption('completed');
       const row = main.locator(`tr[data-plan="${PLAN}"]`);
       await row.getByText('completed', { exact: true }).waitFor({ timeout: STEP_MS });
       await row.getByText(`${DEVICES - CANARY}/${DEVICES - CANARY}`).waitFor({ timeout: STEP_MS });
