@@ -18,9 +18,11 @@
 //! the whole fleet's poll rate; the report says so and projects the CP's RSS with every device
 //! held from the RSS per held connection.
 //!
-//! Measured: a probe of a few devices polling with `wait_seconds` 0 at a fixed rate on its
-//! own thread and connection (the poll latency of the target, from each probe's scheduled
-//! time, so a stall is not hidden by the probe waiting on it); how much later than the wait
+//! Measured: a probe of a few devices polling with `wait_seconds` 0 at a fixed rate, open loop
+//! over 32 connections of its own (the poll latency of the target, from each poll's scheduled
+//! time, so a stall is not hidden by the probe waiting on it; poll k goes out on connection
+//! k mod 32, so one slow answer does not make the polls scheduled behind it late, as it did
+//! when the probe had one connection); how much later than the wait
 //! the long polls answered by time-out came back; each report's latency; the CP's CPU, RSS
 //! and RSS per held connection; the generator's own CPU and RSS beside them.
 
@@ -54,6 +56,9 @@ const PLAN: &str = "f2-rollout";
 const PER_SOURCE: u64 = 10_000;
 /// Devices of the probe (polling with `wait_seconds` 0).
 const PROBE_DEVICES: usize = 4;
+/// The probe's connections, each on its own thread: at 50 polls/s, a connection's next poll
+/// is due 640 ms after its last, so only an answer slower than that delays the next one.
+const PROBE_CONNECTIONS: usize = 32;
 /// A device's own connection (not one of the short polls' pool).
 const HELD: bool = true;
 /// Connections the devices that do not hold a long poll share.
@@ -159,6 +164,11 @@ pub struct F2Report {
     /// `wait_seconds` 0 polls at `probe_rate` per second over the window, latency from each
     /// one's scheduled time; the same during the ramp (connections opening).
     pub probe_rate: f64,
+    /// The probe's connections (open loop: poll k on connection k mod this).
+    pub probe_connections: usize,
+    /// Probe polls sent more than 5 ms after their scheduled time because their connection
+    /// still waited on an earlier answer (0: the probe never queued on itself).
+    pub probe_sent_late: u64,
     pub probe: Latency,
     pub probe_during_ramp: Latency,
     pub probe_during_rollout: Latency,
@@ -679,15 +689,30 @@ async fn short_poller(
 /// generator or the CP fell behind) counts in the window, with its whole delay.
 type Samples = Vec<(Instant, Duration)>;
 
-/// `wait_seconds` 0 polls of `ids` in turn at `rate` per second on one connection until
-/// `stop`: each latency from its scheduled time.
+/// The probe's polls, each from a scheduled time, and how many were sent late.
+#[derive(Default)]
+struct Probed {
+    samples: Samples,
+    /// Polls sent more than [`PROBE_LATE`] after their scheduled time (their connection was
+    /// still waiting on its previous answer): the probe was queueing on itself.
+    sent_late: u64,
+}
+
+/// A probe poll sent later than this after its scheduled time counts as sent late.
+const PROBE_LATE: Duration = Duration::from_millis(5);
+
+/// `wait_seconds` 0 polls of `ids` in turn at `rate` per second until `stop`, open loop: poll
+/// k is due at `k / rate` and goes out on connection `k mod PROBE_CONNECTIONS`, each its own
+/// thread, so a slow answer delays only the polls of its own connection (one in
+/// [`PROBE_CONNECTIONS`]), and only when it takes longer than that connection's period. Each
+/// latency is from the poll's scheduled time, so such a wait is never hidden.
 fn probe(
     addr: SocketAddr,
     ids: &[String],
     rate: f64,
     stop: &AtomicBool,
     errors: &Errors,
-) -> Samples {
+) -> Probed {
     let body = poll_body(OLD_DIGEST, "boot-a", 0, 0);
     // `x-request-id: <probe device id>` (`f2-probe-N`): the CP logs its handler time under that id, so the probe's
     // own polls can be told apart from the fleet's in the CP's log.
@@ -703,24 +728,40 @@ fn probe(
             text.into_bytes()
         })
         .collect();
-    let mut conn = Conn::new(addr);
-    let mut out = Vec::new();
     let period = Duration::from_secs_f64(1.0 / rate);
     let begin = Instant::now();
-    let mut k: u32 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let at = begin + period * k;
-        if let Some(d) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
+    let lanes = PROBE_CONNECTIONS as u32;
+    let lane = |first: u32| {
+        let mut conn = Conn::new(addr);
+        let mut out = Probed::default();
+        let mut k = first;
+        while !stop.load(Ordering::Relaxed) {
+            let at = begin + period * k;
+            match at.checked_duration_since(Instant::now()) {
+                Some(d) => std::thread::sleep(d),
+                None if at.elapsed() > PROBE_LATE => out.sent_late += 1,
+                None => {}
+            }
+            match conn.exchange(&requests[k as usize % requests.len()]) {
+                Ok(200) => out.samples.push((Instant::now(), at.elapsed())),
+                Ok(status) => errors.note(format!("probe poll: {status} {}", conn.body_text())),
+                Err(e) => errors.note(format!("probe poll: {e}")),
+            }
+            k = k.saturating_add(lanes);
         }
-        match conn.exchange(&requests[k as usize % requests.len()]) {
-            Ok(200) => out.push((Instant::now(), at.elapsed())),
-            Ok(status) => errors.note(format!("probe poll: {status} {}", conn.body_text())),
-            Err(e) => errors.note(format!("probe poll: {e}")),
+        out
+    };
+    std::thread::scope(|s| {
+        let lanes: Vec<_> = (0..lanes).map(|i| s.spawn(move || lane(i))).collect();
+        let mut all = Probed::default();
+        for l in lanes {
+            let got = l.join().unwrap_or_default();
+            all.samples.extend(got.samples);
+            all.sent_late += got.sent_late;
         }
-        k = k.wrapping_add(1);
-    }
-    out
+        all.samples.sort_by_key(|(done, _)| *done);
+        all
+    })
 }
 
 fn of_window(samples: &Samples, from: Instant, to: Option<Instant>) -> Latency {
@@ -839,7 +880,7 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     let mut report = result?;
     report.cp_peak_rss_kib = peak;
     eprintln!(
-        "  completed={} in {} s; probe {}; overshoot p99 {:.0} ms; reports {}; CP peak RSS \
+        "  completed={} in {} s; probe {} ({} sent late); overshoot p99 {:.0} ms; reports {}; CP peak RSS \
          {} MiB ({} KiB/conn on average, {} KiB per added connection), {} CPUs; generator {} \
          CPUs, {} MiB; {} errors",
         report.completed,
@@ -847,6 +888,7 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
             .rollout_seconds
             .map_or("?".into(), |s| format!("{s:.1}")),
         report.probe.short(),
+        report.probe_sent_late,
         report.long_poll_overshoot.p99_ms,
         report.report_latency.short(),
         report.cp_peak_rss_kib.map_or(0, |k| k / 1024),
@@ -956,11 +998,11 @@ fn drive(
         let prober = s.spawn(|| probe(addr, &probe_ids, cfg.f2_probe_rate, &stop, &probe_errors));
         let measured = measure(&http, cp, &sh, (held, r), wait, ramp, begin);
         stop.store(true, Ordering::Relaxed);
-        let samples = prober.join().unwrap_or_default();
-        (measured, samples)
+        let probed = prober.join().unwrap_or_default();
+        (measured, probed)
     });
     rt.shutdown_timeout(Duration::from_secs(5));
-    let (measured, samples) = outcome;
+    let (measured, Probed { samples, sent_late }) = outcome;
     let m = measured?;
 
     let ramp_end = begin + ramp;
@@ -1041,6 +1083,8 @@ fn drive(
         generator_peak_rss_kib: self_kib("VmHWM:"),
         generator_kib_per_connection: per_conn(m.gen_rss_held, gen_rss_before),
         probe_rate: cfg.f2_probe_rate,
+        probe_connections: PROBE_CONNECTIONS,
+        probe_sent_late: sent_late,
         probe: of_window(&samples, m.window_start, Some(m.window_end)),
         probe_during_ramp: of_window(&samples, begin, Some(ramp_end)),
         probe_during_rollout: m
