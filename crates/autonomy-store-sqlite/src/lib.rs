@@ -569,8 +569,25 @@ impl Store for SqliteStore {
     }
 
     async fn poll(&self, device_id: &str) -> Result<PollState> {
+        // A device in no plan shows only its revision: answered from memory once read (the
+        // writer forgets it whenever a change could alter that), so the fleet's idle polls
+        // cost no read (issue 13, F2).
+        if let Some(revision) = self.live.idle_poll(device_id) {
+            return Ok(PollState {
+                revision,
+                assignment: None,
+                drift: None,
+                waiting_ready: false,
+            });
+        }
+        let generation = self.live.idle_poll_generation();
         let id = device_id.to_string();
-        self.read(move |r| r.poll(&id)).await
+        let (state, in_plan) = self.read(move |r| r.poll(&id)).await?;
+        if !in_plan {
+            self.live
+                .remember_idle_poll(device_id, state.revision, generation);
+        }
+        Ok(state)
     }
 
     async fn report(&self, ctx: &Ctx, device_id: &str, req: ReportRequest) -> Result<Reply> {

@@ -87,7 +87,9 @@ impl ReadConn {
     }
 
     /// What a poll shows the device now (SPEC §9.2).
-    pub(crate) fn poll(&self, device_id: &str) -> Result<PollState> {
+    /// What a poll shows, and whether the device is in a plan (one in no plan shows only
+    /// its revision, which the store may then remember: `Live::remember_idle_poll`).
+    pub(crate) fn poll(&self, device_id: &str) -> Result<(PollState, bool)> {
         let row: Option<(i64, Option<String>)> = self
             .conn
             .prepare_cached("SELECT revision, plan_id FROM devices WHERE id = ?1")
@@ -108,10 +110,10 @@ impl ReadConn {
             waiting_ready: false,
         };
         let Some(plan) = plan else {
-            return Ok(state);
+            return Ok((state, false));
         };
         let Some((a, _)) = sql::load_assignment(&self.conn, &plan, device_id)? else {
-            return Ok(state);
+            return Ok((state, true));
         };
         state.waiting_ready = a.state == DeviceState::WaitingReady;
         let params: Option<(String, String, bool, i64)> = self
@@ -128,7 +130,7 @@ impl ReadConn {
             })
             .map_err(sql_error)?;
         let Some((target, artifact, reboot, timeout)) = params else {
-            return Ok(state);
+            return Ok((state, true));
         };
         state.assignment = dev::poll_view(&a, &artifact, &target, reboot, timeout.max(0) as u64);
         if matches!(a.state, DeviceState::Verified | DeviceState::Drifted) {
@@ -138,7 +140,7 @@ impl ReadConn {
                 target_digest: target,
             });
         }
-        Ok(state)
+        Ok((state, true))
     }
 
     /// `GET /v1/rollouts/{id}/devices`: a page in the plan's order after `after` (an order).

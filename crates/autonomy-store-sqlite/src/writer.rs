@@ -322,6 +322,7 @@ pub(crate) fn spawn(
         last_purge_us: 0,
         live,
         woken: Vec::new(),
+        joined: Vec::new(),
         revoked: Vec::new(),
         epoch,
         engine_params: std::collections::HashMap::new(),
@@ -373,6 +374,10 @@ struct Writer {
     live: Arc<autonomy_store::Live>,
     /// Devices whose revision this batch raised: their long polls are woken after commit.
     woken: Vec<String>,
+    /// Devices this batch put in a plan (their revision did not rise): their idle polls are
+    /// forgotten after commit (`Live::forget_polls`). A rolled-back savepoint leaves its
+    /// entries here: forgetting too many is only a read more.
+    joined: Vec<String>,
     /// Devices this batch revoked: the token cache forgets them after commit.
     revoked: Vec<String>,
     /// The leader epoch this writer writes under.
@@ -568,6 +573,7 @@ impl Writer {
             self.pending.clear();
             self.shifts.clear();
             self.woken.clear();
+            self.joined.clear();
             self.revoked.clear();
             self.metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
             self.metrics.storage_fault.store(true, Ordering::SeqCst);
@@ -609,6 +615,10 @@ impl Writer {
         if !self.woken.is_empty() {
             let woken = std::mem::take(&mut self.woken);
             self.live.wake(woken.iter().map(String::as_str));
+        }
+        if !self.joined.is_empty() {
+            let joined = std::mem::take(&mut self.joined);
+            self.live.forget_polls(joined.iter().map(String::as_str));
         }
         // After the commit (a lookup before it would still find the device) and before the
         // answers: a revoked device's token is refused from the next request on.

@@ -184,6 +184,7 @@ impl Writer {
                 self.conn
                     .prepare_cached("UPDATE devices SET plan_id = ?2 WHERE id = ?1")?
                     .execute(params![device, id])?;
+                self.joined.push(device.clone());
                 ord += 1;
             }
             sql::shift(

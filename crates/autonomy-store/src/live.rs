@@ -21,6 +21,9 @@ pub struct Beat {
 /// The most device tokens [`Live`] remembers (past it, the cache starts over).
 const MAX_CACHED_TOKENS: usize = 500_000;
 
+/// The most idle devices whose poll [`Live`] answers from memory (past it, it starts over).
+const MAX_IDLE_POLLS: usize = 500_000;
+
 /// Heartbeats not yet flushed, long-poll waiters, and the device tokens recently seen, by
 /// device id.
 #[derive(Debug, Default)]
@@ -32,6 +35,20 @@ pub struct Live {
     /// transaction's thread before answering, so a revoked token is refused from the next
     /// request on. (One process only: a store with several writers must not use it.)
     tokens: Mutex<Tokens>,
+    /// The revision of devices in no plan, as the store last read it: such a device's poll
+    /// shows only its revision, so the store answers it from here without a read. The
+    /// store's writer forgets a device here, after commit and before answering, whenever a
+    /// change could alter what its poll shows (its revision rose, it joined a plan). (One
+    /// process only, like `tokens`: a store with several writers must not use it.)
+    idle_polls: Mutex<IdlePolls>,
+}
+
+/// Idle devices' revisions and how many times any was forgotten (a read that started before
+/// a change must not put its answer back in).
+#[derive(Debug, Default)]
+struct IdlePolls {
+    revision_by_device: HashMap<String, u64>,
+    forgets: u64,
 }
 
 /// The token cache and how many revocations it has seen (a lookup that started before a
@@ -129,13 +146,57 @@ impl Live {
         }
     }
 
-    /// Wakes the long polls of these devices (after their change committed).
-    pub fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a str>) {
+    /// Wakes the long polls of these devices (after their change committed), and forgets
+    /// their idle polls.
+    pub fn wake<'a>(&self, devices: impl IntoIterator<Item = &'a str> + Clone) {
+        self.forget_polls(devices.clone());
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         for id in devices {
             if let Some(tx) = waiters.get(id) {
                 tx.send_modify(|v| *v = v.wrapping_add(1));
             }
+        }
+    }
+
+    /// The revision of an idle device (in no plan) when its poll can be answered from
+    /// memory.
+    pub fn idle_poll(&self, device_id: &str) -> Option<u64> {
+        self.idle_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revision_by_device
+            .get(device_id)
+            .copied()
+    }
+
+    /// To read before a poll's read, and hand to [`Live::remember_idle_poll`] after it.
+    pub fn idle_poll_generation(&self) -> u64 {
+        self.idle_polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forgets
+    }
+
+    /// Remembers that a device in no plan is at `revision`, as read — unless a device's poll
+    /// was forgotten since `generation` was taken (that change may postdate the read).
+    pub fn remember_idle_poll(&self, device_id: &str, revision: u64, generation: u64) {
+        let mut p = self.idle_polls.lock().unwrap_or_else(|e| e.into_inner());
+        if p.forgets != generation {
+            return;
+        }
+        if p.revision_by_device.len() >= MAX_IDLE_POLLS {
+            p.revision_by_device.clear();
+        }
+        p.revision_by_device.insert(device_id.to_string(), revision);
+    }
+
+    /// Forgets these devices' idle polls (a committed change may alter what they show), and
+    /// makes reads that started before unable to remember theirs.
+    pub fn forget_polls<'a>(&self, devices: impl IntoIterator<Item = &'a str>) {
+        let mut p = self.idle_polls.lock().unwrap_or_else(|e| e.into_inner());
+        p.forgets = p.forgets.wrapping_add(1);
+        for id in devices {
+            p.revision_by_device.remove(id);
         }
     }
 
@@ -213,6 +274,28 @@ mod tests {
         assert_eq!(live.token_device("h"), Ok("d1".to_string()));
         live.forget_device("d1");
         assert!(live.token_device("h").is_err());
+    }
+
+    #[test]
+    fn an_idle_poll_is_forgotten_on_a_change_and_a_read_older_than_one_is_not_remembered() {
+        let live = Live::default();
+        assert_eq!(live.idle_poll("a"), None);
+        let before = live.idle_poll_generation();
+        live.remember_idle_poll("a", 3, before);
+        assert_eq!(live.idle_poll("a"), Some(3));
+        // A read that started before a forget (of any device) does not put its answer in.
+        let read_started = live.idle_poll_generation();
+        live.forget_polls(["b"]);
+        live.remember_idle_poll("c", 1, read_started);
+        assert_eq!(live.idle_poll("c"), None, "a stale read came back in");
+        // A wake (a raised revision) forgets the device's idle poll.
+        live.wake(["a"]);
+        assert_eq!(live.idle_poll("a"), None);
+        let now = live.idle_poll_generation();
+        live.remember_idle_poll("a", 4, now);
+        assert_eq!(live.idle_poll("a"), Some(4));
+        live.forget_polls(["a"]);
+        assert_eq!(live.idle_poll("a"), None);
     }
 
     #[test]

@@ -486,3 +486,39 @@ fn bad_gate_fields_are_400_naming_the_field() {
         (d["conditions"] == json!({"docked": true, "temperature_c": 41.5})).then_some(())
     });
 }
+
+/// A device whose idle poll the CP answers from memory (it was in no plan) is forgotten there
+/// when a plan takes it, so the poll that meets `require` still wakes the promoter (SPEC §8.7)
+/// instead of waiting for its next periodic tick. The promoter ticks every 4 s here: the
+/// assignment must come on a 2 s long poll that starts right after a tick, which only the
+/// wake can do.
+#[test]
+fn the_poll_that_meets_require_wakes_the_promoter_even_after_idle_polls_were_answered_from_memory()
+{
+    let cp = Cp::start(&["--promoter-interval", "4"], &[]);
+    let mut devs = devices(&cp, "mem", 1, |_| json!({"group": "mem"}));
+    let dev = &mut devs[0];
+    dev.conditions = Some(json!({"docked": false, "idle": true, "battery_pct": 80}));
+    // In no plan: the second poll is answered from memory.
+    for _ in 0..2 {
+        assert!(dev.poll_assignment(0).expect("poll").is_none());
+    }
+    let id = "mem-docked";
+    create_and_start(
+        &cp,
+        id,
+        "mem",
+        json!([{"name": "all"}]),
+        json!({"require": {"docked": true}}),
+    );
+    // A periodic tick finds it undocked.
+    wait_for("mem-00 waiting_ready", Duration::from_secs(15), || {
+        (state_of(&cp, id, "mem-00") == "waiting_ready").then_some(())
+    });
+    dev.conditions = Some(json!({"docked": true, "idle": true, "battery_pct": 80}));
+    let a = dev
+        .poll_assignment(2)
+        .expect("poll")
+        .unwrap_or_else(|| panic!("the docked poll did not wake the promoter: no assignment"));
+    assert_eq!((a.plan_id.as_str(), a.action.as_str()), (id, "install"));
+}
