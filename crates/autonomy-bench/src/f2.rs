@@ -93,6 +93,8 @@ pub struct F2Report {
     /// raised), if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_file_limit_note: Option<String>,
+    /// TCP sockets in TIME_WAIT when F2 started (it waits for more than 1,000 to clear).
+    pub time_wait_at_start: Option<u64>,
     /// Devices holding a long poll on their own connection; the other `devices - held` poll
     /// with `wait_seconds` 0 once per `wait_seconds` each, over a shared pool of
     /// `short_poll_connections` (so the CP still sees the whole fleet's poll rate).
@@ -812,8 +814,62 @@ fn plan_state(http: &Http) -> anyhow::Result<(Vec<u64>, u64, Phase)> {
     Ok((sizes, verified, r.status.phase))
 }
 
+/// More TCP sockets in TIME_WAIT than this at the start (an earlier F2 run's 19,000 closed
+/// connections stay there 60 s) and F2 waits for them to clear first: a run started on top
+/// of them had 1,900–2,700 of its fresh connections closed at once ("unexpected end of
+/// file") and long polls answered 10–17 s late, so it measured the leftovers, not the CP.
+const TIME_WAIT_QUIET: u64 = 1_000;
+/// How long F2 waits for TIME_WAIT to clear before it runs anyway (and says so).
+const TIME_WAIT_LIMIT: Duration = Duration::from_secs(90);
+
+/// TCP sockets in TIME_WAIT on this machine (`/proc/net/sockstat`, `tw`).
+fn time_wait_sockets() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "tw" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Waits (at most [`TIME_WAIT_LIMIT`], polling each second) until at most
+/// [`TIME_WAIT_QUIET`] sockets are in TIME_WAIT; returns the count at the start.
+fn wait_for_time_wait_to_clear() -> Option<u64> {
+    let first = time_wait_sockets()?;
+    if first <= TIME_WAIT_QUIET {
+        return Some(first);
+    }
+    eprintln!(
+        "F2: {first} TCP sockets in TIME_WAIT (an earlier run's connections); waiting up to \
+         {} s for them to clear so this run's connections do not collide with them",
+        TIME_WAIT_LIMIT.as_secs()
+    );
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let now = time_wait_sockets().unwrap_or(0);
+        if now <= TIME_WAIT_QUIET {
+            eprintln!("  cleared after {:.0} s", started.elapsed().as_secs_f64());
+            return Some(first);
+        }
+        if started.elapsed() >= TIME_WAIT_LIMIT {
+            eprintln!("  warning: still {now} in TIME_WAIT; running anyway (expect early closes)");
+            return Some(first);
+        }
+        if said.elapsed() >= Duration::from_secs(10) {
+            eprintln!("  {now} still in TIME_WAIT");
+            said = Instant::now();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     let cfg = &env.cfg;
+    let time_wait_at_start = wait_for_time_wait_to_clear();
     let n = cfg.f2_devices;
     let r = cfg.f2_rollout_devices.min(n);
     let wait = cfg.f2_wait_seconds;
@@ -879,6 +935,7 @@ pub fn run_f2(env: &Env) -> anyhow::Result<F2Report> {
     env.stop(cp)?;
     let mut report = result?;
     report.cp_peak_rss_kib = peak;
+    report.time_wait_at_start = time_wait_at_start;
     eprintln!(
         "  completed={} in {} s; probe {} ({} sent late); overshoot p99 {:.0} ms; reports {}; CP peak RSS \
          {} MiB ({} KiB/conn on average, {} KiB per added connection), {} CPUs; generator {} \
@@ -1040,6 +1097,7 @@ fn drive(
         source_addresses: sources,
         open_file_limit,
         open_file_limit_note,
+        time_wait_at_start: None,
         held,
         short_poll_devices: short_devices,
         short_poll_connections: pool,
