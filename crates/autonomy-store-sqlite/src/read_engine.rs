@@ -86,9 +86,9 @@ impl ReadConn {
             .map_err(sql_error)
     }
 
-    /// What a poll shows the device now (SPEC §9.2).
-    /// What a poll shows, and whether the device is in a plan (one in no plan shows only
-    /// its revision, which the store may then remember: `Live::remember_idle_poll`).
+    /// What a poll shows the device now (SPEC §9.2), and whether the device is in a plan (one
+    /// in no plan shows only its revision, which the store may then remember:
+    /// `Live::remember_idle_poll`).
     pub(crate) fn poll(&self, device_id: &str) -> Result<(PollState, bool)> {
         let row: Option<(i64, Option<String>)> = self
             .conn
